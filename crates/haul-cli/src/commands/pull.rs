@@ -1,0 +1,84 @@
+//! `haul pull`: docker's pull, with its output.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use haul::platform::Platform;
+use haul::pull::{PullOptions, Puller};
+use haul::reference::Reference;
+
+use crate::cli::{GlobalArgs, PullArgs};
+use crate::context;
+use crate::render::Progress;
+
+pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
+    if content_trust_requested(args.disable_content_trust) {
+        bail!(
+            "content trust was requested (DOCKER_CONTENT_TRUST or --disable-content-trust=false), \
+             but this build of haul cannot verify signatures yet; refusing to pull unverified"
+        );
+    }
+    let platform = args
+        .platform
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(str::parse::<Platform>)
+        .transpose()?;
+    let reference: Reference = if args.all_tags {
+        Reference::parse_repository(&args.image).map_err(|e| {
+            if args.image.contains('@')
+                || args
+                    .image
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|l| l.contains(':'))
+            {
+                anyhow::anyhow!("tag can't be used with --all-tags/-a")
+            } else {
+                e.into()
+            }
+        })?
+    } else {
+        args.image.parse()?
+    };
+
+    let ctx = context::load(global)?;
+    let progress = Arc::new(Progress::new(args.progress, args.quiet));
+    let puller = Puller::new(
+        ctx.client,
+        ctx.store,
+        PullOptions {
+            platform,
+            max_concurrent_downloads: ctx.config.max_concurrent_downloads,
+        },
+    );
+    let result = if args.all_tags {
+        puller
+            .pull_all_tags(&reference, progress.clone())
+            .await
+            .map(|_| reference.name())
+    } else {
+        puller
+            .pull(&reference, progress.clone())
+            .await
+            .map(|o| o.reference.to_string())
+    };
+    progress.finish();
+    let name = result.with_context(|| format!("pulling {}", reference.familiar_string()))?;
+    if !progress.is_json() {
+        println!("{name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// docker's rule: trust is on when DOCKER_CONTENT_TRUST is set to a true value, and the flag
+/// overrides the environment.
+fn content_trust_requested(disable_flag: Option<bool>) -> bool {
+    match disable_flag {
+        Some(disable) => !disable,
+        None => std::env::var("DOCKER_CONTENT_TRUST")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false),
+    }
+}

@@ -1,0 +1,75 @@
+//! The `haul` binary: argument parsing, progress rendering, error reporting and exit codes. All the
+//! work happens in the `haul` library.
+
+mod cli;
+mod commands;
+mod context;
+mod render;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // One TLS provider for the whole process, before any client is built; a second one pulled in
+    // by a dependency would otherwise make rustls refuse to pick.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = cli::Cli::parse();
+    init_tracing(cli.global.debug);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(debug: bool) {
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("haul=debug,haul_cli=debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Prints the whole error chain, then a hint where the user can act.
+fn report(err: &anyhow::Error) {
+    // A closed stdout (`haul images | head`) is not worth a message.
+    if let Some(io) = err.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        return;
+    }
+    let mut stderr = std::io::stderr().lock();
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    let _ = writeln!(stderr, "Error: {text}");
+    if let Some(hint) = commands::hint_for(err) {
+        let _ = writeln!(stderr, "hint: {hint}");
+    }
+}

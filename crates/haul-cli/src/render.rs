@@ -1,0 +1,399 @@
+//! Output: progress in docker's words (bars on a terminal, lines in logs, JSON for machines),
+//! aligned tables, and docker's human-readable sizes and ages.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use haul::digest::Digest;
+use haul::progress::{Event, LayerStatus, Reporter};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::ProgressMode;
+
+enum Mode {
+    Quiet,
+    Plain,
+    Json,
+    Bars(Box<Bars>),
+}
+
+struct Bars {
+    multi: MultiProgress,
+    layers: HashMap<Digest, ProgressBar>,
+    current: HashMap<Digest, u64>,
+    total: Option<ProgressBar>,
+    present: u64,
+}
+
+/// Renders pull progress. Progress goes to stderr; stdout is left for the result (or JSON events).
+pub struct Progress {
+    mode: Mutex<Mode>,
+    json: bool,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode, quiet: bool) -> Progress {
+        let mode = if quiet {
+            Mode::Quiet
+        } else {
+            match mode {
+                ProgressMode::Json => Mode::Json,
+                ProgressMode::Plain => Mode::Plain,
+                ProgressMode::Tty => Mode::Bars(Box::new(Bars::new())),
+                ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                    Mode::Bars(Box::new(Bars::new()))
+                }
+                ProgressMode::Auto => Mode::Plain,
+            }
+        };
+        let json = matches!(mode, Mode::Json);
+        Progress {
+            mode: Mutex::new(mode),
+            json,
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Stops drawing bars so what follows prints below them.
+    pub fn finish(&self) {
+        if let Ok(mut mode) = self.mode.lock()
+            && let Mode::Bars(bars) = &mut *mode
+        {
+            if let Some(t) = &bars.total {
+                t.finish();
+            }
+            for bar in bars.layers.values() {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn report(&self, event: Event) {
+        let Ok(mut mode) = self.mode.lock() else {
+            return;
+        };
+        match &mut *mode {
+            Mode::Quiet => {}
+            Mode::Json => {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            Mode::Plain => {
+                if let Some(line) = plain_line(&event) {
+                    let mut err = std::io::stderr().lock();
+                    let _ = writeln!(err, "{line}");
+                }
+            }
+            Mode::Bars(bars) => bars.update(event),
+        }
+    }
+}
+
+/// docker's line for an event in non-terminal output; byte-level progress is left out of logs.
+fn plain_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::UsingDefaultTag { tag } => format!("Using default tag: {tag}"),
+        Event::PullingFrom { label, repository } => format!("{label}: Pulling from {repository}"),
+        Event::Plan { .. } => return None,
+        Event::Layer {
+            status: LayerStatus::Downloading { .. },
+            ..
+        } => return None,
+        Event::Layer { digest, status } => format!("{}: {}", digest.short(), status.label()),
+        Event::Resolved { digest } => format!("Digest: {digest}"),
+        Event::Finished {
+            up_to_date,
+            familiar,
+            ..
+        } => status_line(*up_to_date, familiar),
+    })
+}
+
+fn status_line(up_to_date: bool, familiar: &str) -> String {
+    if up_to_date {
+        format!("Status: Image is up to date for {familiar}")
+    } else {
+        format!("Status: Downloaded newer image for {familiar}")
+    }
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
+            layers: HashMap::new(),
+            current: HashMap::new(),
+            total: None,
+            present: 0,
+        }
+    }
+
+    fn status_style() -> ProgressStyle {
+        ProgressStyle::with_template("{prefix}: {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+    }
+
+    fn bar_style() -> ProgressStyle {
+        ProgressStyle::with_template(
+            "{prefix}: Downloading [{bar:40}] {decimal_bytes}/{decimal_total_bytes}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+    }
+
+    fn total_style() -> ProgressStyle {
+        ProgressStyle::with_template(
+            "Total: [{bar:40}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}, ETA {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+    }
+
+    fn layer(&mut self, digest: &Digest) -> ProgressBar {
+        if let Some(bar) = self.layers.get(digest) {
+            return bar.clone();
+        }
+        let bar = ProgressBar::new(0).with_style(Self::status_style());
+        bar.set_prefix(digest.short().to_owned());
+        let bar = match &self.total {
+            Some(total) => self.multi.insert_before(total, bar),
+            None => self.multi.add(bar),
+        };
+        self.layers.insert(digest.clone(), bar.clone());
+        bar
+    }
+
+    fn update_total(&self) {
+        if let Some(total) = &self.total {
+            total.set_position(self.present + self.current.values().sum::<u64>());
+        }
+    }
+
+    fn update(&mut self, event: Event) {
+        match event {
+            Event::Plan {
+                bytes_total,
+                bytes_present,
+                ..
+            } => {
+                let total = self
+                    .multi
+                    .add(ProgressBar::new(bytes_total).with_style(Self::total_style()));
+                total.enable_steady_tick(Duration::from_millis(200));
+                self.present = bytes_present;
+                self.total = Some(total);
+                self.update_total();
+            }
+            Event::Layer { digest, status } => {
+                let bar = self.layer(&digest);
+                match &status {
+                    LayerStatus::Downloading { current, total } => {
+                        if bar.length() != Some(*total) {
+                            bar.set_style(Self::bar_style());
+                            bar.set_length(*total);
+                        }
+                        bar.set_position(*current);
+                        self.current.insert(digest.clone(), *current);
+                        self.update_total();
+                    }
+                    LayerStatus::PullComplete | LayerStatus::AlreadyExists => {
+                        bar.set_style(Self::status_style());
+                        bar.finish_with_message(status.label());
+                    }
+                    other => {
+                        bar.set_style(Self::status_style());
+                        bar.set_message(other.label());
+                    }
+                }
+            }
+            other => {
+                if let Some(line) = plain_line(&other) {
+                    let _ = self.multi.println(line);
+                }
+            }
+        }
+    }
+}
+
+/// Columns padded like docker's tabwriter output: three spaces between columns.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// docker's `HumanSizeWithPrecision(size, 3)`: decimal units, three significant digits.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{}{}", significant(value, 3), UNITS[unit])
+}
+
+/// Formats like Go's `%.Ng`: N significant digits, trailing zeros dropped.
+fn significant(value: f64, digits: i32) -> String {
+    if value == 0.0 {
+        return "0".to_owned();
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    let decimals = (digits - 1 - magnitude).max(0) as usize;
+    let s = format!("{value:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+/// docker's `HumanDuration` followed by " ago".
+pub fn time_ago(then: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let secs = now.as_second().saturating_sub(then.as_second());
+    if secs < 0 {
+        return "Less than a second ago".to_owned();
+    }
+    let minutes = secs / 60;
+    let hours = minutes / 60;
+    let days = hours / 24;
+    let text = match secs {
+        0 => "Less than a second".to_owned(),
+        1 => "1 second".to_owned(),
+        s if s < 60 => format!("{s} seconds"),
+        _ if minutes == 1 => "About a minute".to_owned(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".to_owned(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{days} days"),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", days / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", days / 30),
+        _ => format!("{} years", days / 365),
+    };
+    format!("{text} ago")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_docker() {
+        let cases = [
+            (0, "0B"),
+            (999, "999B"),
+            (7_795_000, "7.79MB"),
+            (142_000_000, "142MB"),
+            (1_120_000_000, "1.12GB"),
+            (1_000, "1kB"),
+            (1_500, "1.5kB"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(human_size(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn ages_read_like_docker() {
+        let now: jiff::Timestamp = "2026-11-27T12:00:00Z".parse().unwrap();
+        let ago = |secs: i64| time_ago(now - jiff::SignedDuration::from_secs(secs), now);
+        assert_eq!(ago(0), "Less than a second ago");
+        assert_eq!(ago(30), "30 seconds ago");
+        assert_eq!(ago(90), "About a minute ago");
+        assert_eq!(ago(600), "10 minutes ago");
+        assert_eq!(ago(3 * 3600), "3 hours ago");
+        assert_eq!(ago(3 * 86400), "3 days ago");
+        assert_eq!(ago(21 * 86400), "3 weeks ago");
+        assert_eq!(ago(90 * 86400), "3 months ago");
+        assert_eq!(ago(800 * 86400), "2 years ago");
+    }
+
+    #[test]
+    fn plain_lines_use_docker_words() {
+        let d = Digest::sha256_of(b"x");
+        let line = plain_line(&Event::Layer {
+            digest: d.clone(),
+            status: LayerStatus::PullingFsLayer,
+        });
+        assert_eq!(line.unwrap(), format!("{}: Pulling fs layer", d.short()));
+        assert!(
+            plain_line(&Event::Layer {
+                digest: d,
+                status: LayerStatus::Downloading {
+                    current: 1,
+                    total: 2
+                }
+            })
+            .is_none()
+        );
+        assert_eq!(
+            plain_line(&Event::Finished {
+                up_to_date: true,
+                familiar: "alpine:latest".into(),
+                reference: "docker.io/library/alpine:latest".into()
+            })
+            .unwrap(),
+            "Status: Image is up to date for alpine:latest"
+        );
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut t = Table::new(&["REPOSITORY", "TAG"]);
+        t.push(vec!["alpine".into(), "latest".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "REPOSITORY   TAG\nalpine       latest\n"
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! haul's configuration file: the keys of docker's `daemon.json` that matter to a puller.
+//!
+//! Looked up at an explicit path, then `$HAUL_CONFIG`, then `$XDG_CONFIG_HOME/haul/config.json`
+//! (`~/.config/haul/config.json`), then `/etc/haul/config.json`; the first that exists wins and none
+//! is fine (defaults). An explicit path that does not exist is an error. Unknown keys produce
+//! warnings, never failures, so a real `daemon.json` can be pointed at directly; a known key with a
+//! bad value is an error naming the key and the file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
+pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
+
+/// Docker Hub's name as mirrors are keyed.
+const DOCKER_HUB: &str = "docker.io";
+
+/// daemon.json keys docker has that make no sense for a puller: accepted without a warning.
+const IGNORED_DAEMON_KEYS: &[&str] = &[
+    "debug",
+    "log-level",
+    "storage-driver",
+    "data-root",
+    "features",
+    "builder",
+    "experimental",
+    "live-restore",
+    "log-driver",
+    "log-opts",
+    "default-address-pools",
+    "dns",
+    "hosts",
+    "max-concurrent-uploads",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Proxies {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub no_proxy: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub insecure_registries: Vec<String>,
+    pub max_concurrent_downloads: usize,
+    pub max_download_attempts: u32,
+    /// Mirrors per upstream registry (`docker.io`, `ghcr.io`, `host:port`), tried in order.
+    pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
+    pub proxies: Proxies,
+    /// The file the values came from, if any.
+    pub source: Option<PathBuf>,
+    /// Unknown keys and other things worth telling the user, without failing.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            insecure_registries: Vec::new(),
+            max_concurrent_downloads: DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+            max_download_attempts: DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
+            registry_mirrors: BTreeMap::new(),
+            proxies: Proxies::default(),
+            source: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config file {path}: invalid value for \"{key}\": {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// The files looked at, in order, when no explicit path is given.
+    pub fn search_paths() -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        if let Some(p) = std::env::var_os("HAUL_CONFIG").filter(|p| !p.is_empty()) {
+            paths.push(PathBuf::from(p));
+        }
+        let xdg = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(dir) = xdg {
+            paths.push(dir.join("haul").join("config.json"));
+        }
+        paths.push(PathBuf::from("/etc/haul/config.json"));
+        paths
+    }
+
+    /// Loads `explicit` (which must exist) or the first existing file of [`Config::search_paths`].
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Self::load_file(path);
+        }
+        for path in Self::search_paths() {
+            if path.is_file() {
+                return Self::load_file(&path);
+            }
+        }
+        Ok(Config::default())
+    }
+
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(path, &bytes)
+    }
+
+    pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|source| ConfigError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let Value::Object(map) = value else {
+            return Err(invalid("(top level)", "expected a JSON object".to_owned()));
+        };
+        let mut config = Config {
+            source: Some(path.to_owned()),
+            ..Config::default()
+        };
+        for (key, v) in &map {
+            match key.as_str() {
+                "insecure-registries" => {
+                    config.insecure_registries = string_list(v).ok_or_else(|| {
+                        invalid(key, "expected a list of registry names or CIDRs".to_owned())
+                    })?;
+                    for entry in &config.insecure_registries {
+                        validate_insecure_entry(entry).map_err(|r| invalid(key, r))?;
+                    }
+                }
+                "max-concurrent-downloads" => {
+                    config.max_concurrent_downloads = positive(v).ok_or_else(|| {
+                        invalid(key, format!("expected a positive integer, got {v}"))
+                    })? as usize;
+                }
+                "max-download-attempts" => {
+                    config.max_download_attempts = positive(v)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            invalid(key, format!("expected a positive integer, got {v}"))
+                        })?;
+                }
+                "registry-mirrors" => {
+                    config.registry_mirrors = parse_mirrors(v).map_err(|r| invalid(key, r))?;
+                }
+                "proxies" => {
+                    config.proxies = parse_proxies(v).map_err(|r| invalid(key, r))?;
+                }
+                other if IGNORED_DAEMON_KEYS.contains(&other) => {}
+                other => config.warnings.push(format!(
+                    "config file {}: unknown key \"{other}\" ignored",
+                    path.display()
+                )),
+            }
+        }
+        Ok(config)
+    }
+
+    /// Whether plain HTTP (and unverified TLS) is allowed for `host` (`name[:port]`).
+    pub fn is_insecure(&self, host: &str) -> bool {
+        self.insecure_registries.iter().any(|entry| {
+            if entry == host {
+                return true;
+            }
+            if let Some((net, bits)) = parse_cidr(entry) {
+                return host_ip(host).is_some_and(|ip| cidr_contains(net, bits, ip));
+            }
+            // An entry without a port covers every port of that host, as in docker.
+            !entry.contains(':') && host_without_port(host) == entry
+        })
+    }
+
+    /// Mirrors configured for `registry`, in the order they are to be tried.
+    pub fn mirrors_for(&self, registry: &str) -> &[url::Url] {
+        self.registry_mirrors
+            .get(registry)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn positive(v: &Value) -> Option<u64> {
+    v.as_u64().filter(|n| *n > 0)
+}
+
+fn validate_insecure_entry(entry: &str) -> Result<(), String> {
+    if entry.is_empty() || entry.contains("://") || entry.contains(char::is_whitespace) {
+        return Err(format!(
+            "{entry:?} is not a registry host[:port] or CIDR (no scheme)"
+        ));
+    }
+    if entry.contains('/') && parse_cidr(entry).is_none() {
+        return Err(format!("{entry:?} is not a valid CIDR"));
+    }
+    Ok(())
+}
+
+fn parse_mirror_url(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "mirror URL for {} must not carry credentials; use `haul login`",
+            url.host_str().unwrap_or("?")
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_mirrors(v: &Value) -> Result<BTreeMap<String, Vec<url::Url>>, String> {
+    let list = |v: &Value| -> Result<Vec<url::Url>, String> {
+        let items = v
+            .as_array()
+            .ok_or_else(|| "expected a list of mirror URLs".to_owned())?;
+        items
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .ok_or_else(|| format!("expected a URL string, got {s}"))
+                    .and_then(parse_mirror_url)
+            })
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    match v {
+        // docker's meaning: a plain list mirrors Docker Hub only.
+        Value::Array(_) => {
+            out.insert(DOCKER_HUB.to_owned(), list(v)?);
+        }
+        Value::Object(map) => {
+            for (registry, mirrors) in map {
+                let key = match registry.as_str() {
+                    "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+                    r => r,
+                };
+                out.insert(key.to_owned(), list(mirrors)?);
+            }
+        }
+        _ => return Err("expected a list of URLs or an object of registry → URLs".to_owned()),
+    }
+    Ok(out)
+}
+
+fn parse_proxies(v: &Value) -> Result<Proxies, String> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| "expected an object with http-proxy, https-proxy, no-proxy".to_owned())?;
+    let mut p = Proxies::default();
+    for (k, val) in map {
+        let s = val
+            .as_str()
+            .ok_or_else(|| format!("\"{k}\" must be a string"))?
+            .to_owned();
+        match k.as_str() {
+            "http-proxy" => p.http = Some(s),
+            "https-proxy" => p.https = Some(s),
+            "no-proxy" => p.no_proxy = Some(s),
+            other => return Err(format!("unknown proxies key \"{other}\"")),
+        }
+    }
+    for s in [&p.http, &p.https].into_iter().flatten() {
+        url::Url::parse(s).map_err(|_| "proxy is not a valid URL".to_owned())?;
+    }
+    Ok(p)
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn host_ip(host: &str) -> Option<IpAddr> {
+    let h = host_without_port(host);
+    if h == "localhost" {
+        return Some(IpAddr::from([127, 0, 0, 1]));
+    }
+    h.parse().ok()
+}
+
+/// Whether `host` is on the loopback interface: such registries may speak plain HTTP, as in docker.
+pub fn is_loopback(host: &str) -> bool {
+    host_ip(host).is_some_and(|ip| ip.is_loopback())
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (net, bits) = s.split_once('/')?;
+    let net: IpAddr = net.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((net, bits))
+}
+
+fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::from_json(Path::new("/etc/haul/config.json"), json.as_bytes())
+    }
+
+    #[test]
+    fn reads_daemon_json_keys_and_defaults() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.max_concurrent_downloads, 3);
+        assert_eq!(c.max_download_attempts, 5);
+        let c = parse(
+            r#"{"max-concurrent-downloads": 8, "max-download-attempts": 2,
+                "insecure-registries": ["reg.local:5000", "10.0.0.0/8", "plain.example"],
+                "registry-mirrors": ["https://mirror.local"], "debug": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_concurrent_downloads, 8);
+        assert_eq!(c.max_download_attempts, 2);
+        assert_eq!(
+            c.mirrors_for("docker.io")[0].as_str(),
+            "https://mirror.local/"
+        );
+        assert!(c.mirrors_for("ghcr.io").is_empty());
+        assert!(c.warnings.is_empty());
+        assert!(c.is_insecure("reg.local:5000"));
+        assert!(!c.is_insecure("reg.local:5001"));
+        assert!(c.is_insecure("10.1.2.3:5000"));
+        assert!(!c.is_insecure("11.1.2.3"));
+        assert!(c.is_insecure("plain.example:443"));
+        assert!(!c.is_insecure("ghcr.io"));
+    }
+
+    #[test]
+    fn mirrors_for_any_registry() {
+        let c = parse(
+            r#"{"registry-mirrors": {"index.docker.io": ["https://m1"], "ghcr.io": ["http://127.0.0.1:5001", "https://m2"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mirrors_for("docker.io").len(), 1);
+        assert_eq!(c.mirrors_for("ghcr.io").len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_warn_and_bad_values_name_key_and_file() {
+        let c = parse(r#"{"max-concurent-downloads": 4}"#).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("max-concurent-downloads"));
+        let bad = [
+            (
+                r#"{"max-concurrent-downloads": 0}"#,
+                "max-concurrent-downloads",
+            ),
+            (
+                r#"{"max-concurrent-downloads": "3"}"#,
+                "max-concurrent-downloads",
+            ),
+            (r#"{"max-download-attempts": -1}"#, "max-download-attempts"),
+            (r#"{"insecure-registries": "reg"}"#, "insecure-registries"),
+            (
+                r#"{"insecure-registries": ["http://reg"]}"#,
+                "insecure-registries",
+            ),
+            (
+                r#"{"insecure-registries": ["10.0.0.0/99"]}"#,
+                "insecure-registries",
+            ),
+            (r#"{"registry-mirrors": ["ftp://x"]}"#, "registry-mirrors"),
+            (
+                r#"{"registry-mirrors": ["https://user:pw@m"]}"#,
+                "registry-mirrors",
+            ),
+            (r#"{"registry-mirrors": 3}"#, "registry-mirrors"),
+            (r#"{"proxies": {"http-proxy": 1}}"#, "proxies"),
+            ("[]", "(top level)"),
+        ];
+        for (json, key) in bad {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("/etc/haul/config.json"),
+                "{json}: {err}"
+            );
+        }
+        assert!(matches!(parse("{"), Err(ConfigError::Json { .. })));
+    }
+
+    #[test]
+    fn an_explicit_missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/haul.json"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/haul.json"));
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["10.0.0.1:5000", "example.com", "ghcr.io"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

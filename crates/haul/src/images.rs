@@ -1,0 +1,85 @@
+//! Listing what the store holds, in the shape of `docker images`.
+//!
+//! One row per ref. The image ID is the config digest (as in docker); the digest is what the name
+//! resolved to at the registry (docker's "repo digest"); the size is the content the image needs in
+//! the store: config plus compressed layers. Rows come newest first by the config's `created`.
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::manifest::{self, ImageConfig, Manifest};
+use crate::reference::Reference;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// The full reference the image is stored under.
+    pub reference: String,
+    /// docker's familiar repository name (`alpine`, `127.0.0.1:5000/team/app`).
+    pub repository: String,
+    /// `None` for images pulled by digest only.
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub image_id: Digest,
+    pub created: Option<jiff::Timestamp>,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: manifest::ManifestError,
+    },
+}
+
+/// Lists every ref, or those matching `filter` (a repository, optionally with a tag).
+pub fn list(store: &Store, filter: Option<&Reference>) -> Result<Vec<ImageSummary>, ImagesError> {
+    let mut rows = Vec::new();
+    for entry in store.refs()? {
+        let Ok(reference) = entry.name.parse::<Reference>() else {
+            // Written by another OCI tool with a name that is not a docker reference.
+            continue;
+        };
+        if let Some(f) = filter {
+            if f.name() != reference.name() {
+                continue;
+            }
+            if f.tag().is_some() && f.tag() != reference.tag() {
+                continue;
+            }
+        }
+        let bytes = store.read_blob(&entry.manifest.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
+        let manifest = match manifest::parse(Some(&entry.manifest.media_type), &bytes) {
+            Ok(Manifest::Image(m)) => m,
+            Ok(Manifest::Index(_)) => continue,
+            Err(source) => {
+                return Err(ImagesError::Manifest {
+                    reference: entry.name.clone(),
+                    source,
+                });
+            }
+        };
+        let config_bytes = store.read_blob(&manifest.config.digest, manifest::MAX_CONFIG_BYTES)?;
+        let config = ImageConfig::parse(&config_bytes).map_err(|source| ImagesError::Manifest {
+            reference: entry.name.clone(),
+            source,
+        })?;
+        let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        rows.push(ImageSummary {
+            repository: reference.familiar_name(),
+            tag: reference.tag().map(str::to_owned),
+            digest: entry.resolved.clone(),
+            image_id: manifest.config.digest.clone(),
+            created: config.created_at(),
+            size,
+            reference: entry.name,
+        });
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.created));
+    Ok(rows)
+}

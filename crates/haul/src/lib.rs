@@ -1,0 +1,39 @@
+//! haul: pull OCI and Docker images from any registry into a verified OCI image layout, without a
+//! daemon.
+//!
+//! The pieces, in the order a pull uses them: [`reference`] parses and normalises a name,
+//! [`registry`] talks to the registry (challenges, tokens, credentials, retries), [`manifest`] and
+//! [`platform`] read manifests and pick the image for a platform, [`store`] keeps verified content in
+//! an OCI layout, and [`pull`] orchestrates it all, reporting [`progress`] events to the caller.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Arc::new(haul::config::Config::load(None)?);
+//! let client = haul::registry::RegistryClient::new(
+//!     config.clone(),
+//!     Arc::new(haul::registry::DockerConfig::load_default()?),
+//!     Default::default(),
+//! )?;
+//! let store = haul::store::Store::open("/tmp/haul-store")?;
+//! let puller = haul::pull::Puller::new(client, store, haul::pull::PullOptions {
+//!     platform: None,
+//!     max_concurrent_downloads: config.max_concurrent_downloads,
+//! });
+//! let outcome = puller.pull(&"alpine".parse()?, Arc::new(haul::progress::Silent)).await?;
+//! println!("{} is {}", outcome.reference, outcome.resolved);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod digest;
+pub mod images;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;

@@ -1,0 +1,579 @@
+//! Manifests, indexes and image configs: media types, parsing and platform selection.
+//!
+//! Raw bytes are the source of truth: a manifest is stored and hashed exactly as the registry sent it,
+//! and these types are parsed views used to find descriptors, diff_ids and platforms. Nothing here
+//! serialises a manifest back, so no field can be lost or reordered on the way to the store.
+//! [`parse`] accepts OCI and Docker schema 2 manifests and indexes, refuses schema 1 and anything
+//! unknown with an error that says which, and never reads more than [`MAX_MANIFEST_BYTES`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::platform::{self, Platform};
+
+/// Registries serve manifests of a few KiB; containerd and skopeo cap them near 4 MiB, and so do we,
+/// so a hostile registry cannot make us buffer an unbounded document.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Image configs are larger than manifests (history, labels) but still small; a cap keeps a hostile
+/// config from being read into memory whole.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+pub mod media_type {
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    pub const OCI_LAYER_NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    pub const OCI_LAYER_NONDIST_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    pub const OCI_LAYER_NONDIST_ZSTD: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    pub const DOCKER_LAYER_FOREIGN: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    pub const DOCKER_SCHEMA1_SIGNED: &str =
+        "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+    /// What haul asks registries for, most preferred first.
+    pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+        application/vnd.docker.distribution.manifest.list.v2+json, \
+        application/vnd.oci.image.manifest.v1+json, \
+        application/vnd.docker.distribution.manifest.v2+json";
+
+    pub fn is_index(mt: &str) -> bool {
+        mt == OCI_INDEX || mt == DOCKER_LIST
+    }
+
+    pub fn is_image_manifest(mt: &str) -> bool {
+        mt == OCI_MANIFEST || mt == DOCKER_MANIFEST
+    }
+
+    pub fn is_schema1(mt: &str) -> bool {
+        mt == DOCKER_SCHEMA1 || mt == DOCKER_SCHEMA1_SIGNED
+    }
+
+    pub fn is_config(mt: &str) -> bool {
+        mt == OCI_CONFIG || mt == DOCKER_CONFIG
+    }
+
+    pub fn is_layer(mt: &str) -> bool {
+        matches!(
+            mt,
+            OCI_LAYER
+                | OCI_LAYER_GZIP
+                | OCI_LAYER_ZSTD
+                | OCI_LAYER_NONDIST
+                | OCI_LAYER_NONDIST_GZIP
+                | OCI_LAYER_NONDIST_ZSTD
+                | DOCKER_LAYER_GZIP
+                | DOCKER_LAYER_FOREIGN
+        )
+    }
+
+    /// `Content-Type` without parameters such as `; charset=utf-8`.
+    pub fn essence(content_type: &str) -> &str {
+        content_type.split(';').next().unwrap_or("").trim()
+    }
+}
+
+/// Where an index entry comes from Docker's build attestations rather than an image.
+const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
+
+/// An OCI content descriptor (also the shape of Docker schema 2's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest,
+            size,
+            urls: Vec::new(),
+            annotations: BTreeMap::new(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIndex {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A parsed manifest: either one image or an index of them.
+// One value per pull step: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    Image(ImageManifest),
+    Index(ImageIndex),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "this image uses the Docker schema 1 manifest format ({media_type}), which haul does not \
+         support; ask the publisher to push it again with a current Docker or buildkit \
+         (schema 2 or OCI)"
+    )]
+    Schema1 { media_type: String },
+    #[error("unsupported manifest media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("manifest is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("manifest is not valid JSON for {kind}: {source}")]
+    Invalid {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("manifest declares media type {body:?} but was served as {header:?}")]
+    ConflictingMediaType { header: String, body: String },
+    #[error(
+        "{media_type:?} is not a container image config (the artifact may be a helm chart, a \
+         signature or an attestation, which `haul pull` does not unpack)"
+    )]
+    NotAnImage { media_type: String },
+    #[error("unsupported layer media type {0:?}")]
+    UnsupportedLayer(String),
+    #[error("image config is not valid: {0}")]
+    InvalidConfig(#[source] serde_json::Error),
+    #[error("image config lists {diff_ids} layer diff_ids but the manifest has {layers} layers")]
+    LayerCountMismatch { diff_ids: usize, layers: usize },
+    #[error(
+        "no matching manifest for {wanted} in the manifest list entries (the image has: {available})"
+    )]
+    NoMatchingPlatform { wanted: String, available: String },
+}
+
+/// The fields every manifest kind shares, read before deciding what the document is.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+}
+
+/// Parses a manifest or index, dispatching on the served `Content-Type` and the body's `mediaType`.
+///
+/// Registries and proxies sometimes serve manifests as `application/json` or
+/// `application/octet-stream`; those are treated as "unknown" and the body decides.
+pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge {
+            limit: MAX_MANIFEST_BYTES,
+        });
+    }
+    let header = content_type.map(media_type::essence).filter(|mt| {
+        !matches!(
+            *mt,
+            "" | "application/json" | "application/octet-stream" | "text/plain"
+        )
+    });
+    if let Some(mt) = header
+        && media_type::is_schema1(mt)
+    {
+        return Err(ManifestError::Schema1 {
+            media_type: mt.to_owned(),
+        });
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
+        kind: "a manifest",
+        source,
+    })?;
+    if probe.schema_version == Some(1) {
+        return Err(ManifestError::Schema1 {
+            media_type: header
+                .map(str::to_owned)
+                .or(probe.media_type)
+                .unwrap_or_else(|| media_type::DOCKER_SCHEMA1_SIGNED.to_owned()),
+        });
+    }
+    if let (Some(h), Some(b)) = (header, probe.media_type.as_deref())
+        && h != b
+    {
+        return Err(ManifestError::ConflictingMediaType {
+            header: h.to_owned(),
+            body: b.to_owned(),
+        });
+    }
+    let declared = header.or(probe.media_type.as_deref());
+    let is_index = match declared {
+        Some(mt) if media_type::is_index(mt) => true,
+        Some(mt) if media_type::is_image_manifest(mt) => false,
+        Some(mt) if media_type::is_schema1(mt) => {
+            return Err(ManifestError::Schema1 {
+                media_type: mt.to_owned(),
+            });
+        }
+        Some(mt) => return Err(ManifestError::UnsupportedMediaType(mt.to_owned())),
+        // OCI allows omitting mediaType; the shape decides.
+        None if probe.manifests.is_some() => true,
+        None if probe.config.is_some() => false,
+        None => return Err(ManifestError::UnsupportedMediaType(String::new())),
+    };
+    if is_index {
+        serde_json::from_slice(bytes)
+            .map(Manifest::Index)
+            .map_err(|source| ManifestError::Invalid {
+                kind: "an image index",
+                source,
+            })
+    } else {
+        serde_json::from_slice(bytes)
+            .map(Manifest::Image)
+            .map_err(|source| ManifestError::Invalid {
+                kind: "an image manifest",
+                source,
+            })
+    }
+}
+
+impl ImageManifest {
+    /// Refuses manifests haul cannot turn into an image: non-image configs, unknown layer types.
+    pub fn check_is_image(&self) -> Result<(), ManifestError> {
+        if !media_type::is_config(&self.config.media_type) {
+            return Err(ManifestError::NotAnImage {
+                media_type: self.config.media_type.clone(),
+            });
+        }
+        if let Some(bad) = self
+            .layers
+            .iter()
+            .find(|l| !media_type::is_layer(&l.media_type))
+        {
+            return Err(ManifestError::UnsupportedLayer(bad.media_type.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl ImageIndex {
+    /// Entries that are images: attestations and nested artifacts are left out.
+    pub fn image_entries(&self) -> impl Iterator<Item = &Descriptor> {
+        self.manifests.iter().filter(|d| {
+            media_type::is_image_manifest(&d.media_type)
+                && !d.annotations.contains_key(REFERENCE_TYPE_ANNOTATION)
+        })
+    }
+
+    /// The entry for `wanted` by containerd's ordered rules, or an error listing what the index has.
+    pub fn select(&self, wanted: &Platform) -> Result<&Descriptor, ManifestError> {
+        let entries: Vec<&Descriptor> = self
+            .image_entries()
+            .filter(|d| d.platform.is_some())
+            .collect();
+        let best = platform::best_match(wanted, entries.iter().filter_map(|d| d.platform.as_ref()));
+        if let Some(i) = best {
+            return Ok(entries[i]);
+        }
+        let mut available: Vec<String> = entries
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect();
+        available.dedup();
+        Err(ManifestError::NoMatchingPlatform {
+            wanted: wanted.to_string(),
+            available: if available.is_empty() {
+                "no platforms".to_owned()
+            } else {
+                available.join(", ")
+            },
+        })
+    }
+}
+
+/// The parts of an image config haul reads. The config blob itself is kept verbatim.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub rootfs: RootFs,
+    #[serde(default)]
+    pub history: Vec<History>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct History {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub empty_layer: bool,
+}
+
+impl ImageConfig {
+    pub fn parse(bytes: &[u8]) -> Result<ImageConfig, ManifestError> {
+        serde_json::from_slice(bytes).map_err(ManifestError::InvalidConfig)
+    }
+
+    /// The diff_ids must pair one-to-one with the manifest's layers, or unpacking cannot verify them.
+    pub fn check_layers(&self, manifest: &ImageManifest) -> Result<(), ManifestError> {
+        if self.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ManifestError::LayerCountMismatch {
+                diff_ids: self.rootfs.diff_ids.len(),
+                layers: manifest.layers.len(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn created_at(&self) -> Option<jiff::Timestamp> {
+        self.created.as_deref().and_then(|s| s.parse().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    fn image_json(mt: Option<&str>) -> String {
+        let mt = mt
+            .map(|m| format!(r#""mediaType":"{m}","#))
+            .unwrap_or_default();
+        format!(
+            r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"{}","digest":"{}","size":10}},
+            "layers":[{{"mediaType":"{}","digest":"{}","size":20}}]}}"#,
+            media_type::OCI_CONFIG,
+            d(1),
+            media_type::OCI_LAYER_GZIP,
+            d(2)
+        )
+    }
+
+    fn index_json(entries: &[(&str, &str, Option<&str>)]) -> String {
+        let manifests: Vec<String> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (os, arch, variant))| {
+                let v = variant
+                    .map(|v| format!(r#","variant":"{v}""#))
+                    .unwrap_or_default();
+                format!(
+                    r#"{{"mediaType":"{}","digest":"{}","size":5,"platform":{{"os":"{os}","architecture":"{arch}"{v}}}}}"#,
+                    media_type::OCI_MANIFEST,
+                    d(i as u8 + 10)
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+            media_type::OCI_INDEX,
+            manifests.join(",")
+        )
+    }
+
+    #[test]
+    fn dispatches_on_header_then_body_then_shape() {
+        let body = image_json(Some(media_type::OCI_MANIFEST));
+        for ct in [
+            Some(media_type::OCI_MANIFEST),
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+            Some("application/json"),
+            None,
+        ] {
+            assert!(
+                matches!(parse(ct, body.as_bytes()), Ok(Manifest::Image(_))),
+                "{ct:?}"
+            );
+        }
+        let bare = image_json(None);
+        assert!(matches!(
+            parse(None, bare.as_bytes()),
+            Ok(Manifest::Image(_))
+        ));
+        let idx = index_json(&[("linux", "amd64", None)]);
+        assert!(matches!(
+            parse(None, idx.as_bytes()),
+            Ok(Manifest::Index(_))
+        ));
+        assert!(matches!(
+            parse(Some(media_type::DOCKER_MANIFEST), body.as_bytes()),
+            Err(ManifestError::ConflictingMediaType { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_schema1_unknown_and_oversized() {
+        let s1 = r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
+        let err = parse(Some(media_type::DOCKER_SCHEMA1_SIGNED), s1.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("schema 1"), "{err}");
+        assert!(matches!(
+            parse(None, s1.as_bytes()),
+            Err(ManifestError::Schema1 { .. })
+        ));
+        assert!(matches!(
+            parse(Some("application/vnd.example+json"), b"{}"),
+            Err(ManifestError::UnsupportedMediaType(_))
+        ));
+        let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        assert!(matches!(
+            parse(None, &big),
+            Err(ManifestError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse(None, b"not json"),
+            Err(ManifestError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_artifacts_and_unknown_layers() {
+        let helm = image_json(None).replace(
+            media_type::OCI_CONFIG,
+            "application/vnd.cncf.helm.config.v1+json",
+        );
+        let Manifest::Image(m) = parse(None, helm.as_bytes()).unwrap() else {
+            panic!("not an image")
+        };
+        assert!(matches!(
+            m.check_is_image(),
+            Err(ManifestError::NotAnImage { .. })
+        ));
+        let odd = image_json(None).replace(media_type::OCI_LAYER_GZIP, "application/x-odd");
+        let Manifest::Image(m) = parse(None, odd.as_bytes()).unwrap() else {
+            panic!("not an image")
+        };
+        assert!(matches!(
+            m.check_is_image(),
+            Err(ManifestError::UnsupportedLayer(_))
+        ));
+    }
+
+    #[test]
+    fn selects_platform_and_lists_the_alternatives() {
+        let idx = index_json(&[
+            ("linux", "amd64", None),
+            ("linux", "arm", Some("v6")),
+            ("linux", "arm64", Some("v8")),
+            ("unknown", "unknown", None),
+        ]);
+        let Manifest::Index(index) = parse(None, idx.as_bytes()).unwrap() else {
+            panic!("not an index")
+        };
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        assert_eq!(index.select(&arm64).unwrap().digest.to_string(), d(12));
+        let armv7: Platform = "linux/arm/v7".parse().unwrap();
+        assert_eq!(index.select(&armv7).unwrap().digest.to_string(), d(11));
+        let s390x: Platform = "linux/s390x".parse().unwrap();
+        let err = index.select(&s390x).unwrap_err().to_string();
+        assert!(
+            err.contains("no matching manifest for linux/s390x"),
+            "{err}"
+        );
+        assert!(
+            err.contains("linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn skips_attestation_entries() {
+        let mut idx: serde_json::Value = serde_json::from_str(&index_json(&[
+            ("linux", "amd64", None),
+            ("linux", "amd64", None),
+        ]))
+        .unwrap();
+        idx["manifests"][0]["annotations"] =
+            serde_json::json!({"vnd.docker.reference.type": "attestation-manifest"});
+        let Manifest::Index(index) = parse(None, idx.to_string().as_bytes()).unwrap() else {
+            panic!("not an index")
+        };
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        assert_eq!(index.select(&amd64).unwrap().digest.to_string(), d(11));
+    }
+
+    #[test]
+    fn config_diff_ids_must_pair_with_layers() {
+        let Manifest::Image(m) = parse(None, image_json(None).as_bytes()).unwrap() else {
+            panic!("not an image")
+        };
+        let ok = format!(
+            r#"{{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            d(3)
+        );
+        let config = ImageConfig::parse(ok.as_bytes()).unwrap();
+        config.check_layers(&m).unwrap();
+        assert_eq!(
+            config.created_at().unwrap().to_string(),
+            "2024-01-01T00:00:00Z"
+        );
+        let none = ImageConfig::parse(br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#).unwrap();
+        assert!(matches!(
+            none.check_layers(&m),
+            Err(ManifestError::LayerCountMismatch {
+                diff_ids: 0,
+                layers: 1
+            })
+        ));
+    }
+}

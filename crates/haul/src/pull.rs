@@ -1,0 +1,660 @@
+//! The pull orchestrator: reference → manifest → platform → blobs → ref.
+//!
+//! A tag is resolved with HEAD; manifests are fetched by digest only when the store lacks them.
+//! Config and layers download concurrently (`max-concurrent-downloads` at a time), each streamed
+//! through an ingest that hashes and counts while writing, retried on transient failures and resumed
+//! with `Range` where the registry allows. The ref is published last, after every blob it reaches is
+//! committed, so a failed or interrupted pull never leaves a name pointing at a partial image; the
+//! blobs it did verify stay for the next pull to reuse.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::digest::Digest;
+use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
+use crate::platform::Platform;
+use crate::progress::{Event, LayerStatus, Reporter};
+use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryError, Repository};
+use crate::store::{IngestStart, RefEntry, Store, StoreError};
+
+/// How often a layer reports download progress, at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("manifest for {reference} not found: {source}")]
+    ManifestUnknown {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("repository {repository} not found: {source}")]
+    NameUnknown {
+        repository: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error(
+        "pull access denied for {repository}, repository does not exist or may require \
+         'haul login': {source}"
+    )]
+    AccessDenied {
+        repository: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("filesystem layer verification failed for digest {digest}: {source}")]
+    LayerVerification {
+        digest: Digest,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("{context}: {source}")]
+    Manifest {
+        context: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a download task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The platform to pick from an index; the host's when `None`.
+    pub platform: Option<Platform>,
+    pub max_concurrent_downloads: usize,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    /// The full reference the image is stored under (`docker.io/library/alpine:latest`).
+    pub reference: Reference,
+    /// What the name resolved to: an index or a manifest.
+    pub resolved: Digest,
+    /// The image manifest that was pulled.
+    pub manifest: Digest,
+    pub up_to_date: bool,
+    pub blobs_downloaded: usize,
+    pub bytes_downloaded: u64,
+}
+
+pub struct Puller {
+    client: RegistryClient,
+    store: Store,
+    options: PullOptions,
+}
+
+/// A manifest document: its exact bytes and how it was served.
+struct Document {
+    digest: Digest,
+    bytes: Vec<u8>,
+    content_type: Option<String>,
+}
+
+impl Puller {
+    pub fn new(client: RegistryClient, store: Store, options: PullOptions) -> Puller {
+        Puller {
+            client,
+            store,
+            options,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Pulls every tag of `repository` (a reference without tag or digest), one after another so
+    /// shared layers are fetched once.
+    pub async fn pull_all_tags(
+        &self,
+        repository: &Reference,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Vec<PullOutcome>, PullError> {
+        let repo = self.client.repository(repository);
+        let tags = repo
+            .tags()
+            .await
+            .map_err(|e| map_name_error(repository, e))?;
+        let mut outcomes = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let Ok(reference) = repository.with_tag(&tag) else {
+                tracing::warn!(%tag, "skipping a tag that is not a valid reference");
+                continue;
+            };
+            outcomes.push(self.pull(&reference, reporter.clone()).await?);
+        }
+        Ok(outcomes)
+    }
+
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<PullOutcome, PullError> {
+        let repo = self.client.repository(reference);
+        if reference.tag().is_none() && reference.digest().is_none() {
+            reporter.report(Event::UsingDefaultTag {
+                tag: reference.tag_or_default().to_owned(),
+            });
+        }
+        let label = match reference.digest() {
+            Some(d) => d.to_string(),
+            None => reference.tag_or_default().to_owned(),
+        };
+        reporter.report(Event::PullingFrom {
+            label,
+            repository: reference.repository().to_owned(),
+        });
+
+        let top = self.resolve(reference, &repo).await?;
+        let resolved = top.digest.clone();
+        let (manifest_doc, platform, index_doc) = self.select_image(reference, &repo, top).await?;
+        let manifest = parse_image(reference, &manifest_doc)?;
+
+        let name = reference.to_string();
+        let existing = self.store.find_ref(&name)?;
+        let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
+            .chain(manifest.layers.iter())
+            .collect();
+        let all_present = blobs.iter().all(|d| self.store.has_blob(&d.digest))
+            && self.store.has_blob(&manifest_doc.digest);
+        let up_to_date = all_present
+            && existing.as_ref().is_some_and(|e| {
+                e.manifest.digest == manifest_doc.digest && e.resolved == resolved
+            });
+
+        let (blobs_downloaded, bytes_downloaded) = if up_to_date {
+            (0, 0)
+        } else {
+            self.fetch_blobs(reference, &repo, &manifest, reporter.clone())
+                .await?
+        };
+
+        let config_bytes = self
+            .store
+            .read_blob(&manifest.config.digest, manifest::MAX_CONFIG_BYTES)?;
+        let config = ImageConfig::parse(&config_bytes).map_err(|source| PullError::Manifest {
+            context: format!("image config {}", manifest.config.digest),
+            source,
+        })?;
+        config
+            .check_layers(&manifest)
+            .map_err(|source| PullError::Manifest {
+                context: format!("image {reference}"),
+                source,
+            })?;
+
+        // Publish: manifests after the blobs they reach, the ref last.
+        self.store
+            .put_blob(&manifest_doc.digest, &manifest_doc.bytes)?;
+        if let Some(index) = &index_doc {
+            self.store.put_blob(&index.digest, &index.bytes)?;
+        }
+        let platform = platform.unwrap_or_else(|| Platform {
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            variant: config.variant.clone(),
+            os_version: None,
+            os_features: Vec::new(),
+        });
+        let mut descriptor = Descriptor::new(
+            &manifest_media_type(&manifest, &manifest_doc),
+            manifest_doc.digest.clone(),
+            manifest_doc.bytes.len() as u64,
+        );
+        descriptor.platform = Some(platform);
+        if !up_to_date {
+            self.store
+                .set_ref(RefEntry {
+                    name,
+                    manifest: descriptor,
+                    resolved: resolved.clone(),
+                })
+                .await?;
+        }
+
+        reporter.report(Event::Resolved {
+            digest: resolved.clone(),
+        });
+        reporter.report(Event::Finished {
+            up_to_date,
+            familiar: reference.familiar_string(),
+            reference: reference.to_string(),
+        });
+        Ok(PullOutcome {
+            reference: reference.clone(),
+            resolved,
+            manifest: manifest_doc.digest,
+            up_to_date,
+            blobs_downloaded,
+            bytes_downloaded,
+        })
+    }
+
+    /// The document the reference names: by digest from the store when present, else from the
+    /// registry; a tag is resolved with HEAD first.
+    async fn resolve(
+        &self,
+        reference: &Reference,
+        repo: &Repository,
+    ) -> Result<Document, PullError> {
+        let digest = match reference.digest() {
+            Some(d) => d.clone(),
+            None => {
+                let tag = reference.tag_or_default();
+                let head = repo
+                    .head_manifest(tag)
+                    .await
+                    .map_err(|e| map_manifest_error(reference, e))?;
+                match head {
+                    Some(h) => h.digest,
+                    None => {
+                        // No digest header: the GET by tag is the resolution.
+                        let fetched = repo
+                            .get_manifest(tag)
+                            .await
+                            .map_err(|e| map_manifest_error(reference, e))?;
+                        return Ok(Document {
+                            digest: fetched.digest,
+                            bytes: fetched.bytes,
+                            content_type: fetched.content_type,
+                        });
+                    }
+                }
+            }
+        };
+        self.load_document(reference, repo, &digest).await
+    }
+
+    async fn load_document(
+        &self,
+        reference: &Reference,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Document, PullError> {
+        if self.store.has_blob(digest) {
+            let bytes = self
+                .store
+                .read_blob(digest, manifest::MAX_MANIFEST_BYTES as u64)?;
+            return Ok(Document {
+                digest: digest.clone(),
+                bytes,
+                content_type: None,
+            });
+        }
+        let fetched = repo
+            .get_manifest(&digest.to_string())
+            .await
+            .map_err(|e| map_manifest_error(reference, e))?;
+        Ok(Document {
+            digest: fetched.digest,
+            bytes: fetched.bytes,
+            content_type: fetched.content_type,
+        })
+    }
+
+    /// Follows an index to the manifest for the wanted platform. Returns the image manifest, the
+    /// platform it was picked for (if from an index) and the index itself.
+    async fn select_image(
+        &self,
+        reference: &Reference,
+        repo: &Repository,
+        top: Document,
+    ) -> Result<(Document, Option<Platform>, Option<Document>), PullError> {
+        let parsed =
+            manifest::parse(top.content_type.as_deref(), &top.bytes).map_err(|source| {
+                PullError::Manifest {
+                    context: format!("{reference}"),
+                    source,
+                }
+            })?;
+        match parsed {
+            Manifest::Image(_) => Ok((top, None, None)),
+            Manifest::Index(index) => {
+                let wanted = self.options.platform.clone().unwrap_or_else(Platform::host);
+                let entry = index
+                    .select(&wanted)
+                    .map_err(|source| PullError::Manifest {
+                        context: format!("{reference}"),
+                        source,
+                    })?;
+                let platform = entry.platform.clone();
+                let child = self.load_document(reference, repo, &entry.digest).await?;
+                Ok((child, platform, Some(top)))
+            }
+        }
+    }
+
+    async fn fetch_blobs(
+        &self,
+        reference: &Reference,
+        repo: &Repository,
+        manifest: &ImageManifest,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<(usize, u64), PullError> {
+        let mut seen = HashSet::new();
+        let mut jobs = Vec::new();
+        let (mut total, mut present) = (0u64, 0u64);
+        for (i, desc) in std::iter::once(&manifest.config)
+            .chain(manifest.layers.iter())
+            .enumerate()
+        {
+            if !seen.insert(desc.digest.clone()) {
+                continue;
+            }
+            let is_layer = i > 0;
+            total += desc.size;
+            if self.store.has_blob(&desc.digest) {
+                present += desc.size;
+                if is_layer {
+                    reporter.report(Event::Layer {
+                        digest: desc.digest.clone(),
+                        status: LayerStatus::AlreadyExists,
+                    });
+                }
+                continue;
+            }
+            if is_layer {
+                reporter.report(Event::Layer {
+                    digest: desc.digest.clone(),
+                    status: LayerStatus::PullingFsLayer,
+                });
+            }
+            jobs.push((desc.clone(), is_layer));
+        }
+        reporter.report(Event::Plan {
+            layers: manifest.layers.len() as u64,
+            bytes_total: total,
+            bytes_present: present,
+        });
+
+        let ctx = Arc::new(BlobContext {
+            client: self.client.clone(),
+            repo: repo.clone(),
+            store: self.store.clone(),
+            reporter,
+            slots: Arc::new(Semaphore::new(self.options.max_concurrent_downloads.max(1))),
+        });
+        let mut tasks = JoinSet::new();
+        for (desc, is_layer) in jobs {
+            let ctx = ctx.clone();
+            tasks.spawn(async move { ctx.fetch(desc, is_layer).await });
+        }
+        let (mut count, mut bytes) = (0usize, 0u64);
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(n)) => {
+                    if let Some(n) = n {
+                        count += 1;
+                        bytes += n;
+                    }
+                }
+                // Dropping the JoinSet on return aborts the other downloads.
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(PullError::Task(format!("{reference}: {e}"))),
+            }
+        }
+        Ok((count, bytes))
+    }
+}
+
+struct BlobContext {
+    client: RegistryClient,
+    repo: Repository,
+    store: Store,
+    reporter: Arc<dyn Reporter>,
+    slots: Arc<Semaphore>,
+}
+
+impl BlobContext {
+    fn layer_event(&self, is_layer: bool, digest: &Digest, status: LayerStatus) {
+        if is_layer {
+            self.reporter.report(Event::Layer {
+                digest: digest.clone(),
+                status,
+            });
+        }
+    }
+
+    /// Downloads one blob into the store. Returns the bytes fetched, or `None` when another
+    /// process committed it while we waited.
+    async fn fetch(&self, desc: Descriptor, is_layer: bool) -> Result<Option<u64>, PullError> {
+        let _slot = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.layer_event(is_layer, &desc.digest, LayerStatus::Waiting);
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PullError::Task(e.to_string()))?
+            }
+        };
+        let mut ingest = match self.store.begin_ingest(&desc.digest, desc.size).await? {
+            IngestStart::Present => {
+                self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
+                self.layer_event(is_layer, &desc.digest, LayerStatus::PullComplete);
+                return Ok(None);
+            }
+            IngestStart::Writer(w) => w,
+        };
+
+        let max_attempts = self.client.config().max_download_attempts;
+        let mut attempt = 1;
+        loop {
+            match self.transfer(&desc, &mut ingest, is_layer).await {
+                Ok(()) => break,
+                Err(Attempt::Remote(e)) if e.is_retryable() && attempt < max_attempts => {
+                    let delay = e
+                        .retry_after()
+                        .unwrap_or_else(|| self.client.backoff(attempt));
+                    self.layer_event(
+                        is_layer,
+                        &desc.digest,
+                        LayerStatus::Retrying {
+                            attempt,
+                            delay_secs: delay.as_secs_f64().ceil() as u64,
+                            reason: e.to_string(),
+                        },
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(Attempt::Remote(e)) => return Err(e.into()),
+                Err(Attempt::Local(source)) => {
+                    return Err(match source {
+                        StoreError::Verify { .. } => PullError::LayerVerification {
+                            digest: desc.digest.clone(),
+                            source: Box::new(source),
+                        },
+                        other => PullError::Store(other),
+                    });
+                }
+            }
+        }
+        self.layer_event(is_layer, &desc.digest, LayerStatus::VerifyingChecksum);
+        ingest
+            .commit()
+            .await
+            .map_err(|source| PullError::LayerVerification {
+                digest: desc.digest.clone(),
+                source: Box::new(source),
+            })?;
+        self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
+        self.layer_event(is_layer, &desc.digest, LayerStatus::PullComplete);
+        Ok(Some(desc.size))
+    }
+
+    /// One attempt: continues from what the ingest already holds when the registry honours
+    /// `Range`, starts over otherwise.
+    async fn transfer(
+        &self,
+        desc: &Descriptor,
+        ingest: &mut crate::store::Ingest,
+        is_layer: bool,
+    ) -> Result<(), Attempt> {
+        let offset = ingest.written();
+        let response = match self.repo.blob(&desc.digest, offset).await {
+            Ok(r) => r,
+            Err(e) if !desc.urls.is_empty() && !e.is_retryable() => {
+                self.foreign(desc, e).await.map_err(Attempt::Remote)?
+            }
+            Err(e) => return Err(Attempt::Remote(e)),
+        };
+        if offset > 0 && !resumes_at(&response, offset) {
+            ingest.restart().await.map_err(Attempt::Local)?;
+        }
+        let host = response.url().host_str().unwrap_or_default().to_owned();
+        let mut stream = response.bytes_stream();
+        let mut last_report = Instant::now();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| Attempt::Remote(crate::registry::error::from_reqwest(&host, &e)))?;
+            ingest.write(&chunk).await.map_err(Attempt::Local)?;
+            if is_layer && last_report.elapsed() >= PROGRESS_INTERVAL {
+                last_report = Instant::now();
+                self.layer_event(
+                    true,
+                    &desc.digest,
+                    LayerStatus::Downloading {
+                        current: ingest.written(),
+                        total: desc.size,
+                    },
+                );
+            }
+        }
+        self.layer_event(
+            is_layer,
+            &desc.digest,
+            LayerStatus::Downloading {
+                current: ingest.written(),
+                total: desc.size,
+            },
+        );
+        if ingest.written() < desc.size {
+            return Err(Attempt::Remote(RegistryError::Verify {
+                url: host,
+                source: crate::digest::VerifyError::TooShort {
+                    expected: desc.size,
+                    actual: ingest.written(),
+                },
+            }));
+        }
+        Ok(())
+    }
+
+    /// Tries a foreign layer's URLs in order, without registry credentials.
+    async fn foreign(
+        &self,
+        desc: &Descriptor,
+        registry_error: RegistryError,
+    ) -> Result<reqwest::Response, RegistryError> {
+        for url in &desc.urls {
+            match self.repo.foreign_blob(url).await {
+                Ok(r) => return Ok(r),
+                Err(e) => tracing::debug!(%url, error = %e, "foreign layer URL failed"),
+            }
+        }
+        Err(registry_error)
+    }
+}
+
+/// A resumed request is usable only as a 206 whose `Content-Range` starts where we stopped.
+fn resumes_at(response: &reqwest::Response, offset: u64) -> bool {
+    if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+        return false;
+    }
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|start| start.parse::<u64>().ok())
+        == Some(offset)
+}
+
+/// Why one download attempt failed: the remote side may deserve another try, the local side not
+/// (a full disk does not get emptier by retrying).
+enum Attempt {
+    Remote(RegistryError),
+    Local(StoreError),
+}
+
+fn parse_image(reference: &Reference, doc: &Document) -> Result<ImageManifest, PullError> {
+    let context = || format!("{reference} (manifest {})", doc.digest);
+    match manifest::parse(doc.content_type.as_deref(), &doc.bytes) {
+        Ok(Manifest::Image(m)) => {
+            m.check_is_image().map_err(|source| PullError::Manifest {
+                context: context(),
+                source,
+            })?;
+            Ok(m)
+        }
+        Ok(Manifest::Index(_)) => Err(PullError::Manifest {
+            context: context(),
+            source: ManifestError::UnsupportedMediaType(
+                "an index nested inside an index".to_owned(),
+            ),
+        }),
+        Err(source) => Err(PullError::Manifest {
+            context: context(),
+            source,
+        }),
+    }
+}
+
+fn manifest_media_type(m: &ImageManifest, doc: &Document) -> String {
+    m.media_type
+        .clone()
+        .or_else(|| {
+            doc.content_type
+                .as_deref()
+                .map(|c| manifest::media_type::essence(c).to_owned())
+        })
+        .filter(|mt| manifest::media_type::is_image_manifest(mt))
+        .unwrap_or_else(|| manifest::media_type::OCI_MANIFEST.to_owned())
+}
+
+fn map_manifest_error(reference: &Reference, e: RegistryError) -> PullError {
+    match e {
+        RegistryError::ManifestUnknown { .. } => PullError::ManifestUnknown {
+            reference: reference.familiar_string(),
+            source: e,
+        },
+        other => map_name_error(reference, other),
+    }
+}
+
+fn map_name_error(reference: &Reference, e: RegistryError) -> PullError {
+    match e {
+        RegistryError::NameUnknown { .. } => PullError::NameUnknown {
+            repository: reference.familiar_name(),
+            source: e,
+        },
+        RegistryError::Denied { .. } => PullError::AccessDenied {
+            repository: reference.familiar_name(),
+            source: e,
+        },
+        RegistryError::Unauthorized { ref message, .. } if message == "authentication required" => {
+            PullError::AccessDenied {
+                repository: reference.familiar_name(),
+                source: e,
+            }
+        }
+        other => PullError::Registry(other),
+    }
+}

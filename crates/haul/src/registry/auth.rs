@@ -1,0 +1,280 @@
+//! Authentication: turning a registry's challenge into an `Authorization` header.
+//!
+//! Challenges are remembered per endpoint host, bearer tokens per (host, scope) until shortly before
+//! they expire, and credentials per registry name (a `docker-credential-*` helper runs at most once
+//! per registry per process). Concurrent requests needing the same token share one token request.
+//! The header is only ever attached to requests to the host that issued the challenge: redirects to
+//! other hosts go out without it (reqwest strips it when the host changes).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+
+use super::challenge::{self, Challenge};
+use super::credentials::{Credential, CredentialError, DockerConfig};
+use super::error::{self, RegistryError};
+
+/// Where credentials come from. [`DockerConfig`] is the usual source; tests and embedders may
+/// supply their own.
+pub trait CredentialStore: Send + Sync {
+    fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError>;
+}
+
+impl CredentialStore for DockerConfig {
+    fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {
+        self.lookup(registry)
+    }
+}
+
+/// No credentials at all: anonymous pulls only.
+pub struct Anonymous;
+
+impl CredentialStore for Anonymous {
+    fn get(&self, _registry: &str) -> Result<Option<Credential>, CredentialError> {
+        Ok(None)
+    }
+}
+
+/// Fixed credentials per registry name.
+#[derive(Default)]
+pub struct StaticCredentials(pub HashMap<String, Credential>);
+
+impl CredentialStore for StaticCredentials {
+    fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {
+        Ok(self.0.get(registry).cloned())
+    }
+}
+
+/// Tokens are renewed this long before they expire so a request never leaves with a stale one.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+struct CachedToken {
+    header: HeaderValue,
+    expires: Instant,
+}
+
+type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
+
+pub(crate) struct Authenticator {
+    store: Arc<dyn CredentialStore>,
+    credentials: tokio::sync::Mutex<HashMap<String, Option<Credential>>>,
+    challenges: Mutex<HashMap<String, Option<Challenge>>>,
+    tokens: Mutex<HashMap<(String, String), TokenSlot>>,
+}
+
+impl Authenticator {
+    pub(crate) fn new(store: Arc<dyn CredentialStore>) -> Self {
+        Authenticator {
+            store,
+            credentials: tokio::sync::Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records the challenge of a 401 response (or that `/v2/` needed none).
+    pub(crate) fn learn(&self, host: &str, response: Option<&reqwest::Response>) {
+        let challenge = response.and_then(|r| {
+            let values: Vec<&str> = r
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let parsed = challenge::parse_www_authenticate(&values);
+            // Prefer Bearer: it scopes access and keeps passwords away from the registry itself.
+            parsed
+                .iter()
+                .find(|c| matches!(c, Challenge::Bearer { .. }))
+                .or_else(|| parsed.first())
+                .cloned()
+        });
+        if let Ok(mut c) = self.challenges.lock() {
+            c.insert(host.to_owned(), challenge);
+        }
+    }
+
+    /// Forgets a token that the registry refused, so the next request fetches a fresh one.
+    pub(crate) fn invalidate(&self, host: &str, scope: &str) {
+        if let Ok(mut t) = self.tokens.lock() {
+            t.remove(&(host.to_owned(), scope.to_owned()));
+        }
+    }
+
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
+        let mut cache = self.credentials.lock().await;
+        if let Some(c) = cache.get(registry) {
+            return Ok(c.clone());
+        }
+        let store = self.store.clone();
+        let name = registry.to_owned();
+        let found = tokio::task::spawn_blocking(move || store.get(&name))
+            .await
+            .map_err(|e| RegistryError::Transport {
+                host: registry.to_owned(),
+                detail: format!("credential lookup failed: {e}"),
+            })??;
+        cache.insert(registry.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// The `Authorization` header for a request to `host` needing `scope`, if the host asked for one.
+    /// `registry` is the name credentials are filed under (`docker.io` for Docker Hub).
+    pub(crate) async fn header(
+        &self,
+        http: &reqwest::Client,
+        host: &str,
+        registry: &str,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let challenge = self
+            .challenges
+            .lock()
+            .ok()
+            .and_then(|c| c.get(host).cloned().flatten());
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic { .. }) => match self.credential(registry).await? {
+                Some(Credential::Basic { username, password }) => {
+                    Ok(Some(basic_header(&username, &password)))
+                }
+                // An identity token only works with a token server; without one there is nothing
+                // to send, and the registry's 401 will say so.
+                Some(Credential::IdentityToken(_)) | None => Ok(None),
+            },
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let slot = {
+                    let mut tokens = self.tokens.lock().map_err(|_| poisoned(host))?;
+                    tokens
+                        .entry((host.to_owned(), scope.to_owned()))
+                        .or_default()
+                        .clone()
+                };
+                let mut cached = slot.lock().await;
+                if let Some(t) = cached.as_ref()
+                    && t.expires > Instant::now()
+                {
+                    return Ok(Some(t.header.clone()));
+                }
+                let credential = self.credential(registry).await?;
+                let (header, lifetime) =
+                    fetch_token(http, &realm, service.as_deref(), scope, credential.as_ref())
+                        .await?;
+                *cached = Some(CachedToken {
+                    header: header.clone(),
+                    expires: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
+                });
+                Ok(Some(header))
+            }
+        }
+    }
+}
+
+fn poisoned(host: &str) -> RegistryError {
+    RegistryError::Transport {
+        host: host.to_owned(),
+        detail: "internal token cache poisoned".to_owned(),
+    }
+}
+
+fn basic_header(username: &str, password: &str) -> HeaderValue {
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}
+
+fn bearer_header(token: &str, realm: &str) -> Result<HeaderValue, RegistryError> {
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| RegistryError::Token {
+            realm: realm.to_owned(),
+            detail: "the token contains characters not allowed in a header".to_owned(),
+        })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Docker's token flow: GET with Basic credentials (or none), or the OAuth2 POST when all we have
+/// is an identity (refresh) token from `docker login`.
+async fn fetch_token(
+    http: &reqwest::Client,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    credential: Option<&Credential>,
+) -> Result<(HeaderValue, Duration), RegistryError> {
+    let mut url = url::Url::parse(realm).map_err(|e| RegistryError::BadUrl {
+        url: realm.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(RegistryError::Token {
+            realm: realm.to_owned(),
+            detail: "the realm is not an http(s) URL".to_owned(),
+        });
+    }
+    let realm_host = url.host_str().unwrap_or_default().to_owned();
+    let request = match credential {
+        Some(Credential::IdentityToken(refresh)) => {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+                ("client_id", "haul"),
+                ("scope", scope),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s));
+            }
+            http.post(url.clone()).form(&form)
+        }
+        other => {
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(s) = service {
+                    q.append_pair("service", s);
+                }
+                q.append_pair("scope", scope);
+            }
+            let mut req = http.get(url.clone());
+            if let Some(Credential::Basic { username, password }) = other {
+                req = req.header(AUTHORIZATION, basic_header(username, password));
+            }
+            req
+        }
+    };
+    let response = request
+        .send()
+        .await
+        .map_err(|e| error::from_reqwest(&realm_host, &e))?;
+    let status = response.status();
+    let body = super::client::read_capped(response, 1 << 20, realm)
+        .await
+        .map_err(|e| match e {
+            RegistryError::TooLarge { .. } => RegistryError::Token {
+                realm: realm.to_owned(),
+                detail: "token response too large".to_owned(),
+            },
+            other => other,
+        })?;
+    if !status.is_success() {
+        return Err(match status.as_u16() {
+            401 | 403 => RegistryError::Unauthorized {
+                host: realm_host,
+                message: if credential.is_some() {
+                    "incorrect username or password".to_owned()
+                } else {
+                    "authentication required".to_owned()
+                },
+            },
+            s => error::from_response(realm, &realm_host, s, &body, None),
+        });
+    }
+    let token = challenge::parse_token_response(&body)?;
+    let header = bearer_header(&token.token, realm)?;
+    Ok((header, token.lifetime()))
+}

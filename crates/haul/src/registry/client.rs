@@ -1,0 +1,638 @@
+//! The registry HTTP client: endpoints, the `/v2/` ping, authenticated requests with retries,
+//! manifests (capped, verified) and blob responses for the caller to stream.
+//!
+//! One [`RegistryClient`] is shared by every request of a process so connections, challenges and
+//! tokens are reused. HTTPS with the system's roots is the default; plain HTTP (and unverified TLS)
+//! is used only for loopback registries and those listed in `insecure-registries`, trying HTTPS
+//! first like docker. Requests that fail for transient reasons (connect errors, 5xx, 408, 429) are
+//! retried with exponential backoff and jitter, honouring `Retry-After`; a 401 refreshes the token
+//! once. Nothing here reads a blob body: the caller streams it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
+use reqwest::{Method, StatusCode};
+
+use super::auth::{Authenticator, CredentialStore};
+use super::error::{self, RegistryError};
+use crate::config::{self, Config};
+use crate::digest::Digest;
+use crate::manifest::{MAX_MANIFEST_BYTES, media_type};
+use crate::reference::Reference;
+
+const USER_AGENT: &str = concat!("haul/", env!("CARGO_PKG_VERSION"));
+/// Error bodies are only read to find the registry's error code.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// Knobs that are not part of the user's config file.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// First retry delay; doubled per attempt, with jitter.
+    pub retry_base_delay: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for response bytes, so a stalled transfer fails instead of
+    /// hanging. Not a limit on the whole request: layers can take minutes.
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retry_base_delay: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    secure: reqwest::Client,
+    insecure: reqwest::Client,
+    auth: Authenticator,
+    config: Arc<Config>,
+    options: ClientOptions,
+    bases: Mutex<HashMap<String, url::Url>>,
+}
+
+/// What a HEAD of a manifest told us.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// A manifest as served: the exact bytes, the served media type and the digest of those bytes.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+    pub digest: Digest,
+}
+
+impl RegistryClient {
+    pub fn new(
+        config: Arc<Config>,
+        credentials: Arc<dyn CredentialStore>,
+        options: ClientOptions,
+    ) -> Result<RegistryClient, RegistryError> {
+        let build = |accept_invalid: bool| {
+            let mut b = reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(options.connect_timeout)
+                .read_timeout(options.read_timeout)
+                .http2_adaptive_window(true)
+                .tls_danger_accept_invalid_certs(accept_invalid);
+            b = apply_proxies(b, &config)?;
+            b.build().map_err(|e| RegistryError::Transport {
+                host: "(client setup)".to_owned(),
+                detail: e.to_string(),
+            })
+        };
+        let secure = build(false)?;
+        let insecure = build(true)?;
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                secure,
+                insecure,
+                auth: Authenticator::new(credentials),
+                config,
+                options,
+                bases: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A handle for one repository, talking to the reference's registry endpoint.
+    pub fn repository(&self, reference: &Reference) -> Repository {
+        Repository {
+            client: self.clone(),
+            registry: reference.registry().to_owned(),
+            host: reference.api_host().to_owned(),
+            name: reference.repository().to_owned(),
+        }
+    }
+
+    /// A plain client for URLs outside any registry (foreign layers): never carries credentials.
+    pub(crate) fn plain_http(&self) -> &reqwest::Client {
+        &self.inner.secure
+    }
+
+    /// The delay before retry number `attempt` (1-based): exponential with ±25% jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.inner.options.retry_base_delay;
+        let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(MAX_BACKOFF);
+        capped.mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+
+    fn allows_plain_http(&self, host: &str) -> bool {
+        config::is_loopback(host) || self.inner.config.is_insecure(host)
+    }
+
+    fn http_for(&self, host: &str) -> &reqwest::Client {
+        if self.allows_plain_http(host) {
+            &self.inner.insecure
+        } else {
+            &self.inner.secure
+        }
+    }
+
+    /// The endpoint's base URL, pinging `/v2/` the first time to learn its scheme and challenge.
+    async fn base_url(&self, host: &str) -> Result<url::Url, RegistryError> {
+        if let Some(u) = self
+            .inner
+            .bases
+            .lock()
+            .ok()
+            .and_then(|b| b.get(host).cloned())
+        {
+            return Ok(u);
+        }
+        let schemes: &[&str] = if self.allows_plain_http(host) {
+            &["https", "http"]
+        } else {
+            &["https"]
+        };
+        let mut last_err = None;
+        for (i, scheme) in schemes.iter().enumerate() {
+            let base = url::Url::parse(&format!("{scheme}://{host}/")).map_err(|e| {
+                RegistryError::BadUrl {
+                    url: format!("{scheme}://{host}/"),
+                    detail: e.to_string(),
+                }
+            })?;
+            let ping = base.join("v2/").map_err(|e| RegistryError::BadUrl {
+                url: base.to_string(),
+                detail: e.to_string(),
+            })?;
+            let is_last = i + 1 == schemes.len();
+            match self
+                .send_with_retries(host, Method::GET, &ping, None, is_last)
+                .await
+            {
+                Ok(resp) => {
+                    let needs_auth = resp.status() == StatusCode::UNAUTHORIZED;
+                    self.inner
+                        .auth
+                        .learn(host, if needs_auth { Some(&resp) } else { None });
+                    if let Ok(mut b) = self.inner.bases.lock() {
+                        b.insert(host.to_owned(), base.clone());
+                    }
+                    return Ok(base);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| RegistryError::Connect {
+            host: host.to_owned(),
+            detail: "no scheme to try".to_owned(),
+        }))
+    }
+
+    /// Sends one unauthenticated request, retrying transient transport failures when `retry`.
+    /// Any HTTP status is returned as-is.
+    async fn send_with_retries(
+        &self,
+        host: &str,
+        method: Method,
+        url: &url::Url,
+        headers: Option<&HeaderMap>,
+        retry: bool,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let attempts = if retry {
+            self.inner.config.max_download_attempts
+        } else {
+            1
+        };
+        let mut attempt = 1;
+        loop {
+            let mut req = self.http_for(host).request(method.clone(), url.clone());
+            if let Some(h) = headers {
+                req = req.headers(h.clone());
+            }
+            match req.send().await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let err = error::from_reqwest(host, &e);
+                    if attempt >= attempts || !err.is_retryable() {
+                        return Err(err);
+                    }
+                    tracing::debug!(%host, attempt, error = %err, "retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends an authenticated request to `host`, retrying transient failures and refreshing the
+    /// token once on 401. Returns successful (2xx) responses; everything else becomes an error.
+    pub(crate) async fn execute(
+        &self,
+        target: &Target<'_>,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let host = target.host;
+        let base = self.base_url(host).await?;
+        let url = base
+            .join(path_and_query.trim_start_matches('/'))
+            .map_err(|e| RegistryError::BadUrl {
+                url: format!("{base}{path_and_query}"),
+                detail: e.to_string(),
+            })?;
+        let http = self.http_for(host);
+        let mut attempt = 1;
+        let mut refreshed = false;
+        loop {
+            let mut req = http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(auth) = self
+                .inner
+                .auth
+                .header(http, host, target.registry, &target.scope)
+                .await?
+            {
+                req = req.header(AUTHORIZATION, auth);
+            }
+            let err = match req.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed => {
+                    // Expired token, or a challenge we had not seen (the registry added auth, or
+                    // wants another scope): learn it and try once more.
+                    refreshed = true;
+                    self.inner.auth.learn(host, Some(&resp));
+                    self.inner.auth.invalidate(host, &target.scope);
+                    continue;
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = parse_retry_after(resp.headers());
+                    let body = read_capped(resp, MAX_ERROR_BODY, url.as_str())
+                        .await
+                        .unwrap_or_default();
+                    error::from_response(url.as_str(), host, status, &body, retry_after)
+                }
+                Err(e) => error::from_reqwest(host, &e),
+            };
+            if attempt >= self.inner.config.max_download_attempts || !err.is_retryable() {
+                return Err(err);
+            }
+            let delay = err
+                .retry_after()
+                .map(|d| d.min(MAX_RETRY_AFTER))
+                .unwrap_or_else(|| self.backoff(attempt));
+            tracing::debug!(%host, attempt, error = %err, ?delay, "retrying request");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Who a request is for: the endpoint host, the registry name credentials are filed under, and the
+/// token scope.
+pub(crate) struct Target<'a> {
+    pub host: &'a str,
+    pub registry: &'a str,
+    pub scope: String,
+}
+
+fn apply_proxies(
+    mut b: reqwest::ClientBuilder,
+    config: &Config,
+) -> Result<reqwest::ClientBuilder, RegistryError> {
+    let p = &config.proxies;
+    let no_proxy = p
+        .no_proxy
+        .as_deref()
+        .and_then(reqwest::NoProxy::from_string);
+    let bad = |e: reqwest::Error| RegistryError::BadUrl {
+        url: "(proxy from the config file)".to_owned(),
+        detail: e.to_string(),
+    };
+    if let Some(http) = &p.http {
+        b = b.proxy(
+            reqwest::Proxy::http(http)
+                .map_err(bad)?
+                .no_proxy(no_proxy.clone()),
+        );
+    }
+    if let Some(https) = &p.https {
+        b = b.proxy(
+            reqwest::Proxy::https(https)
+                .map_err(bad)?
+                .no_proxy(no_proxy),
+        );
+    }
+    Ok(b)
+}
+
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Reads a whole body, failing as soon as it passes `limit` bytes.
+pub(crate) async fn read_capped(
+    resp: reqwest::Response,
+    limit: usize,
+    url: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let host = resp.url().host_str().unwrap_or_default().to_owned();
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(RegistryError::TooLarge {
+            url: url.to_owned(),
+            limit,
+        });
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error::from_reqwest(&host, &e))?;
+        if out.len() + chunk.len() > limit {
+            return Err(RegistryError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// One repository at one registry endpoint.
+#[derive(Clone)]
+pub struct Repository {
+    client: RegistryClient,
+    registry: String,
+    host: String,
+    name: String,
+}
+
+impl Repository {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            host: &self.host,
+            registry: &self.registry,
+            scope: format!("repository:{}:pull", self.name),
+        }
+    }
+
+    fn manifest_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(media_type::ACCEPT));
+        h
+    }
+
+    /// Resolves a tag (or digest) with HEAD, which Docker Hub does not count against pull quotas.
+    /// `None` when the registry's answer carries no usable digest; the caller then GETs.
+    pub async fn head_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let path = format!("v2/{}/manifests/{reference}", self.name);
+        let resp = match self
+            .client
+            .execute(
+                &self.target(),
+                Method::HEAD,
+                &path,
+                Self::manifest_headers(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            // A HEAD has no body to carry the error code, so a 404 is the manifest's absence.
+            Err(RegistryError::Status { status: 404, .. }) => {
+                return Err(RegistryError::ManifestUnknown {
+                    message: "manifest unknown".to_owned(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let headers = resp.headers();
+        let digest = headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok());
+        let media_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| media_type::essence(s).to_owned());
+        Ok(digest.map(|digest| ManifestHead {
+            digest,
+            media_type,
+            size: resp.content_length(),
+        }))
+    }
+
+    /// GETs a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]. When `reference` is a
+    /// digest the bytes must hash to it.
+    pub async fn get_manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
+        let path = format!("v2/{}/manifests/{reference}", self.name);
+        let resp = self
+            .client
+            .execute(&self.target(), Method::GET, &path, Self::manifest_headers())
+            .await?;
+        let url = resp.url().to_string();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &url).await?;
+        let digest = match reference.parse::<Digest>() {
+            Ok(expected) => {
+                let actual = expected.same_algorithm_of(&bytes);
+                if actual != expected {
+                    return Err(RegistryError::DigestMismatch { expected, actual });
+                }
+                actual
+            }
+            Err(_) => Digest::sha256_of(&bytes),
+        };
+        Ok(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        })
+    }
+
+    /// Starts a blob download at byte `offset` (a `Range` request when non-zero). The response is
+    /// 200 (whole blob) or 206; the caller checks which and streams the body.
+    pub async fn blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let path = format!("v2/{}/blobs/{digest}", self.name);
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            let v = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| {
+                RegistryError::BadUrl {
+                    url: path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            headers.insert(RANGE, v);
+        }
+        match self
+            .client
+            .execute(&self.target(), Method::GET, &path, headers)
+            .await
+        {
+            Err(RegistryError::Status { status: 404, .. }) => Err(RegistryError::BlobUnknown {
+                digest: digest.to_string(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Downloads a foreign layer from one of its `urls`: no credentials, no registry auth.
+    pub async fn foreign_blob(&self, url: &str) -> Result<reqwest::Response, RegistryError> {
+        let parsed = url::Url::parse(url).map_err(|e| RegistryError::BadUrl {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(RegistryError::BadUrl {
+                url: url.to_owned(),
+                detail: "only http and https URLs are fetched".to_owned(),
+            });
+        }
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        let resp = self
+            .client
+            .plain_http()
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| error::from_reqwest(&host, &e))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(error::from_response(url, &host, status, b"", None));
+        }
+        Ok(resp)
+    }
+
+    /// Every tag of the repository, following `Link` pagination.
+    pub async fn tags(&self) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut next = Some(format!("v2/{}/tags/list?n=1000", self.name));
+        // A registry that keeps sending the same Link would loop forever; no repo has this many pages.
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > 10_000 {
+                break;
+            }
+            let resp = self
+                .client
+                .execute(&self.target(), Method::GET, &path, HeaderMap::new())
+                .await?;
+            next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_next_link);
+            let url = resp.url().to_string();
+            let body = read_capped(resp, 16 << 20, &url).await?;
+            let list: TagList =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Status {
+                    url: url.clone(),
+                    status: 200,
+                    code: None,
+                    message: Some(format!("invalid tag list: {e}")),
+                })?;
+            tags.extend(list.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+}
+
+/// The target of `Link: </v2/x/tags/list?last=a&n=100>; rel="next"`, relative to the endpoint.
+fn parse_next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        if !is_next {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        match url::Url::parse(target) {
+            Ok(abs) => Some(match abs.query() {
+                Some(q) => format!("{}?{q}", abs.path().trim_start_matches('/')),
+                None => abs.path().trim_start_matches('/').to_owned(),
+            }),
+            Err(_) => Some(target.trim_start_matches('/').to_owned()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_link_headers() {
+        assert_eq!(
+            parse_next_link(r#"</v2/a/tags/list?last=t99&n=100>; rel="next""#).as_deref(),
+            Some("v2/a/tags/list?last=t99&n=100")
+        );
+        assert_eq!(
+            parse_next_link(r#"<https://r.example/v2/a/tags/list?last=x>; rel="next""#).as_deref(),
+            Some("v2/a/tags/list?last=x")
+        );
+        assert_eq!(
+            parse_next_link(r#"</v2/a/tags/list?last=x>; rel="prev""#),
+            None
+        );
+    }
+
+    #[test]
+    fn parses_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,55 @@
+//! Test support for `haul`: everything a test needs to pull from a registry on loopback,
+//! without the internet and without depending on `haul` itself (so a digest bug in haul can't
+//! be mirrored here and cancel out: hashing is `sha2`, tars are `tar` + `flate2`, HTTP is
+//! `reqwest` and `axum`).
+//!
+//! - [`RealRegistry`]: Debian's `docker-registry` (CNCF distribution 2.8) on a free port with a
+//!   temporary root, optional htpasswd or token auth, pull-through-cache mode, and its access log
+//!   parsed ([`RealRegistry::count`]).
+//! - [`ImageBuilder`], [`LayerBuilder`], [`random_layer`], [`layer_from_dir`], [`index`]:
+//!   deterministic images (same inputs, same digests), OCI or Docker schema 2.
+//! - [`Pusher`]: pushes blobs, images and indexes through the HTTP API.
+//! - [`TokenIssuer`]: Docker Hub's token flow with ES256 JWTs the real registry verifies.
+//! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
+//!   request log, for what a real registry won't do.
+//!
+//! ```no_run
+//! use test_registry::{Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer};
+//!
+//! # async fn demo() -> Result<(), test_registry::TestError> {
+//! let registry = RealRegistry::start(RegistryOptions::default()).await?;
+//! let image = ImageBuilder::new(Format::Oci)
+//!     .platform("linux", "arm64", Some("v8"))
+//!     .layer(random_layer(1, 100_000))
+//!     .build();
+//! Pusher::new(&registry.url()).push_image("demo/app", "latest", &image).await?;
+//! // … pull `{registry.host()}/demo/app:latest` with haul, then:
+//! assert_eq!(registry.count("GET", &image.layers[0].blob.digest), 1);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod fake;
+mod image;
+mod push;
+mod registry;
+mod server;
+mod token;
+mod util;
+
+pub use error::{Result, TestError};
+pub use fake::{BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest};
+pub use image::{
+    Blob, EntryType, FIXED_CREATED, FIXED_MTIME, Format, Image, ImageBuilder, Index, Layer,
+    LayerBuilder, RawEntry, gzip, index, layer_from_dir, layer_from_dir_at, media_types,
+    pseudo_text, random_layer, raw_index, schema1_manifest,
+};
+pub use push::Pusher;
+pub use registry::{
+    AccessLogEntry, DEFAULT_REGISTRY_BIN, RealRegistry, RegistryOptions, TokenAuthConfig,
+    parse_access_line,
+};
+pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenIssuerOptions, TokenRequest};
+pub use util::{http_client, install_crypto_provider, sha256_digest};

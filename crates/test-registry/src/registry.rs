@@ -1,0 +1,405 @@
+//! The real CNCF distribution registry (Debian's `docker-registry` 2.8) on a free loopback port,
+//! with a temporary storage root, its access log captured and parsed so tests can count requests.
+//! The process is killed when the [`RealRegistry`] is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::error::{Result, TestError};
+use crate::util::{free_port, http_client};
+
+/// Where the registry binary is, unless `HAUL_TEST_REGISTRY_BIN` says otherwise.
+pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// The `auth.token` section: trust JWTs signed by a key certified in `rootcertbundle`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenAuthConfig {
+    /// Token endpoint URL put in the `WWW-Authenticate` challenge.
+    pub realm: String,
+    /// Service name (the JWT audience).
+    pub service: String,
+    /// Expected JWT issuer.
+    pub issuer: String,
+    /// PEM file holding the certificate(s) that sign tokens.
+    pub rootcertbundle: PathBuf,
+}
+
+/// How to configure the registry. `Default` is anonymous, no deletes, not a proxy.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Users for `auth.htpasswd` (Basic auth); empty means none.
+    pub htpasswd: Vec<(String, String)>,
+    /// Token auth (Docker Hub's flow); takes the place of htpasswd if both are set.
+    pub token: Option<TokenAuthConfig>,
+    /// Pull-through cache of this remote registry URL (`proxy.remoteurl`).
+    pub proxy_remote: Option<String>,
+    /// Credentials the proxy uses towards the remote.
+    pub proxy_credentials: Option<(String, String)>,
+    /// `storage.delete.enabled`.
+    pub delete: bool,
+}
+
+/// One line of the registry's access log (Apache combined format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    /// `GET`, `HEAD`, …
+    pub method: String,
+    /// Request path without the query.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Response status.
+    pub status: u16,
+    /// The log's user field; registry 2.8 always writes `-` (so `None`), even with Basic auth.
+    pub user: Option<String>,
+    /// Response body bytes written, if logged.
+    pub bytes: Option<u64>,
+}
+
+/// A running `docker-registry serve` process.
+pub struct RealRegistry {
+    child: tokio::process::Child,
+    port: u16,
+    log_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn yaml_str(s: &str) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    serde_json::to_string(s).unwrap_or_else(|_| format!("'{s}'"))
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents)
+        .map_err(|e| TestError::io(format!("writing {}", path.display()), e))
+}
+
+fn config_yaml(opts: &RegistryOptions, root: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+    let mut y = String::new();
+    y.push_str("version: 0.1\n");
+    y.push_str("log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n");
+    y.push_str("storage:\n");
+    y.push_str(&format!(
+        "  filesystem:\n    rootdirectory: {}\n",
+        yaml_str(&root.display().to_string())
+    ));
+    y.push_str(&format!("  delete:\n    enabled: {}\n", opts.delete));
+    y.push_str("  maintenance:\n    uploadpurging:\n      enabled: false\n");
+    y.push_str(&format!(
+        "http:\n  addr: 127.0.0.1:{port}\n  secret: haul-test-secret\n"
+    ));
+    if let Some(token) = &opts.token {
+        y.push_str("auth:\n  token:\n");
+        y.push_str(&format!("    realm: {}\n", yaml_str(&token.realm)));
+        y.push_str(&format!("    service: {}\n", yaml_str(&token.service)));
+        y.push_str(&format!("    issuer: {}\n", yaml_str(&token.issuer)));
+        y.push_str(&format!(
+            "    rootcertbundle: {}\n",
+            yaml_str(&token.rootcertbundle.display().to_string())
+        ));
+    } else if let Some(path) = htpasswd {
+        y.push_str("auth:\n  htpasswd:\n    realm: haul-test\n");
+        y.push_str(&format!(
+            "    path: {}\n",
+            yaml_str(&path.display().to_string())
+        ));
+    }
+    if let Some(remote) = &opts.proxy_remote {
+        y.push_str(&format!("proxy:\n  remoteurl: {}\n", yaml_str(remote)));
+        if let Some((u, p)) = &opts.proxy_credentials {
+            y.push_str(&format!(
+                "  username: {}\n  password: {}\n",
+                yaml_str(u),
+                yaml_str(p)
+            ));
+        }
+    }
+    y
+}
+
+/// Parses one Apache combined-format line; `None` for application log lines.
+pub fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
+    // 127.0.0.1 - alice [27/Nov/2026:21:30:29 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
+    if line.starts_with("time=") {
+        return None;
+    }
+    let mut head = line.splitn(3, ' ');
+    let _host = head.next()?;
+    let _ident = head.next()?;
+    let rest = head.next()?;
+    let (user, rest) = rest.split_once(" [")?;
+    let (_date, rest) = rest.split_once("] \"")?;
+    let (request, rest) = rest.split_once("\" ")?;
+    let mut req = request.split(' ');
+    let method = req.next()?.to_string();
+    let uri = req.next()?;
+    let mut tail = rest.split(' ');
+    let status = tail.next()?.parse().ok()?;
+    let bytes = tail.next().and_then(|b| b.parse().ok());
+    let (path, query) = match uri.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (uri.to_string(), None),
+    };
+    Some(AccessLogEntry {
+        method,
+        path,
+        query,
+        status,
+        user: (user != "-").then(|| user.to_string()),
+        bytes,
+    })
+}
+
+impl RealRegistry {
+    /// Starts the registry and waits until `GET /v2/` answers (200 or 401) and the registry has
+    /// logged that it listens on its port. Retries with another port if that one was taken.
+    pub async fn start(opts: RegistryOptions) -> Result<RealRegistry> {
+        let bin = std::env::var("HAUL_TEST_REGISTRY_BIN")
+            .unwrap_or_else(|_| DEFAULT_REGISTRY_BIN.to_string());
+        let dir = tempfile::Builder::new()
+            .prefix("haul-registry-")
+            .tempdir()
+            .map_err(|e| TestError::io("creating the registry temp dir", e))?;
+        let root = dir.path().join("storage");
+        let htpasswd = if opts.htpasswd.is_empty() {
+            None
+        } else {
+            let mut text = String::new();
+            for (user, pass) in &opts.htpasswd {
+                // Cost 4 (the minimum) keeps each authenticated request fast.
+                let hash =
+                    bcrypt::hash(pass, 4).map_err(|e| TestError::Crypto(format!("bcrypt: {e}")))?;
+                text.push_str(&format!("{user}:{hash}\n"));
+            }
+            let path = dir.path().join("htpasswd");
+            write_file(&path, &text)?;
+            Some(path)
+        };
+        let client = http_client()?;
+        let mut last_error = String::new();
+        for attempt in 0..5 {
+            let port = free_port().map_err(|e| TestError::io("finding a free port", e))?;
+            let config_path = dir.path().join("config.yml");
+            write_file(
+                &config_path,
+                &config_yaml(&opts, &root, port, htpasswd.as_deref()),
+            )?;
+            let log_path = dir.path().join(format!("registry-{attempt}.log"));
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| TestError::io(format!("creating {}", log_path.display()), e))?;
+            let log2 = log
+                .try_clone()
+                .map_err(|e| TestError::io("cloning the log file handle", e))?;
+            let child = tokio::process::Command::new(&bin)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log2))
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| TestError::io(format!("spawning {bin}"), e))?;
+            let mut child = child;
+            match wait_ready(&client, &mut child, port, &log_path).await {
+                Ok(()) => {
+                    return Ok(RealRegistry {
+                        child,
+                        port,
+                        log_path,
+                        dir,
+                    });
+                }
+                Err(Retry::PortTaken(msg)) => {
+                    last_error = msg;
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+                Err(Retry::Fatal(msg)) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Err(TestError::Startup(msg));
+                }
+            }
+        }
+        Err(TestError::Startup(format!(
+            "the port was taken on every attempt: {last_error}"
+        )))
+    }
+
+    /// `host:port` (`127.0.0.1:PORT`), as used in image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The storage root (`storage.filesystem.rootdirectory`), e.g. to corrupt stored blobs.
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Everything the process wrote (application log and access log), for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Every request in the access log so far, in order (without this crate's sync markers).
+    ///
+    /// The registry writes a log line only after its handler returns, which can be after the
+    /// client has read the whole body. So this first sends a marker request (`GET
+    /// /v2/?haul-log-sync=N`, blocking, on its own connection) and waits until the marker is in
+    /// the log: every request whose response was complete before the call is then logged too.
+    pub fn requests(&self) -> Vec<AccessLogEntry> {
+        self.sync_log();
+        self.log_text()
+            .lines()
+            .filter_map(parse_access_line)
+            .filter(|e| !is_marker(e))
+            .collect()
+    }
+
+    /// Sends the marker request and polls the log for it (bounded: 2 s).
+    fn sync_log(&self) {
+        use std::io::{Read as _, Write as _};
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("haul-log-sync={n}");
+        let sent = std::net::TcpStream::connect(("127.0.0.1", self.port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET /v2/?{marker} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            )?;
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink)
+        });
+        if sent.is_err() {
+            return;
+        }
+        for _ in 0..400 {
+            if self.log_text().contains(&marker) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Number of requests so far: pass it to [`RealRegistry::requests_since`] later.
+    pub fn mark(&self) -> usize {
+        self.requests().len()
+    }
+
+    /// Requests logged after `mark`.
+    pub fn requests_since(&self, mark: usize) -> Vec<AccessLogEntry> {
+        self.requests().into_iter().skip(mark).collect()
+    }
+
+    /// Requests with this method whose path contains `path_contains`.
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.contains(path_contains))
+            .count()
+    }
+}
+
+impl Drop for RealRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn is_marker(e: &AccessLogEntry) -> bool {
+    e.path == "/v2/"
+        && e.query
+            .as_deref()
+            .is_some_and(|q| q.starts_with("haul-log-sync="))
+}
+
+enum Retry {
+    PortTaken(String),
+    Fatal(String),
+}
+
+fn log_tail(log_path: &Path) -> String {
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Readiness: the registry logged `listening on 127.0.0.1:PORT` (so the port is ours, not a
+/// neighbour's) and `GET /v2/` answers 200 or 401. Bounded: 400 polls, 25 ms apart.
+async fn wait_ready(
+    client: &reqwest::Client,
+    child: &mut tokio::process::Child,
+    port: u16,
+    log_path: &Path,
+) -> Result<(), Retry> {
+    let listening = format!("listening on 127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    for _ in 0..400 {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = log_tail(log_path);
+            return Err(if tail.contains("address already in use") {
+                Retry::PortTaken(tail)
+            } else {
+                Retry::Fatal(format!("exited with {status}: {tail}"))
+            });
+        }
+        let logged = std::fs::read_to_string(log_path)
+            .map(|t| t.contains(&listening))
+            .unwrap_or(false);
+        if logged
+            && let Ok(resp) = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            && matches!(resp.status().as_u16(), 200 | 401)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(Retry::Fatal(format!(
+        "not ready after 10 s: {}",
+        log_tail(log_path)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_lines() {
+        let e = parse_access_line(
+            r#"127.0.0.1 - - [27/Nov/2026:21:30:29 +0000] "GET /v2/foo/manifests/x?a=b HTTP/1.1" 404 91 "" "curl/7.88.1""#,
+        )
+        .unwrap();
+        assert_eq!(e.method, "GET");
+        assert_eq!(e.path, "/v2/foo/manifests/x");
+        assert_eq!(e.query.as_deref(), Some("a=b"));
+        assert_eq!(e.status, 404);
+        assert_eq!(e.bytes, Some(91));
+        assert_eq!(e.user, None);
+        let e = parse_access_line(
+            r#"127.0.0.1 - alice [27/Nov/2026:21:30:29 +0000] "HEAD /v2/ HTTP/1.1" 200 0 "" "x""#,
+        )
+        .unwrap();
+        assert_eq!(e.user.as_deref(), Some("alice"));
+        assert!(
+            parse_access_line(r#"time="2026" level=info msg="listening on 127.0.0.1:1""#).is_none()
+        );
+    }
+}
