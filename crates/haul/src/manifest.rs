@@ -332,6 +332,41 @@ impl ImageIndex {
     }
 }
 
+/// Rewrites a Docker schema 2 manifest with OCI media types (config and layers are the same bytes
+/// under OCI's names), so OCI tools such as skopeo and umoci can read the store. Returns `None` for
+/// a manifest that is already OCI. The original document is kept as well: its digest is the
+/// image's identity at the registry.
+pub fn docker_to_oci(bytes: &[u8]) -> Result<Option<Vec<u8>>, ManifestError> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
+            kind: "an image manifest",
+            source,
+        })?;
+    if doc.get("mediaType").and_then(|m| m.as_str()) != Some(media_type::DOCKER_MANIFEST) {
+        return Ok(None);
+    }
+    doc["mediaType"] = media_type::OCI_MANIFEST.into();
+    if let Some(config) = doc.get_mut("config") {
+        config["mediaType"] = media_type::OCI_CONFIG.into();
+    }
+    if let Some(layers) = doc.get_mut("layers").and_then(|l| l.as_array_mut()) {
+        for layer in layers {
+            let oci = match layer.get("mediaType").and_then(|m| m.as_str()) {
+                Some(media_type::DOCKER_LAYER_FOREIGN) => media_type::OCI_LAYER_NONDIST_GZIP,
+                Some(media_type::DOCKER_LAYER_GZIP) => media_type::OCI_LAYER_GZIP,
+                _ => continue,
+            };
+            layer["mediaType"] = oci.into();
+        }
+    }
+    serde_json::to_vec(&doc)
+        .map(Some)
+        .map_err(|source| ManifestError::Invalid {
+            kind: "an image manifest",
+            source,
+        })
+}
+
 /// The parts of an image config haul reads. The config blob itself is kept verbatim.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ImageConfig {
@@ -550,6 +585,37 @@ mod tests {
         };
         let amd64: Platform = "linux/amd64".parse().unwrap();
         assert_eq!(index.select(&amd64).unwrap().digest.to_string(), d(11));
+    }
+
+    #[test]
+    fn docker_manifests_convert_to_oci_names() {
+        let docker = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":1}},
+            "layers":[{{"mediaType":"{}","digest":"{}","size":2}},{{"mediaType":"{}","digest":"{}","size":3,"urls":["https://x/y"]}}]}}"#,
+            media_type::DOCKER_MANIFEST,
+            media_type::DOCKER_CONFIG,
+            d(1),
+            media_type::DOCKER_LAYER_GZIP,
+            d(2),
+            media_type::DOCKER_LAYER_FOREIGN,
+            d(3)
+        );
+        let oci = docker_to_oci(docker.as_bytes()).unwrap().unwrap();
+        let Manifest::Image(m) = parse(None, &oci).unwrap() else {
+            panic!("not an image")
+        };
+        assert_eq!(m.media_type.as_deref(), Some(media_type::OCI_MANIFEST));
+        assert_eq!(m.config.media_type, media_type::OCI_CONFIG);
+        assert_eq!(m.config.digest.to_string(), d(1));
+        assert_eq!(m.layers[0].media_type, media_type::OCI_LAYER_GZIP);
+        assert_eq!(m.layers[1].media_type, media_type::OCI_LAYER_NONDIST_GZIP);
+        assert_eq!(m.layers[1].urls, vec!["https://x/y".to_owned()]);
+        m.check_is_image().unwrap();
+        assert!(
+            docker_to_oci(image_json(Some(media_type::OCI_MANIFEST)).as_bytes())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -210,11 +210,33 @@ impl Puller {
             os_version: None,
             os_features: Vec::new(),
         });
-        let mut descriptor = Descriptor::new(
-            &manifest_media_type(&manifest, &manifest_doc),
-            manifest_doc.digest.clone(),
-            manifest_doc.bytes.len() as u64,
-        );
+        // OCI tools only read OCI manifests: a Docker one is stored as the registry sent it and
+        // as an OCI rewrite, which the ref points at.
+        let oci =
+            manifest::docker_to_oci(&manifest_doc.bytes).map_err(|source| PullError::Manifest {
+                context: format!("{reference}"),
+                source,
+            })?;
+        let (mut descriptor, source) = match oci {
+            Some(bytes) => {
+                let digest = Digest::sha256_of(&bytes);
+                self.store.put_blob(&digest, &bytes)?;
+                let d = Descriptor::new(
+                    manifest::media_type::OCI_MANIFEST,
+                    digest,
+                    bytes.len() as u64,
+                );
+                (d, Some(manifest_doc.digest.clone()))
+            }
+            None => (
+                Descriptor::new(
+                    &manifest_media_type(&manifest, &manifest_doc),
+                    manifest_doc.digest.clone(),
+                    manifest_doc.bytes.len() as u64,
+                ),
+                None,
+            ),
+        };
         descriptor.platform = Some(platform);
         if !up_to_date {
             self.store
@@ -222,6 +244,7 @@ impl Puller {
                     name,
                     manifest: descriptor,
                     resolved: resolved.clone(),
+                    source,
                 })
                 .await?;
         }

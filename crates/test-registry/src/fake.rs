@@ -364,6 +364,9 @@ fn streamed_body(data: Bytes, drop_after: Option<usize>, slow: Option<(usize, Du
         async move {
             if sent >= limit {
                 if dropping && sent != usize::MAX {
+                    // hyper drops what it has buffered but not written when the body fails:
+                    // pause (returning Pending) so the bytes already yielded reach the socket.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     return Some((
                         Err(std::io::Error::other("injected fault: connection dropped")),
                         usize::MAX,

@@ -1,6 +1,7 @@
 //! The image builder is deterministic and writes what it is told, hostile names included.
 
 use std::io::Read;
+use std::time::Instant;
 
 use test_registry::{
     FIXED_MTIME, Format, ImageBuilder, LayerBuilder, RawEntry, index, layer_from_dir,
@@ -155,9 +156,7 @@ fn layer_entries_have_fixed_metadata() {
         .add_symlink("etc/link", "../../outside")
         .add_hardlink("etc/hard", "etc/conf")
         .add_file(
-            &format!("deep/{}", "d/".repeat(80))
-                .trim_end_matches('/')
-                .to_string(),
+            format!("deep/{}", "d/".repeat(80)).trim_end_matches('/'),
             b"long",
             0o644,
         )
@@ -246,4 +245,31 @@ fn layer_from_dir_is_sorted_and_ignores_mtimes() {
         .map(|e| String::from_utf8(e.0.clone()).unwrap())
         .collect();
     assert_eq!(names[..3], ["usr/", "usr/share/", "usr/share/a"]);
+}
+
+/// Builds the realistic ~500 MB image used for measurements (not run by default:
+/// `cargo test -p test-registry --test builder -- --ignored --nocapture`).
+#[test]
+#[ignore = "slow: compresses several hundred MB of /usr"]
+fn realistic_image_from_usr() {
+    let started = Instant::now();
+    let mut builder = ImageBuilder::new(Format::Oci);
+    for (dir, prefix) in [
+        ("/usr/lib/python3", "usr/lib/python3"),
+        ("/usr/lib/git-core", "usr/lib/git-core"),
+        ("/usr/share", "usr/share"),
+    ] {
+        if std::path::Path::new(dir).is_dir() {
+            let layer = layer_from_dir_at(std::path::Path::new(dir), prefix).unwrap();
+            println!("{dir}: {} bytes compressed", layer.blob.size);
+            builder = builder.layer(layer);
+        }
+    }
+    let image = builder.build();
+    let total: u64 = image.layers.iter().map(|l| l.blob.size).sum();
+    println!(
+        "{} layers, {total} bytes, {:?}",
+        image.layers.len(),
+        started.elapsed()
+    );
 }

@@ -551,7 +551,7 @@ impl Repository {
             tags: Option<Vec<String>>,
         }
         let mut tags = Vec::new();
-        let mut next = Some(format!("v2/{}/tags/list?n=1000", self.name));
+        let mut next = Some(format!("v2/{}/tags/list?n=100", self.name));
         // A registry that keeps sending the same Link would loop forever; no repo has this many pages.
         let mut pages = 0;
         while let Some(path) = next.take() {

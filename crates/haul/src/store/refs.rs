@@ -18,6 +18,8 @@ use crate::manifest::{Descriptor, media_type};
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// The digest the name resolved to at the registry: the index for multi-platform images.
 pub const RESOLVED_ANNOTATION: &str = "dev.haul.resolved-digest";
+/// The manifest as the registry served it, when the ref points at an OCI rewrite of it.
+pub const SOURCE_ANNOTATION: &str = "dev.haul.source-manifest";
 
 const INDEX_LOCK: &str = "index.lock";
 
@@ -26,10 +28,12 @@ const INDEX_LOCK: &str = "index.lock";
 pub struct RefEntry {
     /// Full normalised reference: `docker.io/library/alpine:latest` or `…/alpine@sha256:…`.
     pub name: String,
-    /// The image manifest.
+    /// The image manifest, with OCI media types.
     pub manifest: Descriptor,
     /// What the name resolved to at the registry (index or manifest digest).
     pub resolved: Digest,
+    /// The registry's own manifest when `manifest` is an OCI rewrite of a Docker one.
+    pub source: Option<Digest>,
 }
 
 impl RefEntry {
@@ -39,7 +43,16 @@ impl RefEntry {
             .insert(REF_NAME_ANNOTATION.to_owned(), self.name.clone());
         d.annotations
             .insert(RESOLVED_ANNOTATION.to_owned(), self.resolved.to_string());
+        if let Some(source) = &self.source {
+            d.annotations
+                .insert(SOURCE_ANNOTATION.to_owned(), source.to_string());
+        }
         d
+    }
+
+    /// The manifest digest as the registry knows it.
+    pub fn registry_manifest(&self) -> &Digest {
+        self.source.as_ref().unwrap_or(&self.manifest.digest)
     }
 
     fn from_descriptor(mut d: Descriptor) -> Option<RefEntry> {
@@ -49,10 +62,15 @@ impl RefEntry {
             .remove(RESOLVED_ANNOTATION)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| d.digest.clone());
+        let source = d
+            .annotations
+            .remove(SOURCE_ANNOTATION)
+            .and_then(|s| s.parse().ok());
         Some(RefEntry {
             name,
             manifest: d,
             resolved,
+            source,
         })
     }
 }
@@ -203,6 +221,7 @@ mod tests {
             name: name.to_owned(),
             manifest: Descriptor::new(media_type::OCI_MANIFEST, d.clone(), 100 + n as u64),
             resolved: d,
+            source: None,
         }
     }
 
