@@ -425,9 +425,16 @@ impl Puller {
                         bytes += n;
                     }
                 }
-                // Dropping the JoinSet on return aborts the other downloads.
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(PullError::Task(format!("{reference}: {e}"))),
+                Ok(Err(e)) => {
+                    // Wait for the other downloads to stop so their partial files are gone when
+                    // the caller sees the error.
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    tasks.shutdown().await;
+                    return Err(PullError::Task(format!("{reference}: {e}")));
+                }
             }
         }
         Ok((count, bytes))

@@ -842,11 +842,11 @@ mod tests {
     #[test]
     fn pax_record_lengths_count_themselves() {
         let r = pax_records(&[("path".into(), b"x".to_vec())]);
-        assert_eq!(r, b"11 path=x\n");
+        assert_eq!(r, b"9 path=x\n");
         let long = vec![b'a'; 95];
         let r = pax_records(&[("path".into(), long)]);
-        assert_eq!(r.len(), 106);
-        assert!(r.starts_with(b"106 path="));
+        assert_eq!(r.len(), 105);
+        assert!(r.starts_with(b"105 path="));
     }
 
     #[test]

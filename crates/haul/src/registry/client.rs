@@ -240,14 +240,16 @@ impl RegistryClient {
         }
     }
 
-    /// Sends an authenticated request to `host`, retrying transient failures and refreshing the
-    /// token once on 401. Returns successful (2xx) responses; everything else becomes an error.
+    /// Sends an authenticated request to `host`, retrying transient failures (up to `attempts`
+    /// tries) and refreshing the token once on 401. Returns successful (2xx) responses; everything
+    /// else becomes an error.
     pub(crate) async fn execute(
         &self,
         target: &Target<'_>,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
+        attempts: u32,
     ) -> Result<reqwest::Response, RegistryError> {
         let host = target.host;
         let base = self.base_url(host).await?;
@@ -292,7 +294,7 @@ impl RegistryClient {
                 }
                 Err(e) => error::from_reqwest(host, &e),
             };
-            if attempt >= self.inner.config.max_download_attempts || !err.is_retryable() {
+            if attempt >= attempts || !err.is_retryable() {
                 return Err(err);
             }
             let delay = err
@@ -406,6 +408,10 @@ impl Repository {
         }
     }
 
+    fn attempts(&self) -> u32 {
+        self.client.inner.config.max_download_attempts
+    }
+
     fn manifest_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(media_type::ACCEPT));
@@ -426,6 +432,7 @@ impl Repository {
                 Method::HEAD,
                 &path,
                 Self::manifest_headers(),
+                self.attempts(),
             )
             .await
         {
@@ -460,7 +467,13 @@ impl Repository {
         let path = format!("v2/{}/manifests/{reference}", self.name);
         let resp = self
             .client
-            .execute(&self.target(), Method::GET, &path, Self::manifest_headers())
+            .execute(
+                &self.target(),
+                Method::GET,
+                &path,
+                Self::manifest_headers(),
+                self.attempts(),
+            )
             .await?;
         let url = resp.url().to_string();
         let content_type = resp
@@ -487,7 +500,9 @@ impl Repository {
     }
 
     /// Starts a blob download at byte `offset` (a `Range` request when non-zero). The response is
-    /// 200 (whole blob) or 206; the caller checks which and streams the body.
+    /// 200 (whole blob) or 206; the caller checks which and streams the body. Tried once: the
+    /// caller's retry loop covers the request and the body together, so failures are not retried
+    /// twice over.
     pub async fn blob(
         &self,
         digest: &Digest,
@@ -506,7 +521,7 @@ impl Repository {
         }
         match self
             .client
-            .execute(&self.target(), Method::GET, &path, headers)
+            .execute(&self.target(), Method::GET, &path, headers, 1)
             .await
         {
             Err(RegistryError::Status { status: 404, .. }) => Err(RegistryError::BlobUnknown {
@@ -561,7 +576,13 @@ impl Repository {
             }
             let resp = self
                 .client
-                .execute(&self.target(), Method::GET, &path, HeaderMap::new())
+                .execute(
+                    &self.target(),
+                    Method::GET,
+                    &path,
+                    HeaderMap::new(),
+                    self.attempts(),
+                )
                 .await?;
             next = resp
                 .headers()

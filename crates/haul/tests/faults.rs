@@ -1,0 +1,407 @@
+//! What a real registry won't do, from the in-process fake: corrupt bytes, dropped connections,
+//! 5xx and 429, schema 1, oversized manifests, redirects to another host, foreign layers, expired
+//! tokens, paginated tag lists.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{harness, harness_with};
+use haul::config::Config;
+use haul::manifest::ManifestError;
+use haul::progress::{Event, LayerStatus, Recorder};
+use haul::pull::PullError;
+use haul::registry::{Anonymous, RegistryError};
+use test_registry::{
+    BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, Format, Image, ImageBuilder,
+    media_types, random_layer, schema1_manifest,
+};
+
+fn image(seed: u64) -> Image {
+    ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(random_layer(seed, 200_000))
+        .layer(random_layer(seed + 1, 400_000))
+        .build()
+}
+
+async fn fake(auth: FakeAuth) -> FakeRegistry {
+    FakeRegistry::start(FakeRegistryOptions { auth })
+        .await
+        .expect("start the fake registry")
+}
+
+fn retries(events: &[Event]) -> Vec<(u32, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Layer {
+                status:
+                    LayerStatus::Retrying {
+                        attempt,
+                        delay_secs,
+                        ..
+                    },
+                ..
+            } => Some((*attempt, *delay_secs)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_corrupt_layer_fails_the_pull_and_keeps_only_verified_blobs() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(1);
+    registry.add_image("team/app", "1", &img);
+    let bad = &img.layers[1].blob.digest;
+    registry.fault(bad, Fault::CorruptByte(1000));
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::LayerVerification { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "filesystem layer verification failed for digest {bad}"
+        )),
+        "{err}"
+    );
+    assert!(!h.has(bad));
+    assert!(
+        h.store.refs().unwrap().is_empty(),
+        "no ref for a failed pull"
+    );
+    h.assert_blobs_verified();
+    let leftovers: Vec<_> = std::fs::read_dir(h.store.root().join("ingest"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "partials removed: {leftovers:?}");
+
+    // The next pull reuses what was verified and fetches only the missing blob.
+    registry.clear_faults();
+    registry.clear_requests();
+    h.pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(registry.count("GET", bad), 1);
+    assert_eq!(registry.count("GET", &img.layers[0].blob.digest), 0);
+}
+
+#[tokio::test]
+async fn schema1_manifests_are_refused_with_a_pointer_to_upgrade() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(10);
+    let old = schema1_manifest("team/old", "1", &img.layers);
+    registry.add_manifest_raw("team/old", "1", &old.media_type, old.data.clone());
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/team/old:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Manifest {
+                source: ManifestError::Schema1 { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("schema 1"), "{err}");
+    assert_eq!(h.blob_count(), 0);
+}
+
+#[tokio::test]
+async fn oversized_manifests_are_refused_while_reading() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(20);
+    let big = img.padded_manifest(5 * 1024 * 1024);
+    registry.add_manifest_raw("team/big", "1", &big.media_type, big.data.clone());
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/team/big:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PullError::Registry(RegistryError::TooLarge { .. })),
+        "{err:?}"
+    );
+    assert_eq!(h.blob_count(), 0);
+}
+
+#[tokio::test]
+async fn a_manifest_that_does_not_match_its_digest_is_refused() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(30);
+    let other = image(33);
+    registry.add_image("team/app", "1", &img);
+    registry.fault(
+        &format!("/manifests/{}", img.digest()),
+        Fault::ManifestBody(other.manifest.clone()),
+    );
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/team/app@{}", registry.host(), img.digest()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::DigestMismatch { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(h.blob_count(), 0);
+}
+
+#[tokio::test]
+async fn redirected_blobs_never_carry_the_registry_credentials() {
+    let registry = fake(FakeAuth::Bearer {
+        users: vec![],
+        anonymous: true,
+    })
+    .await;
+    let storage = BlobHost::start().await.unwrap();
+    let img = image(40);
+    registry.add_image("team/app", "1", &img);
+    let layers: Vec<_> = img.layers.iter().map(|l| &l.blob).collect();
+    registry.redirect_blobs_to(&storage, &layers);
+    let h = harness();
+    h.pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    for l in &img.layers {
+        assert!(h.has(&l.blob.digest));
+    }
+    assert_eq!(storage.requests().len(), 2, "both layers came from storage");
+    assert!(
+        !storage.saw_authorization(),
+        "Authorization leaked to another host"
+    );
+    let registry_blob_gets: Vec<_> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .collect();
+    assert!(!registry_blob_gets.is_empty());
+    assert!(
+        registry_blob_gets
+            .iter()
+            .all(|r| r.authorization().is_some_and(|a| a.starts_with("Bearer "))),
+        "the registry itself gets the token"
+    );
+}
+
+#[tokio::test]
+async fn foreign_layers_fall_back_to_their_urls_without_credentials() {
+    let registry = fake(FakeAuth::Bearer {
+        users: vec![],
+        anonymous: true,
+    })
+    .await;
+    let storage = BlobHost::start().await.unwrap();
+    let img = image(50);
+    let foreign = &img.layers[0].blob;
+    storage.add_blob(foreign);
+    let mut doc = img.manifest_json();
+    doc["layers"][0]["mediaType"] = haul::manifest::media_type::OCI_LAYER_NONDIST_GZIP.into();
+    doc["layers"][0]["urls"] = serde_json::json!([storage.url_for(&foreign.digest)]);
+    registry.add_blob("team/win", &img.config);
+    registry.add_blob("team/win", &img.layers[1].blob);
+    registry.add_manifest_raw(
+        "team/win",
+        "1",
+        media_types::OCI_MANIFEST,
+        serde_json::to_vec(&doc).unwrap(),
+    );
+    let h = harness();
+    h.pull(&format!("{}/team/win:1", registry.host()))
+        .await
+        .unwrap();
+    assert!(h.has(&foreign.digest));
+    assert_eq!(
+        registry.count("GET", &foreign.digest),
+        1,
+        "the registry is asked first"
+    );
+    assert_eq!(storage.requests().len(), 1);
+    assert!(!storage.saw_authorization());
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(60);
+    registry.add_image("team/app", "1", &img);
+    let layer = &img.layers[0].blob.digest;
+    registry.fault_times(layer, Fault::Status(503, String::new()), 2);
+    let h = harness();
+    let (_, events) = h
+        .pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(registry.count("GET", layer), 3);
+    assert!(h.has(layer));
+    let attempts: Vec<u32> = retries(&events).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(attempts, vec![1, 2], "each retry is reported");
+}
+
+#[tokio::test]
+async fn rate_limits_honour_retry_after() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(70);
+    registry.add_image("team/app", "1", &img);
+    let layer = &img.layers[1].blob.digest;
+    registry.fault_times(layer, Fault::RetryAfter429(1), 1);
+    let h = harness();
+    let (_, events) = h
+        .pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(registry.count("GET", layer), 2);
+    assert_eq!(
+        retries(&events),
+        vec![(1, 1)],
+        "waited the 1 s the registry asked for"
+    );
+
+    // A registry that keeps refusing ends the pull with its own words, after the configured tries.
+    let registry = fake(FakeAuth::None).await;
+    registry.add_image("team/app", "1", &img);
+    registry.fault(layer, Fault::Status(429, String::new()));
+    let config = Config {
+        max_download_attempts: 3,
+        ..Config::default()
+    };
+    let h = harness_with(config, Arc::new(Anonymous), None);
+    let err = h
+        .pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("toomanyrequests"), "{err}");
+    assert_eq!(registry.count("GET", layer), 3);
+    assert!(!h.has(layer));
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_with_range() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(80);
+    registry.add_image("team/app", "1", &img);
+    let layer = &img.layers[1].blob;
+    registry.fault_times(&layer.digest, Fault::DropConnection(layer.size / 2), 1);
+    let h = harness();
+    let recorder = Arc::new(Recorder::default());
+    h.puller
+        .pull(
+            &format!("{}/team/app:1", registry.host()).parse().unwrap(),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(h.has(&layer.digest));
+    let gets: Vec<_> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].range(), None);
+    let range = gets[1].range().expect("the retry sends Range");
+    let start: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .expect("bytes=N-");
+    assert!(start > 0 && start <= layer.size / 2, "{range}");
+    assert_eq!(retries(&recorder.events()).len(), 1);
+    h.assert_blobs_verified();
+}
+
+#[tokio::test]
+async fn a_registry_ignoring_range_makes_the_retry_start_over() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(90);
+    registry.add_image("team/app", "1", &img);
+    let layer = &img.layers[1].blob;
+    registry.fault(&layer.digest, Fault::IgnoreRange);
+    registry.fault_times(&layer.digest, Fault::DropConnection(layer.size / 2), 1);
+    let h = harness();
+    h.pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    assert!(h.has(&layer.digest));
+    assert_eq!(registry.count("GET", &layer.digest), 2);
+    h.assert_blobs_verified();
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once() {
+    let registry = fake(FakeAuth::Bearer {
+        users: vec![],
+        anonymous: true,
+    })
+    .await;
+    let a = image(100);
+    let b = image(110);
+    registry.add_image("team/app", "a", &a);
+    registry.add_image("team/app", "b", &b);
+    let h = harness();
+    h.pull(&format!("{}/team/app:a", registry.host()))
+        .await
+        .unwrap();
+    let tokens_before = registry.count("GET", "/token");
+    registry.revoke_tokens();
+    h.pull(&format!("{}/team/app:b", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(registry.count("GET", "/token"), tokens_before + 1);
+}
+
+#[tokio::test]
+async fn all_tags_follows_link_pagination() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(120);
+    for i in 0..230 {
+        registry.add_image("team/many", &format!("t{i:03}"), &img);
+    }
+    let h = harness();
+    let repo = format!("{}/team/many", registry.host()).parse().unwrap();
+    let outcomes = h
+        .puller
+        .pull_all_tags(&repo, Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 230);
+    assert_eq!(registry.count("GET", "/tags/list"), 3, "pages of 100");
+    assert_eq!(registry.count("GET", &img.layers[0].blob.digest), 1);
+    assert_eq!(h.store.refs().unwrap().len(), 230);
+}
+
+#[tokio::test]
+async fn artifacts_that_are_not_images_are_refused() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(130);
+    let mut doc = img.manifest_json();
+    doc["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json".into();
+    registry.add_blob("charts/app", &img.config);
+    registry.add_manifest_raw(
+        "charts/app",
+        "1",
+        media_types::OCI_MANIFEST,
+        serde_json::to_vec(&doc).unwrap(),
+    );
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/charts/app:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("helm"), "{err}");
+    assert_eq!(h.blob_count(), 0);
+}
