@@ -81,7 +81,19 @@ async fn a_corrupt_layer_fails_the_pull_and_keeps_only_verified_blobs() {
     );
     assert!(!h.has(bad));
     assert!(
-        h.store.refs().unwrap().is_empty(),
+        h.has(&img.layers[0].blob.digest),
+        "a failed pull removes nothing"
+    );
+    let names: Vec<String> = h
+        .store
+        .refs()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!("{}/team/base:1", registry.host())],
         "no ref for a failed pull"
     );
     h.assert_blobs_verified();
