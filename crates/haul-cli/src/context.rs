@@ -49,12 +49,17 @@ fn rustix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn load(global: &GlobalArgs) -> anyhow::Result<Context> {
+/// The config file, with its warnings printed.
+pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
     let config = Config::load(global.config.as_deref()).context("cannot load the configuration")?;
     for warning in &config.warnings {
         eprintln!("WARNING: {warning}");
     }
-    let config = Arc::new(config);
+    Ok(config)
+}
+
+pub fn load(global: &GlobalArgs) -> anyhow::Result<Context> {
+    let config = Arc::new(load_config(global)?);
     let root = store_root(global);
     let store = Store::open(&root)
         .with_context(|| format!("cannot open the store at {}", root.display()))?;

@@ -55,14 +55,9 @@ impl LayerStatus {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// No tag or digest was given, so `latest` is used.
-    UsingDefaultTag {
-        tag: String,
-    },
+    UsingDefaultTag { tag: String },
     /// `latest: Pulling from library/alpine`: `label` is the tag or digest.
-    PullingFrom {
-        label: String,
-        repository: String,
-    },
+    PullingFrom { label: String, repository: String },
     /// The blobs this pull will fetch, once known: lets a renderer show a total and an ETA.
     Plan {
         layers: u64,
@@ -71,12 +66,11 @@ pub enum Event {
     },
     Layer {
         digest: Digest,
+        #[serde(flatten)]
         status: LayerStatus,
     },
     /// What the reference resolved to (`Digest: sha256:…`).
-    Resolved {
-        digest: Digest,
-    },
+    Resolved { digest: Digest },
     /// The pull is done; `up_to_date` when nothing had to be fetched.
     Finished {
         up_to_date: bool,

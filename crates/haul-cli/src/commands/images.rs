@@ -15,6 +15,7 @@ pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(str::parse::<Reference>)
         .transpose()?;
+    context::load_config(global)?;
     let root = context::store_root(global);
     let store = haul::store::Store::open(&root)?;
     // A filter without a tag matches every tag, so drop the implied `latest`.

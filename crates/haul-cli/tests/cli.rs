@@ -1,0 +1,355 @@
+//! The `haul` binary against the real registry: docker's output lines, exit codes, errors and
+//! hints, configuration.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use test_registry::{
+    Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer,
+};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> String {
+        self.dir.path().join("store").display().to_string()
+    }
+
+    /// `haul` with an isolated home: no docker config, no user config file.
+    fn haul(&self) -> Command {
+        let mut cmd = Command::cargo_bin("haul").unwrap();
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        cmd.env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DOCKER_CONFIG", home.join(".docker"))
+            .env("XDG_CONFIG_HOME", home.join(".config"));
+        cmd
+    }
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn image(seed: u64) -> Image {
+    ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .created("2024-03-01T10:00:00Z")
+        .layer(random_layer(seed, 100_000))
+        .layer(random_layer(seed + 1, 80_000))
+        .build()
+}
+
+async fn registry_with(repo: &str, tag: &str, img: &Image) -> RealRegistry {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    Pusher::new(&registry.url())
+        .push_image(repo, tag, img)
+        .await
+        .unwrap();
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_prints_what_docker_prints() {
+    let img = image(1);
+    let registry = registry_with("team/app", "latest", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/app", registry.host());
+
+    let out = run(env.haul().args(["pull", &name, "--root", &env.root()]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, format!("{name}:latest\n"));
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines[0], "Using default tag: latest");
+    assert_eq!(lines[1], "latest: Pulling from team/app");
+    for layer in &img.layers {
+        let id = &layer.blob.digest["sha256:".len()..][..12];
+        for status in [
+            "Pulling fs layer",
+            "Verifying Checksum",
+            "Download complete",
+            "Pull complete",
+        ] {
+            assert!(
+                lines.contains(&format!("{id}: {status}").as_str()),
+                "missing `{id}: {status}` in:\n{}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(lines[lines.len() - 2], format!("Digest: {}", img.digest()));
+    assert_eq!(
+        lines[lines.len() - 1],
+        format!("Status: Downloaded newer image for {name}:latest")
+    );
+
+    let again = run(env
+        .haul()
+        .args(["--root", &env.root(), "pull", &format!("{name}:latest")]));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.stderr,
+        format!(
+            "latest: Pulling from team/app\nDigest: {}\nStatus: Image is up to date for {name}:latest\n",
+            img.digest()
+        )
+    );
+
+    let quiet = run(env
+        .haul()
+        .args(["--root", &env.root(), "pull", "-q", &name]));
+    assert_eq!(quiet.code, 0);
+    assert_eq!(quiet.stdout, format!("{name}:latest\n"));
+    assert_eq!(quiet.stderr, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_progress_is_one_object_per_line() {
+    let img = image(10);
+    let registry = registry_with("team/json", "1", &img).await;
+    let env = Env::new();
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "pull",
+        "--progress",
+        "json",
+        &format!("{}/team/json:1", registry.host()),
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(events[0]["event"], "pulling_from");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "layer" && e["status"] == "downloading")
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "finished");
+    assert_eq!(last["up_to_date"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_lists_docker_columns_and_json() {
+    let img = image(20);
+    let registry = registry_with("team/list", "2.0", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/list:2.0", registry.host());
+    assert_eq!(
+        run(env
+            .haul()
+            .args(["--root", &env.root(), "pull", "-q", &name]))
+        .code,
+        0
+    );
+
+    let out = run(env
+        .haul()
+        .args(["--root", &env.root(), "images", "--digests"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let header: Vec<&str> = lines[0]
+        .split("   ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    let config_id = &img.config.digest["sha256:".len()..][..12];
+    assert_eq!(row[0], format!("{}/team/list", registry.host()));
+    assert_eq!(row[1], "2.0");
+    assert_eq!(row[2], img.digest());
+    assert_eq!(row[3], config_id);
+    assert!(lines[1].contains(" ago "), "{}", lines[1]);
+    // Columns line up under their headers.
+    assert_eq!(lines[0].find("IMAGE ID"), lines[1].find(config_id));
+
+    let json = run(env
+        .haul()
+        .args(["--root", &env.root(), "images", "--format", "json"]));
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let size: u64 = img.config.size + img.layers.iter().map(|l| l.blob.size).sum::<u64>();
+    assert_eq!(rows[0]["size"], size);
+    assert_eq!(rows[0]["image_id"], img.config.digest);
+    assert_eq!(rows[0]["created"], "2024-03-01T10:00:00Z");
+
+    let quiet = run(env.haul().args(["--root", &env.root(), "images", "-q"]));
+    assert_eq!(quiet.stdout, format!("{config_id}\n"));
+    let filtered = run(env
+        .haul()
+        .args(["--root", &env.root(), "images", "other/repo"]));
+    assert_eq!(filtered.stdout.lines().count(), 1, "only the header");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_say_what_happened_and_what_to_do() {
+    let img = image(30);
+    let registry = registry_with("team/app", "1", &img).await;
+    let env = Env::new();
+
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "pull",
+        &format!("{}/team/app:nope", registry.host()),
+    ]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!(
+            "manifest for {}/team/app:nope not found: manifest unknown",
+            registry.host()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("\nhint: "), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+
+    let out = run(env.haul().args(["--root", &env.root(), "pull", "Team/App"]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("invalid reference format: repository name must be lowercase"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(env
+        .haul()
+        .args(["--root", &env.root(), "pull", "-a", "alpine:3"]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("tag can't be used with --all-tags/-a"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(env.haul().args(["pull"]));
+    assert_eq!(out.code, 2, "usage errors exit 2");
+
+    // Nothing answers on this port: the error names the host.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = env.dir.path().join("one-try.json");
+    std::fs::write(&config, r#"{"max-download-attempts": 1}"#).unwrap();
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "--config",
+        config.to_str().unwrap(),
+        "pull",
+        &format!("127.0.0.1:{port}/x/y:1"),
+    ]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: "), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_trust_is_refused_until_it_can_be_verified() {
+    let img = image(40);
+    let registry = registry_with("team/app", "1", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/app:1", registry.host());
+    let out = run(env.haul().env("DOCKER_CONTENT_TRUST", "1").args([
+        "--root",
+        &env.root(),
+        "pull",
+        &name,
+    ]));
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("content trust"), "{}", out.stderr);
+    assert!(
+        !Path::new(&env.root()).join("index.json").exists(),
+        "nothing pulled"
+    );
+
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "pull",
+        "--disable-content-trust=false",
+        &name,
+    ]));
+    assert_eq!(out.code, 1);
+
+    let out = run(env.haul().env("DOCKER_CONTENT_TRUST", "1").args([
+        "--root",
+        &env.root(),
+        "pull",
+        "--disable-content-trust",
+        &name,
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn config_files_are_checked() {
+    let env = Env::new();
+    let bad = env.dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"max-concurrent-downloads": 0}"#).unwrap();
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "--config",
+        bad.to_str().unwrap(),
+        "pull",
+        "127.0.0.1:1/x/y",
+    ]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("max-concurrent-downloads"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(bad.to_str().unwrap()), "{}", out.stderr);
+
+    // $HAUL_CONFIG is found without --config; unknown keys only warn.
+    let odd = env.dir.path().join("odd.json");
+    std::fs::write(&odd, r#"{"no-such-key": 1}"#).unwrap();
+    let out = run(env
+        .haul()
+        .env("HAUL_CONFIG", &odd)
+        .args(["--root", &env.root(), "images"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("WARNING") && out.stderr.contains("no-such-key"),
+        "{}",
+        out.stderr
+    );
+}
