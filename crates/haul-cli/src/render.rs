@@ -64,14 +64,7 @@ impl Progress {
         if let Ok(mut mode) = self.mode.lock()
             && let Mode::Bars(bars) = &mut *mode
         {
-            if let Some(t) = &bars.total {
-                t.finish();
-            }
-            for bar in bars.layers.values() {
-                if !bar.is_finished() {
-                    bar.abandon();
-                }
-            }
+            bars.finish();
         }
     }
 }
@@ -164,12 +157,13 @@ impl Bars {
         if let Some(bar) = self.layers.get(digest) {
             return bar.clone();
         }
-        let bar = ProgressBar::new(0).with_style(Self::status_style());
-        bar.set_prefix(digest.short().to_owned());
+        // Hidden until it joins the MultiProgress, or setting its prefix would draw it on its own.
+        let bar = ProgressBar::hidden().with_style(Self::status_style());
         let bar = match &self.total {
             Some(total) => self.multi.insert_before(total, bar),
             None => self.multi.add(bar),
         };
+        bar.set_prefix(digest.short().to_owned());
         self.layers.insert(digest.clone(), bar.clone());
         bar
     }
@@ -217,10 +211,29 @@ impl Bars {
                     }
                 }
             }
+            Event::Resolved { .. } | Event::Finished { .. } => {
+                // The layers are done: leave their last lines on screen and print the summary
+                // below them, as docker does.
+                self.finish();
+                if let Some(line) = plain_line(&event) {
+                    eprintln!("{line}");
+                }
+            }
             other => {
                 if let Some(line) = plain_line(&other) {
                     let _ = self.multi.println(line);
                 }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(t) = self.total.take() {
+            t.finish();
+        }
+        for bar in self.layers.values() {
+            if !bar.is_finished() {
+                bar.abandon();
             }
         }
     }

@@ -242,7 +242,7 @@ fn parse_mirror_url(s: &str) -> Result<url::Url, String> {
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
-            "mirror URL for {} must not carry credentials; use `haul login`",
+            "mirror URL for {} must not carry credentials; put them in docker's config.json",
             url.host_str().unwrap_or("?")
         ));
     }

@@ -42,7 +42,7 @@ pub enum PullError {
     },
     #[error(
         "pull access denied for {repository}, repository does not exist or may require \
-         'haul login': {source}"
+         'docker login': {source}"
     )]
     AccessDenied {
         repository: String,
@@ -462,16 +462,21 @@ impl BlobContext {
     /// Downloads one blob into the store. Returns the bytes fetched, or `None` when another
     /// process committed it while we waited.
     async fn fetch(&self, desc: Descriptor, is_layer: bool) -> Result<Option<u64>, PullError> {
-        let _slot = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.layer_event(is_layer, &desc.digest, LayerStatus::Waiting);
-                self.slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| PullError::Task(e.to_string()))?
-            }
+        // The config is small and needed first; like docker, only layers wait for a slot.
+        let _slot = if is_layer {
+            Some(match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.layer_event(true, &desc.digest, LayerStatus::Waiting);
+                    self.slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| PullError::Task(e.to_string()))?
+                }
+            })
+        } else {
+            None
         };
         let mut ingest = match self.store.begin_ingest(&desc.digest, desc.size).await? {
             IngestStart::Present => {

@@ -27,12 +27,13 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
             }
             let hint = match e {
                 PullError::ManifestUnknown { .. } => Some(
-                    "check the tag exists (`haul manifest inspect` or the registry's web page); \
-                     for a private image, run `haul login REGISTRY` first"
+                    "check that the tag exists in the registry; for a private image, log in \
+                     first (credentials are read from docker's config.json)"
                         .to_owned(),
                 ),
                 PullError::AccessDenied { .. } | PullError::NameUnknown { .. } => Some(
-                    "check the repository name; if it is private, run `haul login REGISTRY`"
+                    "check the repository name; if it is private, log in first (credentials are \
+                     read from docker's config.json)"
                         .to_owned(),
                 ),
                 PullError::LayerVerification { .. } => Some(
@@ -49,7 +50,7 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = registry_error {
             return match e {
                 RegistryError::Unauthorized { host, .. } => Some(format!(
-                    "log in with `haul login {host}` or check the credentials in your docker config.json"
+                    "check the credentials for {host} in docker's config.json (`docker login {host}`)"
                 )),
                 RegistryError::TooManyRequests { .. } => Some(
                     "the registry is rate-limiting you: wait, log in for a higher limit, or \
