@@ -351,3 +351,56 @@ async fn concurrent_pulls_sharing_layers_download_each_blob_once() {
     );
     assert_eq!(store.refs().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn max_concurrent_downloads_bounds_parallel_layers() {
+    let registry = registry().await;
+    let image = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layers((0..4).map(|i| random_layer(70 + i, 300_000)))
+        .build();
+    Pusher::new(&registry.url())
+        .push_image("team/serial", "1", &image)
+        .await
+        .unwrap();
+    let config = Config {
+        max_concurrent_downloads: 1,
+        ..Config::default()
+    };
+    let h = harness_with(config, Arc::new(Anonymous), None);
+    let (_, events) = h
+        .pull(&format!("{}/team/serial:1", registry.host()))
+        .await
+        .unwrap();
+    // With one slot, a layer's transfer (first Downloading to Download complete) never overlaps
+    // another's.
+    let mut active: Option<String> = None;
+    for e in &events {
+        if let Event::Layer { digest, status } = e {
+            let d = digest.to_string();
+            match status {
+                haul::progress::LayerStatus::Downloading { .. } => match &active {
+                    None => active = Some(d),
+                    Some(a) => assert_eq!(a, &d, "two layers downloading at once"),
+                },
+                haul::progress::LayerStatus::DownloadComplete => {
+                    assert_eq!(active.take().as_deref(), Some(d.as_str()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let waiting = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Layer {
+                    status: haul::progress::LayerStatus::Waiting,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(waiting >= 1, "layers beyond the one slot report Waiting");
+}
