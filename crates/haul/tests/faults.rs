@@ -433,3 +433,46 @@ async fn artifacts_that_are_not_images_are_refused() {
     assert!(err.to_string().contains("helm"), "{err}");
     assert_eq!(h.blob_count(), 0);
 }
+
+#[tokio::test]
+async fn a_head_without_a_digest_falls_back_to_get_by_tag() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(140);
+    registry.add_image("team/app", "1", &img);
+    registry.fault(
+        "/manifests/1",
+        Fault::Header("Docker-Content-Digest".into(), String::new()),
+    );
+    let h = harness();
+    let (outcome, _) = h
+        .pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.resolved.to_string(), img.digest());
+    assert_eq!(registry.count("HEAD", "/manifests/1"), 1);
+    assert_eq!(registry.count("GET", "/manifests/1"), 1);
+    assert_eq!(
+        registry.count("GET", &format!("/manifests/{}", img.digest())),
+        0,
+        "the bytes from the GET by tag are used, not fetched again"
+    );
+}
+
+#[tokio::test]
+async fn a_pull_by_digest_of_stored_content_needs_no_registry() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(150);
+    registry.add_image("team/app", "1", &img);
+    let h = harness();
+    h.pull(&format!("{}/team/app:1", registry.host()))
+        .await
+        .unwrap();
+    registry.clear_requests();
+    let (outcome, _) = h
+        .pull(&format!("{}/team/app@{}", registry.host(), img.digest()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.manifest.to_string(), img.digest());
+    assert_eq!(outcome.blobs_downloaded, 0);
+    assert!(registry.requests().is_empty(), "{:?}", registry.requests());
+}
