@@ -23,6 +23,7 @@ struct Bars {
     multi: MultiProgress,
     layers: HashMap<Digest, ProgressBar>,
     current: HashMap<Digest, u64>,
+    phase: HashMap<Digest, &'static str>,
     total: Option<ProgressBar>,
     present: u64,
 }
@@ -103,6 +104,11 @@ fn plain_line(event: &Event) -> Option<String> {
             status: LayerStatus::Downloading { .. },
             ..
         } => return None,
+        // One line when extraction starts; byte counts stay out of logs.
+        Event::Layer {
+            status: LayerStatus::Extracting { current, .. },
+            ..
+        } if *current > 0 => return None,
         Event::Layer { digest, status } => format!("{}: {}", digest.short(), status.label()),
         Event::Resolved { digest } => format!("Digest: {digest}"),
         Event::Finished {
@@ -127,6 +133,7 @@ impl Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
             layers: HashMap::new(),
             current: HashMap::new(),
+            phase: HashMap::new(),
             total: None,
             present: 0,
         }
@@ -137,10 +144,19 @@ impl Bars {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
     }
 
-    fn bar_style() -> ProgressStyle {
-        ProgressStyle::with_template(
-            "{prefix}: Downloading [{bar:40}] {decimal_bytes}/{decimal_total_bytes}",
-        )
+    /// Switches a layer's line to a progress bar for `verb`, once per phase.
+    fn show_bar(&mut self, digest: &Digest, bar: &ProgressBar, verb: &'static str, total: u64) {
+        if self.phase.get(digest) != Some(&verb) {
+            self.phase.insert(digest.clone(), verb);
+            bar.set_style(Self::bar_style(verb));
+            bar.set_length(total);
+        }
+    }
+
+    fn bar_style(verb: &str) -> ProgressStyle {
+        ProgressStyle::with_template(&format!(
+            "{{prefix}}: {verb} [{{bar:40}}] {{decimal_bytes}}/{{decimal_total_bytes}}"
+        ))
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
     }
@@ -193,19 +209,21 @@ impl Bars {
                 let bar = self.layer(&digest);
                 match &status {
                     LayerStatus::Downloading { current, total } => {
-                        if bar.length() != Some(*total) {
-                            bar.set_style(Self::bar_style());
-                            bar.set_length(*total);
-                        }
+                        self.show_bar(&digest, &bar, "Downloading", *total);
                         bar.set_position(*current);
                         self.current.insert(digest.clone(), *current);
                         self.update_total();
+                    }
+                    LayerStatus::Extracting { current, total } => {
+                        self.show_bar(&digest, &bar, "Extracting", *total);
+                        bar.set_position(*current);
                     }
                     LayerStatus::PullComplete | LayerStatus::AlreadyExists => {
                         bar.set_style(Self::status_style());
                         bar.finish_with_message(status.label());
                     }
                     other => {
+                        self.phase.remove(&digest);
                         bar.set_style(Self::status_style());
                         bar.set_message(other.label());
                     }

@@ -179,6 +179,8 @@ pub enum ManifestError {
     NotAnImage { media_type: String },
     #[error("unsupported layer media type {0:?}")]
     UnsupportedLayer(String),
+    #[error("the image config declares {size} bytes, more than the {limit} haul accepts")]
+    ConfigTooLarge { size: u64, limit: u64 },
     #[error("image config is not valid: {0}")]
     InvalidConfig(#[source] serde_json::Error),
     #[error("image config lists {diff_ids} layer diff_ids but the manifest has {layers} layers")]
@@ -292,6 +294,12 @@ impl ImageManifest {
             .find(|l| !media_type::is_layer(&l.media_type))
         {
             return Err(ManifestError::UnsupportedLayer(bad.media_type.clone()));
+        }
+        if self.config.size > MAX_CONFIG_BYTES {
+            return Err(ManifestError::ConfigTooLarge {
+                size: self.config.size,
+                limit: MAX_CONFIG_BYTES,
+            });
         }
         Ok(())
     }
@@ -541,6 +549,14 @@ mod tests {
         assert!(matches!(
             m.check_is_image(),
             Err(ManifestError::UnsupportedLayer(_))
+        ));
+        let huge = image_json(None).replace(r#""size":10"#, r#""size":999999999"#);
+        let Manifest::Image(m) = parse(None, huge.as_bytes()).unwrap() else {
+            panic!("not an image")
+        };
+        assert!(matches!(
+            m.check_is_image(),
+            Err(ManifestError::ConfigTooLarge { .. })
         ));
     }
 

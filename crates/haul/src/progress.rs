@@ -27,6 +27,11 @@ pub enum LayerStatus {
     },
     VerifyingChecksum,
     DownloadComplete,
+    /// Applying the layer; `current` counts compressed bytes consumed.
+    Extracting {
+        current: u64,
+        total: u64,
+    },
     PullComplete,
 }
 
@@ -46,6 +51,7 @@ impl LayerStatus {
             }
             LayerStatus::VerifyingChecksum => "Verifying Checksum".to_owned(),
             LayerStatus::DownloadComplete => "Download complete".to_owned(),
+            LayerStatus::Extracting { .. } => "Extracting".to_owned(),
             LayerStatus::PullComplete => "Pull complete".to_owned(),
         }
     }
