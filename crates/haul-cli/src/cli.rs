@@ -44,8 +44,29 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Download an image from a registry
     Pull(PullArgs),
+    /// Unpack an image into a root filesystem directory (pulls it first when missing)
+    Unpack(UnpackArgs),
+    /// Make an OCI runtime bundle (rootfs/ + config.json) for runc or crun
+    Bundle(UnpackArgs),
     /// List images in the store
     Images(ImagesArgs),
+    /// Show details of images in the store as JSON (like docker image inspect)
+    Inspect(InspectArgs),
+    /// Show the steps that built an image, from its config
+    History(HistoryArgs),
+    /// Give an image in the store another name
+    Tag(TagArgs),
+    /// Remove image names (untag); the content stays in the store until a prune
+    Rmi(RmiArgs),
+    /// Look at manifests in a registry, without pulling
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Show the store, its disk usage and the configuration in effect
+    Info(InfoArgs),
+    /// Log in to a registry (checked first, then saved like docker login)
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout(LogoutArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +98,9 @@ pub struct PullArgs {
     /// Print only the image's full reference
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Only download: do not extract the layers into the layer cache
+    #[arg(long)]
+    pub no_unpack: bool,
     /// Skip image verification by signature (content trust is off unless DOCKER_CONTENT_TRUST=1)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub disable_content_trust: Option<bool>,
@@ -104,4 +128,125 @@ pub struct ImagesArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Names (NAME[:TAG|@DIGEST]) or image IDs (the config digest, or a unique prefix of at
+    /// least 4 hex characters)
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Name or image ID
+    pub image: String,
+    /// Don't truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only show image IDs
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Output format (json: exact sizes and RFC 3339 times)
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image to name: name or image ID
+    pub source: String,
+    /// The new name, NAME[:TAG] (a digest is refused)
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Only names are removed: blobs stay in the store, so a later pull of the same \
+                  image downloads nothing, until a prune reclaims what no name reaches."
+)]
+pub struct RmiArgs {
+    /// Names or image IDs; an ID removes every name of that image
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Remove the names of an image ID even when they are in several repositories
+    #[arg(long, short = 'f')]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Print a manifest or index as the registry serves it (no layers are fetched, nothing is
+    /// stored)
+    Inspect(ManifestInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestInspectArgs {
+    /// NAME[:TAG|@DIGEST]
+    pub image: String,
+    /// Show docker's verbose form: reference, descriptor, raw bytes (base64) and the parsed
+    /// document; for an index, one such record per platform manifest
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Output format (json: exact bytes)
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Credentials are checked against the registry, then saved in docker's config.json \
+                  ($DOCKER_CONFIG or ~/.docker, mode 0600), or in the credsStore/credHelpers \
+                  helper it names."
+)]
+pub struct LoginArgs {
+    /// Registry host[:port]; default: Docker Hub
+    #[arg(value_name = "SERVER")]
+    pub server: Option<String>,
+    /// Username
+    #[arg(long, short = 'u')]
+    pub username: Option<String>,
+    /// Password (visible to other users of this machine: prefer --password-stdin)
+    #[arg(long, short = 'p', conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Take the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// Registry host[:port]; default: Docker Hub
+    #[arg(value_name = "SERVER")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// NAME[:TAG|@DIGEST]; pulled first when not in the store
+    pub image: String,
+    /// The directory to create (must be empty unless --force)
+    pub dir: std::path::PathBuf,
+    /// Pick this platform from a multi-platform image (os/arch[/variant]); default: this host's
+    #[arg(
+        long,
+        value_name = "OS/ARCH[/VARIANT]",
+        env = "DOCKER_DEFAULT_PLATFORM"
+    )]
+    pub platform: Option<String>,
+    /// Replace the contents of a non-empty directory
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Print only the directory's path
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// How to show progress
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }

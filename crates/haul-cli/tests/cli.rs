@@ -353,3 +353,140 @@ fn config_files_are_checked() {
         out.stderr
     );
 }
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpack_and_bundle_pull_what_is_missing() {
+    let layer = test_registry::LayerBuilder::new()
+        .add_dir("etc", 0o755)
+        .add_file(
+            "etc/passwd",
+            b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            0o644,
+        )
+        .add_file(
+            "etc/group",
+            b"root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
+            0o644,
+        )
+        .add_file("srv/run.sh", b"#!/bin/sh\necho hi\n", 0o755)
+        .finish_gzip();
+    let img = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(layer)
+        .cmd(&["/srv/run.sh", "--serve"])
+        .env(&["MODE=prod"])
+        .config_field("config", serde_json::json!({
+            "User": "app", "Env": ["MODE=prod"], "Cmd": ["/srv/run.sh", "--serve"], "WorkingDir": "/srv"
+        }))
+        .build();
+    let registry = registry_with("team/run", "1", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/run:1", registry.host());
+
+    let rootfs = env.dir.path().join("rootfs");
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "unpack",
+        &name,
+        rootfs.to_str().unwrap(),
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1: Pulling from team/run"),
+        "pulled first:\n{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout.trim(), rootfs.display().to_string());
+    assert_eq!(
+        std::fs::read(rootfs.join("srv/run.sh")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+
+    // A second unpack into the same directory needs --force; the image is not pulled again.
+    let again = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "unpack",
+        &name,
+        rootfs.to_str().unwrap(),
+    ]));
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    let forced = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "unpack",
+        "-f",
+        &name,
+        rootfs.to_str().unwrap(),
+    ]));
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(!forced.stderr.contains("Pulling from"), "{}", forced.stderr);
+
+    let bundle = env.dir.path().join("bundle");
+    let out = run(env.haul().args([
+        "--root",
+        &env.root(),
+        "bundle",
+        &name,
+        bundle.to_str().unwrap(),
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec["process"]["args"],
+        serde_json::json!(["/srv/run.sh", "--serve"])
+    );
+    assert_eq!(spec["process"]["cwd"], "/srv");
+    assert_eq!(
+        spec["process"]["user"],
+        serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [10]})
+    );
+    assert!(
+        spec["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&"MODE=prod".into())
+    );
+    assert!(bundle.join("rootfs/srv/run.sh").exists());
+
+    // The same shape as `runc spec`: every section and default runc writes is there.
+    let runc_dir = env.dir.path().join("runc");
+    std::fs::create_dir(&runc_dir).unwrap();
+    let status = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(&runc_dir)
+        .status()
+        .expect("runc is installed by scripts/test");
+    assert!(status.success());
+    let runc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runc_dir.join("config.json")).unwrap()).unwrap();
+    for k in keys(&runc) {
+        assert!(spec.get(&k).is_some(), "config.json lacks {k}");
+    }
+    for section in ["process", "root", "linux"] {
+        for k in keys(&runc[section]) {
+            assert!(spec[section].get(&k).is_some(), "{section} lacks {k}");
+        }
+    }
+    let dests = |v: &serde_json::Value| -> Vec<String> {
+        v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(dests(&spec), dests(&runc));
+}

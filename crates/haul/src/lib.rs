@@ -19,6 +19,7 @@
 //! let puller = haul::pull::Puller::new(client, store, haul::pull::PullOptions {
 //!     platform: None,
 //!     max_concurrent_downloads: config.max_concurrent_downloads,
+//!     unpack: Some(haul::unpack::image::UnpackOptions::for_current_user()),
 //! });
 //! let outcome = puller.pull(&"alpine".parse()?, Arc::new(haul::progress::Silent)).await?;
 //! println!("{} is {}", outcome.reference, outcome.resolved);
@@ -27,9 +28,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod config;
 pub mod digest;
 pub mod images;
+pub mod info;
+pub mod inspect;
+pub mod login;
 pub mod manifest;
 pub mod platform;
 pub mod progress;
@@ -37,3 +42,5 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod tag;
+pub mod unpack;

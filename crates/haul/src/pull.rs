@@ -22,6 +22,8 @@ use crate::progress::{Event, LayerStatus, Reporter};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
+use crate::unpack::cache::chain_ids;
+use crate::unpack::image::{UnpackError, UnpackOptions};
 
 /// How often a layer reports download progress, at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -42,7 +44,7 @@ pub enum PullError {
     },
     #[error(
         "pull access denied for {repository}, repository does not exist or may require \
-         'docker login': {source}"
+         'haul login': {source}"
     )]
     AccessDenied {
         repository: String,
@@ -65,6 +67,12 @@ pub enum PullError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("extracting layer {digest}: {source}")]
+    Extract {
+        digest: Digest,
+        #[source]
+        source: Box<UnpackError>,
+    },
     #[error("a download task failed: {0}")]
     Task(String),
 }
@@ -74,6 +82,9 @@ pub struct PullOptions {
     /// The platform to pick from an index; the host's when `None`.
     pub platform: Option<Platform>,
     pub max_concurrent_downloads: usize,
+    /// Extract every layer into the layer cache as part of the pull (docker's behaviour);
+    /// `None` only downloads.
+    pub unpack: Option<UnpackOptions>,
 }
 
 /// What a pull did.
@@ -166,23 +177,23 @@ impl Puller {
 
         let name = reference.to_string();
         let existing = self.store.find_ref(&name)?;
-        let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
-            .chain(manifest.layers.iter())
-            .collect();
-        let all_present = blobs.iter().all(|d| self.store.has_blob(&d.digest))
-            && self.store.has_blob(&manifest_doc.digest);
-        let up_to_date = all_present
-            && existing.as_ref().is_some_and(|e| {
-                e.manifest.digest == manifest_doc.digest && e.resolved == resolved
-            });
+        let ctx = Arc::new(BlobContext {
+            client: self.client.clone(),
+            repo: repo.clone(),
+            store: self.store.clone(),
+            reporter: reporter.clone(),
+            slots: Arc::new(Semaphore::new(self.options.max_concurrent_downloads.max(1))),
+            unpack: self.options.unpack.clone(),
+            extract_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+        });
 
-        let (blobs_downloaded, bytes_downloaded) = if up_to_date {
-            (0, 0)
-        } else {
-            self.fetch_blobs(reference, &repo, &manifest, reporter.clone())
-                .await?
-        };
-
+        // The config first: it is small, and unpacking needs its diff_ids to key the layers.
+        let mut downloaded = (0usize, 0u64);
+        if let Some(n) = ctx.fetch(manifest.config.clone(), false).await? {
+            downloaded = (1, n);
+        }
         let config_bytes = self
             .store
             .read_blob(&manifest.config.digest, manifest::MAX_CONFIG_BYTES)?;
@@ -196,6 +207,34 @@ impl Puller {
                 context: format!("image {reference}"),
                 source,
             })?;
+        let layers: Vec<LayerJob> = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .zip(chain_ids(&config.rootfs.diff_ids))
+            .enumerate()
+            .map(|(index, ((desc, diff_id), chain_id))| LayerJob {
+                index,
+                desc: desc.clone(),
+                diff_id: diff_id.clone(),
+                chain_id,
+            })
+            .collect();
+
+        let all_ready =
+            layers.iter().all(|l| ctx.is_ready(l)) && self.store.has_blob(&manifest_doc.digest);
+        let up_to_date = all_ready
+            && existing.as_ref().is_some_and(|e| {
+                e.registry_manifest() == &manifest_doc.digest
+                    && e.resolved == resolved
+                    && self.store.has_blob(&e.manifest.digest)
+            });
+
+        if !up_to_date {
+            let (count, bytes) = self.fetch_layers(reference, &ctx, layers).await?;
+            downloaded = (downloaded.0 + count, downloaded.1 + bytes);
+        }
+        let (blobs_downloaded, bytes_downloaded) = downloaded;
 
         // Publish: manifests after the blobs they reach, the ref last.
         self.store
@@ -361,60 +400,55 @@ impl Puller {
         }
     }
 
-    async fn fetch_blobs(
+    /// Downloads the layers the store lacks and, when unpacking, extracts each into the layer
+    /// cache as soon as it is committed, while the others are still downloading.
+    async fn fetch_layers(
         &self,
         reference: &Reference,
-        repo: &Repository,
-        manifest: &ImageManifest,
-        reporter: Arc<dyn Reporter>,
+        ctx: &Arc<BlobContext>,
+        layers: Vec<LayerJob>,
     ) -> Result<(usize, u64), PullError> {
+        let reporter = &ctx.reporter;
         let mut seen = HashSet::new();
         let mut jobs = Vec::new();
         let (mut total, mut present) = (0u64, 0u64);
-        for (i, desc) in std::iter::once(&manifest.config)
-            .chain(manifest.layers.iter())
-            .enumerate()
-        {
-            if !seen.insert(desc.digest.clone()) {
-                continue;
+        for layer in layers {
+            let first = seen.insert(layer.desc.digest.clone());
+            if first {
+                total += layer.desc.size;
             }
-            let is_layer = i > 0;
-            total += desc.size;
-            if self.store.has_blob(&desc.digest) {
-                present += desc.size;
-                if is_layer {
+            if ctx.is_ready(&layer) {
+                if first {
+                    present += layer.desc.size;
                     reporter.report(Event::Layer {
-                        digest: desc.digest.clone(),
+                        digest: layer.desc.digest.clone(),
                         status: LayerStatus::AlreadyExists,
                     });
                 }
                 continue;
             }
-            if is_layer {
+            if self.store.has_blob(&layer.desc.digest) {
+                if first {
+                    present += layer.desc.size;
+                }
+            } else if first {
                 reporter.report(Event::Layer {
-                    digest: desc.digest.clone(),
+                    digest: layer.desc.digest.clone(),
                     status: LayerStatus::PullingFsLayer,
                 });
             }
-            jobs.push((desc.clone(), is_layer));
+            jobs.push(layer);
         }
         reporter.report(Event::Plan {
-            layers: manifest.layers.len() as u64,
+            layers: seen.len() as u64,
             bytes_total: total,
             bytes_present: present,
         });
 
-        let ctx = Arc::new(BlobContext {
-            client: self.client.clone(),
-            repo: repo.clone(),
-            store: self.store.clone(),
-            reporter,
-            slots: Arc::new(Semaphore::new(self.options.max_concurrent_downloads.max(1))),
-        });
         let mut tasks = JoinSet::new();
-        for (desc, is_layer) in jobs {
+        for layer in jobs {
             let ctx = ctx.clone();
-            tasks.spawn(async move { ctx.fetch(desc, is_layer).await });
+            tasks.spawn(async move { ctx.layer(layer).await });
         }
         let (mut count, mut bytes) = (0usize, 0u64);
         while let Some(joined) = tasks.join_next().await {
@@ -441,15 +475,68 @@ impl Puller {
     }
 }
 
+/// One layer of the image being pulled, with what the cache keys it by.
+struct LayerJob {
+    index: usize,
+    desc: Descriptor,
+    diff_id: Digest,
+    chain_id: Digest,
+}
+
 struct BlobContext {
     client: RegistryClient,
     repo: Repository,
     store: Store,
     reporter: Arc<dyn Reporter>,
     slots: Arc<Semaphore>,
+    unpack: Option<UnpackOptions>,
+    /// Extractions run on blocking threads; more than one per core only adds contention.
+    extract_slots: Arc<Semaphore>,
 }
 
 impl BlobContext {
+    /// Whether a layer needs nothing: its blob is stored and, when unpacking, it is extracted.
+    fn is_ready(&self, layer: &LayerJob) -> bool {
+        self.store.has_blob(&layer.desc.digest)
+            && self
+                .unpack
+                .as_ref()
+                .is_none_or(|o| self.store.cached_layer(&layer.chain_id, &o.apply).is_some())
+    }
+
+    /// Downloads a layer if needed, then extracts it into the layer cache if unpacking.
+    async fn layer(self: Arc<Self>, layer: LayerJob) -> Result<Option<u64>, PullError> {
+        let digest = layer.desc.digest.clone();
+        let downloaded = self.fetch(layer.desc.clone(), true).await?;
+        if let Some(options) = self.unpack.clone() {
+            let _slot = self
+                .extract_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| PullError::Task(e.to_string()))?;
+            let ctx = self.clone();
+            tokio::task::spawn_blocking(move || {
+                ctx.store.cache_layer(
+                    layer.index,
+                    &layer.desc,
+                    &layer.diff_id,
+                    &layer.chain_id,
+                    &options,
+                    ctx.reporter.as_ref(),
+                )
+            })
+            .await
+            .map_err(|e| PullError::Task(e.to_string()))?
+            .map_err(|source| PullError::Extract {
+                digest: digest.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        self.layer_event(true, &digest, LayerStatus::PullComplete);
+        Ok(downloaded)
+    }
+
     fn layer_event(&self, is_layer: bool, digest: &Digest, status: LayerStatus) {
         if is_layer {
             self.reporter.report(Event::Layer {
@@ -462,6 +549,9 @@ impl BlobContext {
     /// Downloads one blob into the store. Returns the bytes fetched, or `None` when another
     /// process committed it while we waited.
     async fn fetch(&self, desc: Descriptor, is_layer: bool) -> Result<Option<u64>, PullError> {
+        if self.store.has_blob(&desc.digest) {
+            return Ok(None);
+        }
         // The config is small and needed first; like docker, only layers wait for a slot.
         let _slot = if is_layer {
             Some(match self.slots.clone().try_acquire_owned() {
@@ -479,11 +569,7 @@ impl BlobContext {
             None
         };
         let mut ingest = match self.store.begin_ingest(&desc.digest, desc.size).await? {
-            IngestStart::Present => {
-                self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
-                self.layer_event(is_layer, &desc.digest, LayerStatus::PullComplete);
-                return Ok(None);
-            }
+            IngestStart::Present => return Ok(None),
             IngestStart::Writer(w) => w,
         };
 
@@ -529,7 +615,6 @@ impl BlobContext {
                 source: Box::new(source),
             })?;
         self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
-        self.layer_event(is_layer, &desc.digest, LayerStatus::PullComplete);
         Ok(Some(desc.size))
     }
 

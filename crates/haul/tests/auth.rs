@@ -56,7 +56,7 @@ async fn basic_auth_needs_the_right_password() {
     let err = h.pull(&reference).await.unwrap_err();
     assert!(matches!(err, PullError::AccessDenied { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("may require 'docker login'"),
+        err.to_string().contains("may require 'haul login'"),
         "{err}"
     );
 

@@ -109,6 +109,8 @@ async fn the_store_is_an_oci_layout_skopeo_reads() {
         let name = outcome.reference.to_string();
         assert_eq!(name, reference);
         assert_eq!(outcome.manifest.to_string(), image.digest());
+        let (again, _) = h.pull(&reference).await.unwrap();
+        assert!(again.up_to_date, "a second pull of {tag} is up to date");
         let entry = h.store.find_ref(&name).unwrap().unwrap();
         match format {
             // Docker manifests are kept as served and referenced through an OCI rewrite.

@@ -1,7 +1,15 @@
 //! One module per subcommand, each a thin layer over the library.
 
+mod history;
 mod images;
+mod info;
+mod inspect;
+mod login;
+mod manifest;
 mod pull;
+mod rmi;
+mod tag;
+mod unpack;
 
 use std::process::ExitCode;
 
@@ -13,13 +21,49 @@ use crate::cli::{Cli, Command};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Pull(args) => pull::run(&cli.global, args).await,
+        Command::Unpack(args) => unpack::run(&cli.global, args, unpack::Output::RootFs).await,
+        Command::Bundle(args) => unpack::run(&cli.global, args, unpack::Output::Bundle).await,
         Command::Images(args) => images::run(&cli.global, args),
+        Command::Inspect(args) => inspect::run(&cli.global, args),
+        Command::History(args) => history::run(&cli.global, args),
+        Command::Tag(args) => tag::run(&cli.global, args).await,
+        Command::Rmi(args) => rmi::run(&cli.global, args).await,
+        Command::Manifest(command) => manifest::run(&cli.global, command).await,
+        Command::Info(args) => info::run(&cli.global, args),
+        Command::Login(args) => login::login(&cli.global, args).await,
+        Command::Logout(args) => login::logout(&cli.global, args).await,
     }
 }
 
 /// A line telling the user what to do about `err`, where there is something to do.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {
+        if let Some(haul::login::LoginError::Registry {
+            source: RegistryError::Unauthorized { .. } | RegistryError::Denied { .. },
+            ..
+        }) = cause.downcast_ref()
+        {
+            return Some(
+                "check the username and password (for Docker Hub with two-factor \
+                 authentication, use an access token as the password); nothing was saved"
+                    .to_owned(),
+            );
+        }
+        let no_such_image = matches!(
+            cause.downcast_ref(),
+            Some(haul::inspect::InspectError::NoSuchImage(_))
+        ) || matches!(
+            cause.downcast_ref(),
+            Some(haul::tag::TagError::NotFound(
+                haul::inspect::InspectError::NoSuchImage(_)
+            ))
+        );
+        if no_such_image {
+            return Some(
+                "`haul images` lists what the store holds; `haul pull NAME` fetches an image"
+                    .to_owned(),
+            );
+        }
         let mut registry_error = cause.downcast_ref::<RegistryError>();
         if let Some(e) = cause.downcast_ref::<PullError>() {
             if let PullError::Registry(inner) = e {
@@ -27,13 +71,12 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
             }
             let hint = match e {
                 PullError::ManifestUnknown { .. } => Some(
-                    "check that the tag exists in the registry; for a private image, log in \
-                     first (credentials are read from docker's config.json)"
+                    "check that the tag exists (`haul manifest inspect NAME`); for a private \
+                     image, run `haul login REGISTRY` first"
                         .to_owned(),
                 ),
                 PullError::AccessDenied { .. } | PullError::NameUnknown { .. } => Some(
-                    "check the repository name; if it is private, log in first (credentials are \
-                     read from docker's config.json)"
+                    "check the repository name; if it is private, run `haul login REGISTRY` first"
                         .to_owned(),
                 ),
                 PullError::LayerVerification { .. } => Some(
@@ -50,7 +93,7 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = registry_error {
             return match e {
                 RegistryError::Unauthorized { host, .. } => Some(format!(
-                    "check the credentials for {host} in docker's config.json (`docker login {host}`)"
+                    "log in with `haul login {host}` (credentials are kept in docker's config.json)"
                 )),
                 RegistryError::TooManyRequests { .. } => Some(
                     "the registry is rate-limiting you: wait, log in for a higher limit, or \

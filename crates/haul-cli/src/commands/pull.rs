@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use haul::platform::Platform;
 use haul::pull::{PullOptions, Puller};
 use haul::reference::Reference;
+use haul::unpack::image::UnpackOptions;
 
 use crate::cli::{GlobalArgs, PullArgs};
 use crate::context;
@@ -51,6 +52,7 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
         PullOptions {
             platform,
             max_concurrent_downloads: ctx.config.max_concurrent_downloads,
+            unpack: (!args.no_unpack).then(UnpackOptions::for_current_user),
         },
     );
     let result = if args.all_tags {

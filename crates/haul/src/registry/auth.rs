@@ -180,7 +180,7 @@ fn poisoned(host: &str) -> RegistryError {
     }
 }
 
-fn basic_header(username: &str, password: &str) -> HeaderValue {
+pub(crate) fn basic_header(username: &str, password: &str) -> HeaderValue {
     let encoded =
         base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
@@ -200,8 +200,9 @@ fn bearer_header(token: &str, realm: &str) -> Result<HeaderValue, RegistryError>
 }
 
 /// Docker's token flow: GET with Basic credentials (or none), or the OAuth2 POST when all we have
-/// is an identity (refresh) token from `docker login`.
-async fn fetch_token(
+/// is an identity (refresh) token from `docker login`. An empty `scope` asks for no access at all,
+/// as `login` does to check credentials.
+pub(crate) async fn fetch_token(
     http: &reqwest::Client,
     realm: &str,
     service: Option<&str>,
@@ -225,8 +226,10 @@ async fn fetch_token(
                 ("grant_type", "refresh_token"),
                 ("refresh_token", refresh.as_str()),
                 ("client_id", "haul"),
-                ("scope", scope),
             ];
+            if !scope.is_empty() {
+                form.push(("scope", scope));
+            }
             if let Some(s) = service {
                 form.push(("service", s));
             }
@@ -238,7 +241,9 @@ async fn fetch_token(
                 if let Some(s) = service {
                     q.append_pair("service", s);
                 }
-                q.append_pair("scope", scope);
+                if !scope.is_empty() {
+                    q.append_pair("scope", scope);
+                }
             }
             let mut req = http.get(url.clone());
             if let Some(Credential::Basic { username, password }) = other {

@@ -132,6 +132,29 @@ impl RegistryClient {
         &self.inner.secure
     }
 
+    /// `GET /v2/` on `host` without credentials (the scheme learnt as for any request) and the
+    /// response as it is, usually 200 or a 401 with the challenges: `login` answers those itself.
+    /// Returns the `/v2/` URL with it.
+    pub(crate) async fn ping(
+        &self,
+        host: &str,
+    ) -> Result<(url::Url, reqwest::Response), RegistryError> {
+        let base = self.base_url(host).await?;
+        let v2 = base.join("v2/").map_err(|e| RegistryError::BadUrl {
+            url: base.to_string(),
+            detail: e.to_string(),
+        })?;
+        let resp = self
+            .send_with_retries(host, Method::GET, &v2, None, true)
+            .await?;
+        Ok((v2, resp))
+    }
+
+    /// The HTTP client for requests to `host`: unverified TLS only where plain HTTP is allowed.
+    pub(crate) fn http_client(&self, host: &str) -> &reqwest::Client {
+        self.http_for(host)
+    }
+
     /// The delay before retry number `attempt` (1-based): exponential with ±25% jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let base = self.inner.options.retry_base_delay;

@@ -57,6 +57,7 @@ pub fn puller_for(
         PullOptions {
             platform: platform.map(|p| p.parse().expect("platform")),
             max_concurrent_downloads: concurrency,
+            unpack: None,
         },
     )
 }

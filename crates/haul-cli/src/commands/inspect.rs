@@ -1,0 +1,39 @@
+//! `haul inspect`: docker's `image inspect` for images in the store.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use haul::store::Store;
+
+use crate::cli::{GlobalArgs, InspectArgs};
+use crate::context;
+
+pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    context::load_config(global)?;
+    let store = Store::open(context::store_root(global))?;
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in &args.images {
+        match haul::inspect::find(&store, name) {
+            Ok(image) => found.push(haul::inspect::inspect(&image)),
+            Err(e) => errors.push(anyhow::Error::new(e)),
+        }
+    }
+    // Like docker: what was found is printed even when some names were not.
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &found)?;
+    writeln!(out)?;
+    last_error(errors)
+}
+
+/// Prints every error but the last, which is returned for `main` to report with its hint; one
+/// command line can name several images, and each failure is worth a line.
+pub(super) fn last_error(mut errors: Vec<anyhow::Error>) -> anyhow::Result<ExitCode> {
+    let Some(last) = errors.pop() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    for e in errors {
+        eprintln!("Error: {e:#}");
+    }
+    Err(last)
+}

@@ -1,0 +1,31 @@
+//! `haul rmi`: removes names (untags), like `docker rmi`. Content stays for a prune to reclaim.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use haul::reference::Reference;
+use haul::store::Store;
+
+use crate::cli::{GlobalArgs, RmiArgs};
+use crate::context;
+
+pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode> {
+    context::load_config(global)?;
+    let store = Store::open(context::store_root(global))?;
+    let mut errors = Vec::new();
+    for image in &args.images {
+        match haul::tag::untag(&store, image, args.force).await {
+            Ok(removed) => {
+                for name in removed {
+                    let shown = name
+                        .parse::<Reference>()
+                        .map(|r| r.familiar_string())
+                        .unwrap_or(name);
+                    writeln!(std::io::stdout(), "Untagged: {shown}")?;
+                }
+            }
+            Err(e) => errors.push(anyhow::Error::new(e)),
+        }
+    }
+    super::inspect::last_error(errors)
+}

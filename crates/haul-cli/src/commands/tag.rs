@@ -1,0 +1,17 @@
+//! `haul tag`: another name for an image in the store, like `docker tag`.
+
+use std::process::ExitCode;
+
+use haul::reference::Reference;
+use haul::store::Store;
+
+use crate::cli::{GlobalArgs, TagArgs};
+use crate::context;
+
+pub async fn run(global: &GlobalArgs, args: &TagArgs) -> anyhow::Result<ExitCode> {
+    let target: Reference = args.target.parse()?;
+    context::load_config(global)?;
+    let store = Store::open(context::store_root(global))?;
+    haul::tag::tag(&store, &args.source, &target).await?;
+    Ok(ExitCode::SUCCESS)
+}

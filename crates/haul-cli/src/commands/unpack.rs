@@ -1,0 +1,116 @@
+//! `haul unpack` and `haul bundle`: a stored image as a root filesystem directory or an OCI runtime
+//! bundle (pulled first when missing).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use haul::platform::{self, Platform};
+use haul::pull::{PullOptions, Puller};
+use haul::reference::Reference;
+use haul::store::RefEntry;
+use haul::unpack::image::{UnpackOptions, UnpackStats, unpack};
+
+use crate::cli::{GlobalArgs, UnpackArgs};
+use crate::context::{self, Context};
+use crate::render::{Progress, human_size};
+
+/// What to make of the image.
+#[derive(Clone, Copy)]
+pub enum Output {
+    RootFs,
+    Bundle,
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &UnpackArgs,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let reference: Reference = args.image.parse()?;
+    let platform = args
+        .platform
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(str::parse::<Platform>)
+        .transpose()?;
+    let ctx = context::load(global)?;
+    let progress = Arc::new(Progress::new(args.progress, args.quiet));
+    let entry = stored_or_pulled(&ctx, &reference, platform, progress.clone()).await?;
+
+    let store = ctx.store.clone();
+    let target = args.dir.clone();
+    let options = UnpackOptions {
+        force: args.force,
+        ..UnpackOptions::for_current_user()
+    };
+    let reporter = progress.clone();
+    let stats: UnpackStats = tokio::task::spawn_blocking(move || -> anyhow::Result<UnpackStats> {
+        Ok(match output {
+            Output::RootFs => unpack(&store, &entry, &target, &options, reporter.as_ref())?,
+            Output::Bundle => {
+                haul::bundle::write_bundle(&store, &entry, &target, &options, reporter.as_ref())?
+            }
+        })
+    })
+    .await
+    .context("the unpack task failed")?
+    .with_context(|| format!("unpacking {} into {}", reference, args.dir.display()))?;
+    progress.finish();
+    for warning in &stats.warnings {
+        eprintln!("WARNING: {warning}");
+    }
+    if !args.quiet {
+        eprintln!(
+            "Unpacked {} layers ({}, {} entries) of {}",
+            stats.layers,
+            human_size(stats.uncompressed_bytes),
+            stats.entries,
+            reference.familiar_string()
+        );
+    }
+    println!("{}", absolute(&args.dir).display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stored ref for `reference` when it matches the wanted platform, else pulls it first.
+async fn stored_or_pulled(
+    ctx: &Context,
+    reference: &Reference,
+    platform: Option<Platform>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<RefEntry> {
+    let name = reference.to_string();
+    let wanted = platform.clone().unwrap_or_else(Platform::host);
+    if let Some(entry) = ctx.store.find_ref(&name)? {
+        let fits = entry
+            .manifest
+            .platform
+            .as_ref()
+            .is_none_or(|p| platform::matches(&wanted, p));
+        if fits {
+            return Ok(entry);
+        }
+    }
+    let puller = Puller::new(
+        ctx.client.clone(),
+        ctx.store.clone(),
+        PullOptions {
+            platform,
+            max_concurrent_downloads: ctx.config.max_concurrent_downloads,
+            unpack: Some(UnpackOptions::for_current_user()),
+        },
+    );
+    puller
+        .pull(reference, progress)
+        .await
+        .with_context(|| format!("pulling {}", reference.familiar_string()))?;
+    ctx.store
+        .find_ref(&name)?
+        .with_context(|| format!("{name} is not in the store after pulling it"))
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}

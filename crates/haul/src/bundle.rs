@@ -1,0 +1,440 @@
+//! OCI runtime bundles: `rootfs/` plus a `config.json` that runc or crun can start.
+//!
+//! The process comes from the image config (Entrypoint + Cmd, Env, WorkingDir, User); everything
+//! else (mounts, namespaces, capabilities, masked paths) follows `runc spec`'s defaults. A user
+//! given by name is resolved from the image's own `/etc/passwd` and `/etc/group`, opened inside the
+//! rootfs so that a symlink in the image can never make haul read the host's files.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::progress::Reporter;
+use crate::store::{RefEntry, Store};
+use crate::unpack::image::{UnpackError, UnpackOptions, UnpackStats, unpack};
+
+/// What `runc spec` puts in PATH when an image sets none.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// /etc/passwd and /etc/group beyond this are not believed to be real account files.
+const MAX_ACCOUNT_FILE: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("image config is not valid JSON: {0}")]
+    Config(#[source] serde_json::Error),
+    #[error("unable to find user {user}: no matching entries in the image's passwd file")]
+    UnknownUser { user: String },
+    #[error("unable to find group {group}: no matching entries in the image's group file")]
+    UnknownGroup { group: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The image config fields a runtime needs (docker's capitalised names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessConfig {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    stop_signal: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ImageConfigDoc {
+    #[serde(default)]
+    config: Option<ProcessConfig>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    author: Option<String>,
+    #[serde(default)]
+    created: Option<String>,
+}
+
+/// Numeric identity of the container's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Unpacks `entry` into `bundle/rootfs` and writes `bundle/config.json`.
+pub fn write_bundle(
+    store: &Store,
+    entry: &RefEntry,
+    bundle: &Path,
+    options: &UnpackOptions,
+    reporter: &dyn Reporter,
+) -> Result<UnpackStats, BundleError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BundleError::Io { path, source }
+    };
+    if !options.force && bundle.join("config.json").exists() {
+        return Err(UnpackError::TargetNotEmpty {
+            path: bundle.to_owned(),
+        }
+        .into());
+    }
+    std::fs::create_dir_all(bundle).map_err(io_err(bundle))?;
+    let rootfs = bundle.join("rootfs");
+    let stats = unpack(store, entry, &rootfs, options, reporter)?;
+    let manifest = crate::manifest::parse(
+        Some(&entry.manifest.media_type),
+        &store
+            .read_blob(
+                &entry.manifest.digest,
+                crate::manifest::MAX_MANIFEST_BYTES as u64,
+            )
+            .map_err(UnpackError::from)?,
+    )
+    .map_err(|source| UnpackError::Manifest {
+        reference: entry.name.clone(),
+        source,
+    })?;
+    let crate::manifest::Manifest::Image(image) = manifest else {
+        return Err(UnpackError::Manifest {
+            reference: entry.name.clone(),
+            source: crate::manifest::ManifestError::UnsupportedMediaType(
+                "an index where an image manifest was expected".to_owned(),
+            ),
+        }
+        .into());
+    };
+    let config = store
+        .read_blob(&image.config.digest, crate::manifest::MAX_CONFIG_BYTES)
+        .map_err(UnpackError::from)?;
+    let spec = runtime_spec(&config, &rootfs)?;
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec_pretty(&spec).map_err(BundleError::Config)?;
+    std::fs::write(&path, bytes).map_err(io_err(&path))?;
+    Ok(stats)
+}
+
+/// The runtime spec for an image config, with the user resolved against `rootfs`.
+pub fn runtime_spec(config_bytes: &[u8], rootfs: &Path) -> Result<Value, BundleError> {
+    let doc: ImageConfigDoc = serde_json::from_slice(config_bytes).map_err(BundleError::Config)?;
+    let process = doc.config.unwrap_or_default();
+    let user = resolve_user(rootfs, process.user.as_deref().unwrap_or(""))?;
+    let mut args: Vec<String> = process.entrypoint.unwrap_or_default();
+    args.extend(process.cmd.unwrap_or_default());
+    if args.is_empty() {
+        // runc refuses an empty args list; a shell is what `runc spec` would run.
+        args.push("sh".to_owned());
+    }
+    let mut env = process.env.unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    let cwd = process
+        .working_dir
+        .filter(|w| w.starts_with('/'))
+        .unwrap_or_else(|| "/".to_owned());
+
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in process.labels.unwrap_or_default() {
+        annotations.insert(k, Value::String(v));
+    }
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            annotations.insert(k.to_owned(), Value::String(v));
+        }
+    };
+    put("org.opencontainers.image.stopSignal", process.stop_signal);
+    put("org.opencontainers.image.architecture", doc.architecture);
+    put("org.opencontainers.image.os", doc.os);
+    put("org.opencontainers.image.author", doc.author);
+    put("org.opencontainers.image.created", doc.created);
+
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let mut user_json = json!({"uid": user.uid, "gid": user.gid});
+    if !user.additional_gids.is_empty() {
+        user_json["additionalGids"] = json!(user.additional_gids);
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": user_json,
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
+                "ambient": caps
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "haul",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "annotations": annotations,
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/sys/firmware", "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    }))
+}
+
+/// Resolves docker's `User` (`name`, `uid`, `name:group`, `uid:gid`, empty = root) with the
+/// image's account files, as runc does: a numeric uid needs no passwd entry, a name does.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_in_root(rootfs, "etc/passwd")?;
+    let groups = read_in_root(rootfs, "etc/group")?;
+    let passwd_entries: Vec<Vec<&str>> = passwd
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 4)
+        .collect();
+    let group_entries: Vec<Vec<&str>> = groups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 3)
+        .collect();
+
+    let user = if user.is_empty() { "0" } else { user };
+    let entry = passwd_entries
+        .iter()
+        .find(|f| f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
+    let (uid, name, mut gid) = match (user.parse::<u32>(), entry) {
+        (Ok(uid), e) => (
+            uid,
+            e.map(|f| f[0].to_owned()),
+            e.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+        ),
+        (Err(_), Some(f)) => (
+            f[2].parse().map_err(|_| BundleError::UnknownUser {
+                user: user.to_owned(),
+            })?,
+            Some(f[0].to_owned()),
+            f[3].parse().unwrap_or(0),
+        ),
+        (Err(_), None) => {
+            return Err(BundleError::UnknownUser {
+                user: user.to_owned(),
+            });
+        }
+    };
+    if let Some(g) = group.filter(|g| !g.is_empty()) {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entries
+                .iter()
+                .find(|f| f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| BundleError::UnknownGroup {
+                    group: g.to_owned(),
+                })?,
+        };
+    }
+    let mut additional_gids: Vec<u32> = match (&name, group) {
+        // An explicit group replaces the supplementary ones, as in docker.
+        (Some(name), None) => group_entries
+            .iter()
+            .filter(|f| f.len() >= 4 && f[3].split(',').any(|m| m == name))
+            .filter_map(|f| f[2].parse().ok())
+            .filter(|g| *g != gid)
+            .collect(),
+        _ => Vec::new(),
+    };
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(ProcessUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// Reads a small file of the image, resolving every symlink inside `rootfs`. A missing file is
+/// empty (scratch images have no /etc/passwd).
+fn read_in_root(rootfs: &Path, relative: &str) -> Result<String, BundleError> {
+    let io_err = |source: std::io::Error| BundleError::Io {
+        path: rootfs.join(relative),
+        source,
+    };
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let fd = match rustix::fs::openat2(
+        &root,
+        relative,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(String::new()),
+        Err(e) => return Err(io_err(e.into())),
+    };
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(MAX_ACCOUNT_FILE)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs_with(passwd: &str, group: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), group).unwrap();
+        dir
+    }
+
+    #[test]
+    fn resolves_users_from_the_image_files() {
+        let root = rootfs_with(
+            "root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101::/nonexistent:/bin/false\n",
+            "root:x:0:\nnginx:x:101:\nwww:x:33:nginx\nadm:x:4:nginx,other\n",
+        );
+        let r = |s: &str| resolve_user(root.path(), s);
+        assert_eq!(
+            r("").unwrap(),
+            ProcessUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            r("nginx").unwrap(),
+            ProcessUser {
+                uid: 101,
+                gid: 101,
+                additional_gids: vec![4, 33]
+            }
+        );
+        assert_eq!(
+            r("101").unwrap().gid,
+            101,
+            "a numeric uid still finds its group"
+        );
+        assert_eq!(
+            r("nginx:www").unwrap(),
+            ProcessUser {
+                uid: 101,
+                gid: 33,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            r("1234:5678").unwrap(),
+            ProcessUser {
+                uid: 1234,
+                gid: 5678,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(r("1234").unwrap().gid, 0);
+        assert!(matches!(r("ghost"), Err(BundleError::UnknownUser { .. })));
+        assert!(matches!(
+            r("nginx:ghosts"),
+            Err(BundleError::UnknownGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn account_files_are_read_inside_the_rootfs() {
+        // An image whose /etc/passwd is a symlink to a host file must not resolve against it.
+        let host = tempfile::tempdir().unwrap();
+        let host_passwd = host.path().join("passwd");
+        std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host_passwd, root.path().join("etc/passwd")).unwrap();
+        assert!(matches!(
+            resolve_user(root.path(), "hostonly"),
+            Err(BundleError::UnknownUser { .. })
+        ));
+        assert_eq!(resolve_user(root.path(), "0").unwrap().uid, 0);
+    }
+
+    #[test]
+    fn spec_comes_from_the_image_config() {
+        let root = rootfs_with("app:x:1000:1000::/home/app:/bin/sh\n", "app:x:1000:\n");
+        let config = br#"{"architecture":"amd64","os":"linux","config":{
+            "User":"app","Env":["FOO=bar"],"Entrypoint":["/bin/tini","--"],"Cmd":["serve","-v"],
+            "WorkingDir":"/srv","Labels":{"org.example":"yes"},"StopSignal":"SIGQUIT"}}"#;
+        let spec = runtime_spec(config, root.path()).unwrap();
+        assert_eq!(
+            spec["process"]["args"],
+            json!(["/bin/tini", "--", "serve", "-v"])
+        );
+        assert_eq!(spec["process"]["env"][0], DEFAULT_PATH);
+        assert_eq!(spec["process"]["env"][1], "FOO=bar");
+        assert_eq!(spec["process"]["cwd"], "/srv");
+        assert_eq!(spec["process"]["user"], json!({"uid": 1000, "gid": 1000}));
+        assert_eq!(spec["annotations"]["org.example"], "yes");
+        assert_eq!(
+            spec["annotations"]["org.opencontainers.image.stopSignal"],
+            "SIGQUIT"
+        );
+        assert_eq!(spec["root"]["path"], "rootfs");
+    }
+}

@@ -1,0 +1,89 @@
+//! What a store holds and how much disk it takes: `haul info`'s numbers.
+//!
+//! Counts are read from the layout as it is on disk (files under `blobs/`, partial downloads
+//! under `ingest/`, refs in `index.json`), so they agree with `du` and with what other OCI tools
+//! see. Nothing is locked or changed: a pull running meanwhile may make the numbers a moment old.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreUsage {
+    pub root: PathBuf,
+    /// Named images (refs in `index.json`).
+    pub images: usize,
+    /// Committed blobs: manifests, configs and layers.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    /// Downloads in progress or interrupted, kept for resuming.
+    pub partial_files: u64,
+    pub partial_bytes: u64,
+}
+
+/// Counts what `store` holds.
+pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
+    let root = store.root();
+    let mut blobs = 0;
+    let mut blob_bytes = 0;
+    // One directory per digest algorithm (`blobs/sha256`, `blobs/sha512`).
+    for algorithm in read_dir(&root.join("blobs"))? {
+        if algorithm.is_dir {
+            let (n, bytes) = files_in(&algorithm.path)?;
+            blobs += n;
+            blob_bytes += bytes;
+        }
+    }
+    let (partial_files, partial_bytes) = files_in(&root.join("ingest"))?;
+    Ok(StoreUsage {
+        root: root.to_owned(),
+        images: store.refs()?.len(),
+        blobs,
+        blob_bytes,
+        partial_files,
+        partial_bytes,
+    })
+}
+
+struct Entry {
+    path: PathBuf,
+    is_dir: bool,
+    len: u64,
+}
+
+/// The entries of `dir`; a missing directory is empty. Entries that vanish while being read
+/// (a download committing) are left out.
+fn read_dir(dir: &Path) -> Result<Vec<Entry>, StoreError> {
+    let iter = match std::fs::read_dir(dir) {
+        Ok(i) => i,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in iter {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let path = entry.path();
+        match entry.metadata() {
+            Ok(meta) => out.push(Entry {
+                is_dir: meta.is_dir(),
+                len: meta.len(),
+                path,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&path, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Number and total size of the regular files directly in `dir`.
+fn files_in(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let files = read_dir(dir)?;
+    Ok(files
+        .iter()
+        .filter(|e| !e.is_dir)
+        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.len)))
+}

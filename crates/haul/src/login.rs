@@ -1,0 +1,289 @@
+//! `login`: checking credentials against a registry before they are saved, as `docker login` does.
+//!
+//! [`check`] pings `/v2/` without credentials and answers the challenge it gets: for `Basic`, a
+//! `GET /v2/` with the credentials must succeed; for `Bearer`, the token endpoint must issue a
+//! token for them (no scope, as docker asks) and `GET /v2/` with that token must succeed. A
+//! registry that asks for nothing accepts any credentials, as with docker. Refused credentials are
+//! [`RegistryError::Unauthorized`] with docker's "incorrect username or password". Saving is
+//! [`DockerConfig::save`]'s job (credential helpers, `auths`, mode 0600); [`login`] does both, in
+//! that order, so refused credentials are never written.
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+
+use crate::registry::auth::{basic_header, fetch_token};
+use crate::registry::challenge::{self, Challenge};
+use crate::registry::client::read_capped;
+use crate::registry::credentials::CredentialError;
+use crate::registry::error;
+use crate::registry::{Credential, DockerConfig, RegistryClient, RegistryError};
+
+/// How docker names Docker Hub in `config.json` and in `logout`'s messages.
+const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+const DOCKER_HUB: &str = "docker.io";
+const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";
+/// Names users give Docker Hub, reduced to a host.
+const DOCKER_HUB_HOSTS: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid registry address {input:?}: {reason}")]
+    InvalidServer { input: String, reason: &'static str },
+    #[error("login to {server} failed")]
+    Registry {
+        server: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{server} asked for an authentication scheme haul does not support")]
+    UnsupportedChallenge { server: String },
+    #[error("saving the credentials for {server}")]
+    Save {
+        server: String,
+        #[source]
+        source: CredentialError,
+    },
+    #[error("saving the credentials failed: {0}")]
+    Task(String),
+}
+
+/// A registry as `login` and `logout` take it: Docker Hub or `host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// `docker.io` or `host[:port]`: the name credentials are filed under.
+    name: String,
+}
+
+impl Server {
+    /// Docker Hub, the default of `login` and `logout`.
+    pub fn docker_hub() -> Server {
+        Server {
+            name: DOCKER_HUB.to_owned(),
+        }
+    }
+
+    /// Accepts `host[:port]`, with or without `http(s)://` and a path (docker's
+    /// `https://index.docker.io/v1/` included), and reduces it to the host.
+    pub fn parse(input: &str) -> Result<Server, LoginError> {
+        let invalid = |reason| LoginError::InvalidServer {
+            input: input.to_owned(),
+            reason,
+        };
+        let rest = input
+            .strip_prefix("https://")
+            .or_else(|| input.strip_prefix("http://"))
+            .unwrap_or(input);
+        let host = rest
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        if host.contains('@') {
+            return Err(invalid("credentials do not belong in the address"));
+        }
+        let parsed = url::Url::parse(&format!("https://{host}/"))
+            .map_err(|_| invalid("not a host or host:port"))?;
+        if parsed.host_str().is_none() || !parsed.path().eq("/") {
+            return Err(invalid("not a host or host:port"));
+        }
+        if DOCKER_HUB_HOSTS.contains(&host.as_str()) {
+            return Ok(Server::docker_hub());
+        }
+        Ok(Server { name: host })
+    }
+
+    /// The name credentials are filed under: `docker.io` or `host[:port]`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_docker_hub(&self) -> bool {
+        self.name == DOCKER_HUB
+    }
+
+    /// The host serving the registry API.
+    pub fn api_host(&self) -> &str {
+        if self.is_docker_hub() {
+            DOCKER_HUB_API_HOST
+        } else {
+            &self.name
+        }
+    }
+
+    /// How docker names the server in messages: `https://index.docker.io/v1/` or `host[:port]`.
+    pub fn display_name(&self) -> &str {
+        if self.is_docker_hub() {
+            DOCKER_HUB_SERVER
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// Checks `credential` against `server` without saving anything. `client` gives the transport
+/// (TLS, insecure registries, proxies, retries of the ping); its own credential store is not used.
+pub async fn check(
+    client: &RegistryClient,
+    server: &Server,
+    credential: &Credential,
+) -> Result<(), LoginError> {
+    let failed = |source| LoginError::Registry {
+        server: server.display_name().to_owned(),
+        source,
+    };
+    let host = server.api_host();
+    let (v2, ping) = client.ping(host).await.map_err(failed)?;
+    match ping.status() {
+        s if s.is_success() => return Ok(()),
+        StatusCode::UNAUTHORIZED => {}
+        s => {
+            let status = s.as_u16();
+            let body = read_capped(ping, 64 * 1024, v2.as_str())
+                .await
+                .unwrap_or_default();
+            return Err(failed(error::from_response(
+                v2.as_str(),
+                host,
+                status,
+                &body,
+                None,
+            )));
+        }
+    }
+    let values: Vec<&str> = ping
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let challenges = challenge::parse_www_authenticate(&values);
+    // Bearer first, as for pulls: the password then goes to the token service only.
+    let chosen = challenges
+        .iter()
+        .find(|c| matches!(c, Challenge::Bearer { .. }))
+        .or_else(|| challenges.first());
+    let http = client.http_client(host);
+    let header = match chosen {
+        Some(Challenge::Basic { .. }) => match credential {
+            Credential::Basic { username, password } => basic_header(username, password),
+            Credential::IdentityToken(_) => {
+                return Err(LoginError::UnsupportedChallenge {
+                    server: server.display_name().to_owned(),
+                });
+            }
+        },
+        Some(Challenge::Bearer { realm, service, .. }) => {
+            fetch_token(http, realm, service.as_deref(), "", Some(credential))
+                .await
+                .map_err(failed)?
+                .0
+        }
+        None => {
+            return Err(LoginError::UnsupportedChallenge {
+                server: server.display_name().to_owned(),
+            });
+        }
+    };
+    verify(http, &v2, host, header).await.map_err(failed)
+}
+
+/// `GET /v2/` with `header` must succeed.
+async fn verify(
+    http: &reqwest::Client,
+    v2: &url::Url,
+    host: &str,
+    header: HeaderValue,
+) -> Result<(), RegistryError> {
+    let resp = http
+        .get(v2.clone())
+        .header(AUTHORIZATION, header)
+        .send()
+        .await
+        .map_err(|e| error::from_reqwest(host, &e))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(RegistryError::Unauthorized {
+            host: host.to_owned(),
+            message: "incorrect username or password".to_owned(),
+        });
+    }
+    let body = read_capped(resp, 64 * 1024, v2.as_str())
+        .await
+        .unwrap_or_default();
+    Err(error::from_response(
+        v2.as_str(),
+        host,
+        status.as_u16(),
+        &body,
+        None,
+    ))
+}
+
+/// Checks `credential` and, only if the registry accepts it, saves it in `docker_config` (through
+/// its credential helper when one is configured).
+pub async fn login(
+    client: &RegistryClient,
+    docker_config: DockerConfig,
+    server: &Server,
+    credential: Credential,
+) -> Result<(), LoginError> {
+    check(client, server, &credential).await?;
+    let name = server.name().to_owned();
+    // Helpers are programs and the file is fsynced: keep both off the async threads.
+    let saved = tokio::task::spawn_blocking(move || {
+        let mut docker_config = docker_config;
+        docker_config.save(&name, &credential)
+    })
+    .await
+    .map_err(|e| LoginError::Task(e.to_string()))?;
+    saved.map_err(|source| LoginError::Save {
+        server: server.display_name().to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        for (input, name, api) in [
+            ("docker.io", "docker.io", "registry-1.docker.io"),
+            (
+                "https://index.docker.io/v1/",
+                "docker.io",
+                "registry-1.docker.io",
+            ),
+            ("registry-1.docker.io", "docker.io", "registry-1.docker.io"),
+            ("127.0.0.1:5000", "127.0.0.1:5000", "127.0.0.1:5000"),
+            (
+                "http://Registry.LAN:5000/v2/",
+                "registry.lan:5000",
+                "registry.lan:5000",
+            ),
+            ("ghcr.io", "ghcr.io", "ghcr.io"),
+        ] {
+            let s = Server::parse(input).unwrap();
+            assert_eq!((s.name(), s.api_host()), (name, api), "{input}");
+        }
+        assert_eq!(
+            Server::parse("docker.io").unwrap().display_name(),
+            "https://index.docker.io/v1/"
+        );
+        for bad in ["", "https://", "user:pw@host", "a b", "host:port:x"] {
+            assert!(Server::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Naming and unnaming images: docker's `tag` and `rmi`.
+//!
+//! Both only change refs in `index.json` (under its lock, atomically). A new tag is a copy of the
+//! source ref (same manifest descriptor, registry digest and annotations) under another name.
+//! Removing a name never deletes content: blobs stay until a prune finds nothing reaches them, so
+//! an `rmi` can be undone by `tag` or a pull that makes no request.
+
+use crate::inspect::{self, InspectError};
+use crate::reference::Reference;
+use crate::store::{RefEntry, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error(transparent)]
+    NotFound(#[from] InspectError),
+    /// docker's text.
+    #[error("refusing to create a tag with a digest reference")]
+    DigestTarget { target: String },
+    /// docker's text: an image ID would remove names in several repositories at once.
+    #[error(
+        "conflict: unable to delete {short_id} (must be forced) - image is referenced in multiple \
+         repositories"
+    )]
+    MultipleRepositories {
+        short_id: String,
+        names: Vec<String>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Names `source`'s image (a name or an image ID) `target` as well, replacing any image `target`
+/// named before. Returns the new ref.
+pub async fn tag(store: &Store, source: &str, target: &Reference) -> Result<RefEntry, TagError> {
+    if target.digest().is_some() {
+        return Err(TagError::DigestTarget {
+            target: target.to_string(),
+        });
+    }
+    let image = inspect::find(store, source)?;
+    // The first ref found: for an ID every ref names the same config, and any of them will do.
+    let Some(from) = image.matched.into_iter().next() else {
+        return Err(InspectError::NoSuchImage(source.to_owned()).into());
+    };
+    let entry = RefEntry {
+        name: target.to_string(),
+        ..from
+    };
+    store.set_ref(entry.clone()).await?;
+    Ok(entry)
+}
+
+/// Removes the names `image` stands for: the one ref a name matches, or every ref of the image
+/// for an image ID (refused without `force` when they span several repositories, as docker
+/// does). Returns the removed names (full references) in index order. Content stays.
+pub async fn untag(store: &Store, image: &str, force: bool) -> Result<Vec<String>, TagError> {
+    let found = inspect::find(store, image)?;
+    let targets: Vec<RefEntry> = if !found.by_id {
+        found.matched
+    } else {
+        let repositories: std::collections::BTreeSet<String> = found
+            .names
+            .iter()
+            .filter_map(|e| e.name.parse::<Reference>().ok())
+            .map(|r| r.name())
+            .collect();
+        if repositories.len() > 1 && !force {
+            return Err(TagError::MultipleRepositories {
+                short_id: found.id.short().to_owned(),
+                names: found.names.into_iter().map(|e| e.name).collect(),
+            });
+        }
+        found.names
+    };
+    let mut removed = Vec::new();
+    for entry in targets {
+        // Another process may have removed it meanwhile: that is the outcome asked for.
+        if store.remove_ref(&entry.name).await? {
+            removed.push(entry.name);
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,306 @@
+//! The layer cache: every layer extracted once, then merged into any number of root filesystems
+//! without being decompressed again.
+//!
+//! ```text
+//! ROOT/layers/sha256/<chain-id hex>/diff/       the layer's own changes, whiteout markers kept
+//! ROOT/layers/sha256/<chain-id hex>/meta.json   diff_id, blob, deferred hardlinks, sizes
+//! ```
+//!
+//! Entries are keyed by chain ID (the diff_ids of the layer and of every layer below it), so a
+//! layer whose hardlinks point into a lower layer is never reused on a different stack. An entry is
+//! built in a staging directory, verified against its diff_id, flushed to disk and renamed into
+//! place with `meta.json` already inside, so a directory under `layers/` is always complete. Building
+//! one holds a per-chain-ID lock, so concurrent haul processes extract a layer once. Merging reads
+//! the cached tree back as a tar stream through the same confined applier, copying every file:
+//! nothing in an unpacked rootfs shares an inode with the cache.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::{ApplyOptions, ApplyStats, DeferredLink, apply_layer, apply_layer_for_cache};
+use super::dirtar::tar_dir;
+use super::image::{UnpackError, UnpackOptions, remove_tree};
+use super::stream::{Compression, DiffReader, StreamError, open_layer};
+use crate::digest::{Digest, Hasher};
+use crate::manifest::Descriptor;
+use crate::progress::{Event, LayerStatus, Reporter};
+use crate::store::{FileLock, Store};
+
+const META_FILE: &str = "meta.json";
+const DIFF_DIR: &str = "diff";
+
+/// What is known about a cached layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub blob: Digest,
+    pub uncompressed_bytes: u64,
+    pub entries: u64,
+    /// Hardlinks whose target lives in a lower layer, made when the layer is merged.
+    #[serde(default)]
+    pub deferred_links: Vec<DeferredLink>,
+    /// Whether ownership and devices were applied (a cache built without root lacks them).
+    pub privileged: bool,
+}
+
+/// A complete cache entry.
+#[derive(Debug, Clone)]
+pub struct CachedLayer {
+    pub dir: PathBuf,
+    pub meta: LayerMeta,
+}
+
+impl CachedLayer {
+    pub fn diff_dir(&self) -> PathBuf {
+        self.dir.join(DIFF_DIR)
+    }
+}
+
+/// The chain IDs of a stack of diff_ids, bottom first (OCI image-spec's definition).
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => {
+                let mut h = Hasher::new(diff_id.algorithm());
+                h.update(format!("{parent} {diff_id}").as_bytes());
+                h.finish()
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+impl Store {
+    fn layers_dir(&self) -> PathBuf {
+        self.root().join("layers")
+    }
+
+    fn layer_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.layers_dir()
+            .join(chain_id.algorithm().name())
+            .join(chain_id.hex())
+    }
+
+    /// The cached layer for `chain_id`, if it is complete and was built with at least the
+    /// privileges `options` needs (a cache built rootless lacks ownership a root unpack wants).
+    pub fn cached_layer(&self, chain_id: &Digest, options: &ApplyOptions) -> Option<CachedLayer> {
+        let dir = self.layer_dir(chain_id);
+        let bytes = std::fs::read(dir.join(META_FILE)).ok()?;
+        let meta: LayerMeta = serde_json::from_slice(&bytes).ok()?;
+        let wants_privilege = options.preserve_ownership || options.allow_devices;
+        if &meta.chain_id != chain_id || (wants_privilege && !meta.privileged) {
+            return None;
+        }
+        Some(CachedLayer { dir, meta })
+    }
+
+    /// Extracts one layer blob into the cache (once, even across processes) and returns it.
+    pub fn cache_layer(
+        &self,
+        index: usize,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        chain_id: &Digest,
+        options: &UnpackOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<CachedLayer, UnpackError> {
+        if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
+            return Ok(hit);
+        }
+        let final_dir = self.layer_dir(chain_id);
+        let parent = final_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.layers_dir());
+        std::fs::create_dir_all(&parent).map_err(|source| UnpackError::Io {
+            path: parent.clone(),
+            source,
+        })?;
+        let _lock = FileLock::exclusive(&self.lock_path(&format!(
+            "layer-{}-{}.lock",
+            chain_id.algorithm().name(),
+            chain_id.hex()
+        )))?;
+        if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
+            return Ok(hit);
+        }
+        // A stale entry (built with fewer privileges, or unreadable) is rebuilt.
+        remove_tree(&final_dir).map_err(|source| UnpackError::Io {
+            path: final_dir.clone(),
+            source,
+        })?;
+
+        let staging = parent.join(format!(
+            ".tmp-{}-{}-{:08x}",
+            chain_id.hex(),
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let result = self.build_entry(&staging, index, layer, diff_id, chain_id, options, reporter);
+        match result {
+            Ok(meta) => {
+                std::fs::rename(&staging, &final_dir).map_err(|source| UnpackError::Io {
+                    path: final_dir.clone(),
+                    source,
+                })?;
+                crate::store::sync_parent(&final_dir)?;
+                Ok(CachedLayer {
+                    dir: final_dir,
+                    meta,
+                })
+            }
+            Err(e) => {
+                let _ = remove_tree(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_entry(
+        &self,
+        staging: &Path,
+        index: usize,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        chain_id: &Digest,
+        options: &UnpackOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<LayerMeta, UnpackError> {
+        let diff = staging.join(DIFF_DIR);
+        std::fs::create_dir_all(&diff).map_err(|source| UnpackError::Io {
+            path: diff.clone(),
+            source,
+        })?;
+        let digest = &layer.digest;
+        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+            UnpackError::UnsupportedCompression {
+                index,
+                digest: digest.clone(),
+                media_type: layer.media_type.clone(),
+            }
+        })?;
+        reporter.report(Event::Layer {
+            digest: digest.clone(),
+            status: LayerStatus::Extracting {
+                current: 0,
+                total: layer.size,
+            },
+        });
+        let blob = self.blob_path(digest);
+        let stream = open_layer(&blob, compression).map_err(|source| UnpackError::Io {
+            path: blob.clone(),
+            source,
+        })?;
+        let limit = options.limit_for(layer.size);
+        let mut reader = DiffReader::new(stream, diff_id.algorithm(), limit);
+        let applied = apply_layer_for_cache(&diff, &mut reader, &options.apply);
+        let stream_error = |source| UnpackError::Stream {
+            index,
+            digest: digest.clone(),
+            source,
+        };
+        if reader.uncompressed_len() > limit {
+            return Err(stream_error(StreamError::TooLarge { limit }));
+        }
+        let applied: ApplyStats = applied.map_err(|source| UnpackError::Apply {
+            index,
+            digest: digest.clone(),
+            source,
+        })?;
+        let uncompressed_bytes = reader
+            .finish(diff_id)
+            .map_err(|source| UnpackError::Io {
+                path: blob.clone(),
+                source,
+            })?
+            .map_err(stream_error)?;
+        let meta = LayerMeta {
+            chain_id: chain_id.clone(),
+            diff_id: diff_id.clone(),
+            blob: digest.clone(),
+            uncompressed_bytes,
+            entries: applied.entries,
+            deferred_links: applied.deferred_links,
+            privileged: options.apply.preserve_ownership || options.apply.allow_devices,
+        };
+        // The files must be on disk before the entry becomes visible: a crash after the rename
+        // must not leave a complete-looking entry with empty files.
+        sync_filesystem(&diff)?;
+        let meta_path = staging.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| UnpackError::Io {
+            path: meta_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&meta_path, bytes).map_err(|source| UnpackError::Io {
+            path: meta_path.clone(),
+            source,
+        })?;
+        reporter.report(Event::Layer {
+            digest: digest.clone(),
+            status: LayerStatus::Extracting {
+                current: layer.size,
+                total: layer.size,
+            },
+        });
+        for w in applied.warnings {
+            tracing::warn!(layer = %digest, "{w}");
+        }
+        Ok(meta)
+    }
+
+    /// Applies a cached layer onto `root` with the normal layer semantics.
+    pub fn merge_layer(
+        &self,
+        cached: &CachedLayer,
+        root: &Path,
+        options: &ApplyOptions,
+        index: usize,
+    ) -> Result<ApplyStats, UnpackError> {
+        let diff = cached.diff_dir();
+        let stream = tar_dir(&diff, cached.meta.deferred_links.clone()).map_err(|source| {
+            UnpackError::Io {
+                path: diff.clone(),
+                source,
+            }
+        })?;
+        apply_layer(root, stream, options).map_err(|source| UnpackError::Apply {
+            index,
+            digest: cached.meta.blob.clone(),
+            source,
+        })
+    }
+}
+
+fn sync_filesystem(dir: &Path) -> Result<(), UnpackError> {
+    let io = |source: std::io::Error| UnpackError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let fd = std::fs::File::open(dir).map_err(io)?;
+    rustix::fs::syncfs(&fd).map_err(|e| io(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        let c = Digest::sha256_of(b"c");
+        let ids = chain_ids(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(ids[0], a);
+        let ab = Digest::sha256_of(format!("{a} {b}").as_bytes());
+        assert_eq!(ids[1], ab);
+        assert_eq!(ids[2], Digest::sha256_of(format!("{ab} {c}").as_bytes()));
+        // The same layer on another parent gets another key.
+        assert_ne!(chain_ids(&[c.clone(), b.clone()])[1], ids[1]);
+    }
+}

@@ -1,0 +1,259 @@
+//! Unpacking a stored image into a root filesystem directory.
+//!
+//! Each layer comes from the layer cache (extracted there first if needed, its uncompressed stream
+//! hashed against the config's diff_id and bounded in size) and is merged in order into a staging
+//! directory beside the target. Only a complete tree is renamed into place: a failure removes the
+//! staging directory and leaves the target as it was.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::apply::{ApplyError, ApplyOptions};
+use super::cache::chain_ids;
+use super::stream::StreamError;
+use crate::digest::Digest;
+use crate::manifest::{self, ImageConfig, Manifest, ManifestError};
+use crate::progress::{Event, LayerStatus, Reporter};
+use crate::store::{RefEntry, Store, StoreError};
+
+/// A layer may expand to this many times its compressed size…
+pub const DEFAULT_EXPANSION_RATIO: u64 = 64;
+/// …but never less than this, so small layers of very compressible files are not refused.
+pub const DEFAULT_MIN_LAYER_LIMIT: u64 = 16 << 30;
+
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    pub apply: ApplyOptions,
+    pub expansion_ratio: u64,
+    pub min_layer_limit: u64,
+    /// Replace a non-empty target directory.
+    pub force: bool,
+}
+
+impl UnpackOptions {
+    pub fn for_current_user() -> Self {
+        UnpackOptions {
+            apply: ApplyOptions::for_current_user(),
+            expansion_ratio: DEFAULT_EXPANSION_RATIO,
+            min_layer_limit: DEFAULT_MIN_LAYER_LIMIT,
+            force: false,
+        }
+    }
+
+    pub(crate) fn limit_for(&self, compressed: u64) -> u64 {
+        compressed
+            .saturating_mul(self.expansion_ratio)
+            .max(self.min_layer_limit)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("{path} is not empty; pass --force to replace its contents")]
+    TargetNotEmpty { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("layer {index} ({digest}) has media type {media_type:?}, which haul cannot decompress")]
+    UnsupportedCompression {
+        index: usize,
+        digest: Digest,
+        media_type: String,
+    },
+    #[error("layer {index} ({digest}): {source}")]
+    Apply {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: ApplyError,
+    },
+    #[error("layer {index} ({digest}): {source}")]
+    Stream {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: StreamError,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UnpackStats {
+    pub layers: usize,
+    /// Layers that were already in the layer cache (not decompressed again).
+    pub layers_from_cache: usize,
+    pub uncompressed_bytes: u64,
+    pub entries: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Unpacks the image `entry` names into `target` (created if missing).
+pub fn unpack(
+    store: &Store,
+    entry: &RefEntry,
+    target: &Path,
+    options: &UnpackOptions,
+    reporter: &dyn Reporter,
+) -> Result<UnpackStats, UnpackError> {
+    let manifest_bytes =
+        store.read_blob(&entry.manifest.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
+    let bad = |source| UnpackError::Manifest {
+        reference: entry.name.clone(),
+        source,
+    };
+    let image = match manifest::parse(Some(&entry.manifest.media_type), &manifest_bytes) {
+        Ok(Manifest::Image(m)) => m,
+        Ok(Manifest::Index(_)) => {
+            return Err(bad(ManifestError::UnsupportedMediaType(
+                "an index where an image manifest was expected".to_owned(),
+            )));
+        }
+        Err(e) => return Err(bad(e)),
+    };
+    image.check_is_image().map_err(bad)?;
+    let config_bytes = store.read_blob(&image.config.digest, manifest::MAX_CONFIG_BYTES)?;
+    let config = ImageConfig::parse(&config_bytes).map_err(bad)?;
+    config.check_layers(&image).map_err(bad)?;
+
+    let staging = prepare_staging(target, options.force)?;
+    let chains = chain_ids(&config.rootfs.diff_ids);
+    let result = (|| {
+        let mut stats = UnpackStats::default();
+        for (index, ((layer, diff_id), chain_id)) in image
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .zip(&chains)
+            .enumerate()
+        {
+            let cached = match store.cached_layer(chain_id, &options.apply) {
+                Some(hit) => {
+                    stats.layers_from_cache += 1;
+                    hit
+                }
+                None => store.cache_layer(index, layer, diff_id, chain_id, options, reporter)?,
+            };
+            let merged = store.merge_layer(&cached, &staging, &options.apply, index)?;
+            reporter.report(Event::Layer {
+                digest: layer.digest.clone(),
+                status: LayerStatus::PullComplete,
+            });
+            stats.layers += 1;
+            stats.uncompressed_bytes += cached.meta.uncompressed_bytes;
+            stats.entries += merged.entries;
+            stats.warnings.extend(merged.warnings);
+        }
+        Ok(stats)
+    })();
+    match result {
+        Ok(stats) => {
+            publish(&staging, target)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            let _ = remove_tree(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// A fresh directory beside `target`, on the same filesystem so the final rename is atomic.
+fn prepare_staging(target: &Path, force: bool) -> Result<PathBuf, UnpackError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| UnpackError::Io { path, source }
+    };
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                return Err(UnpackError::TargetNotEmpty {
+                    path: target.to_owned(),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(target)(e)),
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "rootfs".to_owned());
+    let staging = parent.join(format!(
+        ".{name}.haul-unpack-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir(&staging).map_err(io_err(&staging))?;
+    Ok(staging)
+}
+
+/// Moves the finished tree into place. A non-empty target (with --force) is moved aside first and
+/// removed after, so the target is never a mix of old and new.
+fn publish(staging: &Path, target: &Path) -> Result<(), UnpackError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| UnpackError::Io { path, source }
+    };
+    let non_empty = match std::fs::read_dir(target) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err(target)(e)),
+    };
+    // rename(2) replaces an empty directory; a full one is moved aside first.
+    let old = if non_empty {
+        let aside = staging.with_extension("old");
+        std::fs::rename(target, &aside).map_err(io_err(target))?;
+        Some(aside)
+    } else {
+        None
+    };
+    std::fs::rename(staging, target).map_err(io_err(target))?;
+    if let Some(old) = old {
+        remove_tree(&old).map_err(io_err(&old))?;
+    }
+    Ok(())
+}
+
+/// Removes a tree even where a layer left directories without write permission.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_dirs_writable(path)?;
+            std::fs::remove_dir_all(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn make_dirs_writable(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700))?;
+    }
+    for entry in std::fs::read_dir(path)? {
+        make_dirs_writable(&entry?.path())?;
+    }
+    Ok(())
+}

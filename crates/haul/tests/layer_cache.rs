@@ -1,0 +1,214 @@
+//! Pull extracts every layer once into the layer cache; unpack builds root filesystems from it
+//! without decompressing again and without sharing inodes with it.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use common::{Harness, fast_client};
+use haul::config::Config;
+use haul::digest::Digest;
+use haul::progress::{Recorder, Silent};
+use haul::pull::{PullError, PullOptions, Puller};
+use haul::registry::Anonymous;
+use haul::store::Store;
+use haul::unpack::cache::chain_ids;
+use haul::unpack::image::{UnpackOptions, unpack};
+use test_registry::{
+    Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
+};
+
+fn unpacking_harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let puller = Puller::new(
+        fast_client(Config::default(), Arc::new(Anonymous)),
+        store.clone(),
+        PullOptions {
+            platform: None,
+            max_concurrent_downloads: 3,
+            unpack: Some(UnpackOptions::for_current_user()),
+        },
+    );
+    Harness { dir, store, puller }
+}
+
+fn file_layer(name: &str, body: &[u8]) -> Layer {
+    LayerBuilder::new()
+        .add_dir("data", 0o755)
+        .add_file(&format!("data/{name}"), body, 0o644)
+        .finish_gzip()
+}
+
+fn image_of(layers: Vec<Layer>) -> Image {
+    ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layers(layers)
+        .build()
+}
+
+fn chains(image: &Image) -> Vec<Digest> {
+    let diff_ids: Vec<Digest> = image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.parse().unwrap())
+        .collect();
+    chain_ids(&diff_ids)
+}
+
+#[tokio::test]
+async fn pull_extracts_once_and_unpack_reuses_the_cache() {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    let base = file_layer("base", b"base layer\n");
+    let top = LayerBuilder::new()
+        .add_file("data/top", b"top layer\n", 0o644)
+        .add_whiteout("data/base")
+        .finish_gzip();
+    let image = image_of(vec![base, top]);
+    Pusher::new(&registry.url())
+        .push_image("team/app", "1", &image)
+        .await
+        .unwrap();
+    let h = unpacking_harness();
+    let reference = format!("{}/team/app:1", registry.host());
+    let recorder = Arc::new(Recorder::default());
+    h.puller
+        .pull(&reference.parse().unwrap(), recorder.clone())
+        .await
+        .unwrap();
+
+    // Each layer: downloaded, then extracted, then complete.
+    for layer in &image.layers {
+        let statuses = common::layer_statuses(&recorder.events(), &layer.blob.digest);
+        let pos = |s: &str| {
+            statuses
+                .iter()
+                .position(|x| x == s)
+                .unwrap_or_else(|| panic!("{s} missing: {statuses:?}"))
+        };
+        assert!(pos("Download complete") < pos("Extracting"));
+        assert_eq!(statuses.last().map(String::as_str), Some("Pull complete"));
+    }
+    let options = UnpackOptions::for_current_user();
+    for chain in chains(&image) {
+        assert!(
+            h.store.cached_layer(&chain, &options.apply).is_some(),
+            "{chain} cached"
+        );
+    }
+
+    // With the layer blobs gone, unpack can only be working from the cache.
+    for layer in &image.layers {
+        std::fs::remove_file(h.store.blob_path(&layer.blob.digest.parse().unwrap())).unwrap();
+    }
+    let entry = h.store.find_ref(&reference).unwrap().unwrap();
+    let rootfs = h.dir.path().join("rootfs");
+    let stats = unpack(&h.store, &entry, &rootfs, &options, &Silent).unwrap();
+    assert_eq!(stats.layers_from_cache, 2);
+    assert_eq!(
+        std::fs::read(rootfs.join("data/top")).unwrap(),
+        b"top layer\n"
+    );
+    assert!(
+        !rootfs.join("data/base").exists(),
+        "the whiteout was applied"
+    );
+
+    // The rootfs owns its files: changing one leaves the cache as it was.
+    let file = rootfs.join("data/top");
+    assert_eq!(std::fs::metadata(&file).unwrap().nlink(), 1);
+    std::fs::write(&file, b"changed").unwrap();
+    let again = h.dir.path().join("again");
+    unpack(&h.store, &entry, &again, &options, &Silent).unwrap();
+    assert_eq!(
+        std::fs::read(again.join("data/top")).unwrap(),
+        b"top layer\n"
+    );
+
+    // The store keeps blobs for OCI readers: a pull fetches the removed ones again, but the
+    // layers are already extracted and are not extracted twice.
+    let (second, events) = h.pull(&reference).await.unwrap();
+    assert!(!second.up_to_date);
+    assert_eq!(second.blobs_downloaded, 2);
+    for layer in &image.layers {
+        let statuses = common::layer_statuses(&events, &layer.blob.digest);
+        assert!(!statuses.contains(&"Extracting".to_owned()), "{statuses:?}");
+    }
+    let (third, _) = h.pull(&reference).await.unwrap();
+    assert!(third.up_to_date);
+}
+
+#[tokio::test]
+async fn the_same_layer_on_another_parent_is_cached_separately() {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    let shared = file_layer("shared", b"shared\n");
+    let a = image_of(vec![file_layer("a", b"a\n"), shared.clone()]);
+    let b = image_of(vec![file_layer("b", b"b\n"), shared.clone()]);
+    let pusher = Pusher::new(&registry.url());
+    pusher.push_image("team/a", "1", &a).await.unwrap();
+    pusher.push_image("team/b", "1", &b).await.unwrap();
+    let h = unpacking_harness();
+    h.pull(&format!("{}/team/a:1", registry.host()))
+        .await
+        .unwrap();
+    h.pull(&format!("{}/team/b:1", registry.host()))
+        .await
+        .unwrap();
+    let (ca, cb) = (chains(&a), chains(&b));
+    assert_ne!(ca[1], cb[1]);
+    let options = UnpackOptions::for_current_user();
+    let la = h.store.cached_layer(&ca[1], &options.apply).unwrap();
+    let lb = h.store.cached_layer(&cb[1], &options.apply).unwrap();
+    assert_ne!(la.dir, lb.dir);
+    assert_eq!(la.meta.diff_id, lb.meta.diff_id);
+    assert_eq!(
+        registry.count("GET", &format!("/blobs/{}", shared.blob.digest)),
+        1,
+        "downloaded once"
+    );
+}
+
+#[tokio::test]
+async fn a_layer_that_fails_its_diff_id_fails_the_pull() {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    let layer = file_layer("x", b"x\n");
+    let image = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(layer.clone())
+        .config_field(
+            "rootfs",
+            serde_json::json!({"type": "layers", "diff_ids": [test_registry::sha256_digest(b"not it")]}),
+        )
+        .build();
+    Pusher::new(&registry.url())
+        .push_image("team/liar", "1", &image)
+        .await
+        .unwrap();
+    let h = unpacking_harness();
+    let err = h
+        .pull(&format!("{}/team/liar:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PullError::Extract { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("diff_id") && text.contains(&layer.blob.digest),
+        "{text}"
+    );
+    assert!(h.store.refs().unwrap().is_empty());
+    let layers_dir = h.store.root().join("layers/sha256");
+    let entries: Vec<_> = std::fs::read_dir(&layers_dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        entries.is_empty(),
+        "no cache entry, no staging left: {entries:?}"
+    );
+}
