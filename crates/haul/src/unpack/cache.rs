@@ -8,13 +8,19 @@
 //!
 //! Entries are keyed by chain ID (the diff_ids of the layer and of every layer below it), so a
 //! layer whose hardlinks point into a lower layer is never reused on a different stack. An entry is
-//! built in a staging directory, verified against its diff_id, flushed to disk and renamed into
-//! place with `meta.json` already inside, so a directory under `layers/` is always complete. Building
+//! built in a staging directory, verified against its diff_id and renamed into place with
+//! `meta.json` already inside, so a directory under `layers/` is always complete. Like docker's and
+//! containerd's extracted layers, entries are not fsynced (flushing a whole extracted tree costs more
+//! than the extraction): they are derived from verified blobs and can be rebuilt from them. Building
 //! one holds a per-chain-ID lock, so concurrent haul processes extract a layer once. Merging reads
 //! the cached tree back as a tar stream through the same confined applier, copying every file:
 //! nothing in an unpacked rootfs shares an inode with the cache.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +34,8 @@ use crate::progress::{Event, LayerStatus, Reporter};
 use crate::store::{FileLock, Store};
 
 const META_FILE: &str = "meta.json";
+/// How often extraction progress is reported, at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const DIFF_DIR: &str = "diff";
 
 /// What is known about a cached layer.
@@ -193,10 +201,19 @@ impl Store {
             },
         });
         let blob = self.blob_path(digest);
-        let stream = open_layer(&blob, compression).map_err(|source| UnpackError::Io {
-            path: blob.clone(),
-            source,
-        })?;
+        let (stream, consumed) =
+            open_layer(&blob, compression).map_err(|source| UnpackError::Io {
+                path: blob.clone(),
+                source,
+            })?;
+        let stream = Reporting {
+            inner: stream,
+            consumed,
+            total: layer.size,
+            digest,
+            reporter,
+            last: Instant::now(),
+        };
         let limit = options.limit_for(layer.size);
         let mut reader = DiffReader::new(stream, diff_id.algorithm(), limit);
         let applied = apply_layer_for_cache(&diff, &mut reader, &options.apply);
@@ -229,9 +246,6 @@ impl Store {
             deferred_links: applied.deferred_links,
             privileged: options.apply.preserve_ownership || options.apply.allow_devices,
         };
-        // The files must be on disk before the entry becomes visible: a crash after the rename
-        // must not leave a complete-looking entry with empty files.
-        sync_filesystem(&diff)?;
         let meta_path = staging.join(META_FILE);
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| UnpackError::Io {
             path: meta_path.clone(),
@@ -277,13 +291,31 @@ impl Store {
     }
 }
 
-fn sync_filesystem(dir: &Path) -> Result<(), UnpackError> {
-    let io = |source: std::io::Error| UnpackError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let fd = std::fs::File::open(dir).map_err(io)?;
-    rustix::fs::syncfs(&fd).map_err(|e| io(e.into()))
+/// Reports `Extracting` progress (compressed bytes consumed) while the applier reads.
+struct Reporting<'a, R> {
+    inner: R,
+    consumed: Arc<AtomicU64>,
+    total: u64,
+    digest: &'a Digest,
+    reporter: &'a dyn Reporter,
+    last: Instant,
+}
+
+impl<R: Read> Read for Reporting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.last.elapsed() >= PROGRESS_INTERVAL {
+            self.last = Instant::now();
+            self.reporter.report(Event::Layer {
+                digest: self.digest.clone(),
+                status: LayerStatus::Extracting {
+                    current: self.consumed.load(Ordering::Relaxed).min(self.total),
+                    total: self.total,
+                },
+            });
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! blocks, so callers drain the reader to its end before [`DiffReader::finish`].
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -192,11 +193,33 @@ impl Read for PipeReader {
     }
 }
 
-/// Opens a stored layer blob as a decompressed stream, on a separate thread.
-pub fn open_layer(path: &std::path::Path, compression: Compression) -> io::Result<PipeReader> {
-    let file = std::fs::File::open(path)?;
+/// Opens a stored layer blob as a decompressed stream, on a separate thread. The counter tells how
+/// many compressed bytes have been consumed so far, for progress.
+pub fn open_layer(
+    path: &std::path::Path,
+    compression: Compression,
+) -> io::Result<(PipeReader, Arc<AtomicU64>)> {
+    let consumed = Arc::new(AtomicU64::new(0));
+    let file = Counted {
+        inner: std::fs::File::open(path)?,
+        count: consumed.clone(),
+    };
     let decoder = compression.decoder(BufReader::with_capacity(CHUNK, file))?;
-    spawn_decompression(decoder)
+    Ok((spawn_decompression(decoder)?, consumed))
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
