@@ -3,54 +3,12 @@
 
 use std::path::Path;
 
-use assert_cmd::Command;
+mod common;
+
+use common::{Env, run};
 use test_registry::{
     Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer,
 };
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn root(&self) -> String {
-        self.dir.path().join("store").display().to_string()
-    }
-
-    /// `haul` with an isolated home: no docker config, no user config file.
-    fn haul(&self) -> Command {
-        let mut cmd = Command::cargo_bin("haul").unwrap();
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        cmd.env_clear()
-            .env("HOME", &home)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DOCKER_CONFIG", home.join(".docker"))
-            .env("XDG_CONFIG_HOME", home.join(".config"));
-        cmd
-    }
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 fn image(seed: u64) -> Image {
     ImageBuilder::new(Format::Oci)
@@ -79,7 +37,7 @@ async fn pull_prints_what_docker_prints() {
     let env = Env::new();
     let name = format!("{}/team/app", registry.host());
 
-    let out = run(env.haul().args(["pull", &name, "--root", &env.root()]));
+    let out = run(env.haul_bare().args(["pull", &name, "--root", &env.root()]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, format!("{name}:latest\n"));
     let lines: Vec<&str> = out.stderr.lines().collect();
@@ -106,9 +64,10 @@ async fn pull_prints_what_docker_prints() {
         format!("Status: Downloaded newer image for {name}:latest")
     );
 
-    let again = run(env
-        .haul()
-        .args(["--root", &env.root(), "pull", &format!("{name}:latest")]));
+    let again =
+        run(env
+            .haul_bare()
+            .args(["--root", &env.root(), "pull", &format!("{name}:latest")]));
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
         again.stderr,
@@ -119,7 +78,7 @@ async fn pull_prints_what_docker_prints() {
     );
 
     let quiet = run(env
-        .haul()
+        .haul_bare()
         .args(["--root", &env.root(), "pull", "-q", &name]));
     assert_eq!(quiet.code, 0);
     assert_eq!(quiet.stdout, format!("{name}:latest\n"));
@@ -131,7 +90,7 @@ async fn json_progress_is_one_object_per_line() {
     let img = image(10);
     let registry = registry_with("team/json", "1", &img).await;
     let env = Env::new();
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "pull",
@@ -164,14 +123,14 @@ async fn images_lists_docker_columns_and_json() {
     let name = format!("{}/team/list:2.0", registry.host());
     assert_eq!(
         run(env
-            .haul()
+            .haul_bare()
             .args(["--root", &env.root(), "pull", "-q", &name]))
         .code,
         0
     );
 
     let out = run(env
-        .haul()
+        .haul_bare()
         .args(["--root", &env.root(), "images", "--digests"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -195,7 +154,7 @@ async fn images_lists_docker_columns_and_json() {
     assert_eq!(lines[0].find("IMAGE ID"), lines[1].find(config_id));
 
     let json = run(env
-        .haul()
+        .haul_bare()
         .args(["--root", &env.root(), "images", "--format", "json"]));
     let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     let size: u64 = img.config.size + img.layers.iter().map(|l| l.blob.size).sum::<u64>();
@@ -203,10 +162,12 @@ async fn images_lists_docker_columns_and_json() {
     assert_eq!(rows[0]["image_id"], img.config.digest);
     assert_eq!(rows[0]["created"], "2024-03-01T10:00:00Z");
 
-    let quiet = run(env.haul().args(["--root", &env.root(), "images", "-q"]));
+    let quiet = run(env
+        .haul_bare()
+        .args(["--root", &env.root(), "images", "-q"]));
     assert_eq!(quiet.stdout, format!("{config_id}\n"));
     let filtered = run(env
-        .haul()
+        .haul_bare()
         .args(["--root", &env.root(), "images", "other/repo"]));
     assert_eq!(filtered.stdout.lines().count(), 1, "only the header");
 }
@@ -217,7 +178,7 @@ async fn errors_say_what_happened_and_what_to_do() {
     let registry = registry_with("team/app", "1", &img).await;
     let env = Env::new();
 
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "pull",
@@ -235,7 +196,9 @@ async fn errors_say_what_happened_and_what_to_do() {
     assert!(out.stderr.contains("\nhint: "), "{}", out.stderr);
     assert_eq!(out.stdout, "");
 
-    let out = run(env.haul().args(["--root", &env.root(), "pull", "Team/App"]));
+    let out = run(env
+        .haul_bare()
+        .args(["--root", &env.root(), "pull", "Team/App"]));
     assert_eq!(out.code, 1);
     assert!(
         out.stderr
@@ -245,7 +208,7 @@ async fn errors_say_what_happened_and_what_to_do() {
     );
 
     let out = run(env
-        .haul()
+        .haul_bare()
         .args(["--root", &env.root(), "pull", "-a", "alpine:3"]));
     assert_eq!(out.code, 1);
     assert!(
@@ -254,7 +217,7 @@ async fn errors_say_what_happened_and_what_to_do() {
         out.stderr
     );
 
-    let out = run(env.haul().args(["pull"]));
+    let out = run(env.haul_bare().args(["pull"]));
     assert_eq!(out.code, 2, "usage errors exit 2");
 
     // Nothing answers on this port: the error names the host.
@@ -263,7 +226,7 @@ async fn errors_say_what_happened_and_what_to_do() {
     drop(closed);
     let config = env.dir.path().join("one-try.json");
     std::fs::write(&config, r#"{"max-download-attempts": 1}"#).unwrap();
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "--config",
@@ -286,7 +249,7 @@ async fn content_trust_is_refused_until_it_can_be_verified() {
     let registry = registry_with("team/app", "1", &img).await;
     let env = Env::new();
     let name = format!("{}/team/app:1", registry.host());
-    let out = run(env.haul().env("DOCKER_CONTENT_TRUST", "1").args([
+    let out = run(env.haul_bare().env("DOCKER_CONTENT_TRUST", "1").args([
         "--root",
         &env.root(),
         "pull",
@@ -299,7 +262,7 @@ async fn content_trust_is_refused_until_it_can_be_verified() {
         "nothing pulled"
     );
 
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "pull",
@@ -308,7 +271,7 @@ async fn content_trust_is_refused_until_it_can_be_verified() {
     ]));
     assert_eq!(out.code, 1);
 
-    let out = run(env.haul().env("DOCKER_CONTENT_TRUST", "1").args([
+    let out = run(env.haul_bare().env("DOCKER_CONTENT_TRUST", "1").args([
         "--root",
         &env.root(),
         "pull",
@@ -323,7 +286,7 @@ fn config_files_are_checked() {
     let env = Env::new();
     let bad = env.dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"max-concurrent-downloads": 0}"#).unwrap();
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "--config",
@@ -343,7 +306,7 @@ fn config_files_are_checked() {
     let odd = env.dir.path().join("odd.json");
     std::fs::write(&odd, r#"{"no-such-key": 1}"#).unwrap();
     let out = run(env
-        .haul()
+        .haul_bare()
         .env("HAUL_CONFIG", &odd)
         .args(["--root", &env.root(), "images"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -393,7 +356,7 @@ async fn unpack_and_bundle_pull_what_is_missing() {
     let name = format!("{}/team/run:1", registry.host());
 
     let rootfs = env.dir.path().join("rootfs");
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "unpack",
@@ -413,7 +376,7 @@ async fn unpack_and_bundle_pull_what_is_missing() {
     );
 
     // A second unpack into the same directory needs --force; the image is not pulled again.
-    let again = run(env.haul().args([
+    let again = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "unpack",
@@ -422,7 +385,7 @@ async fn unpack_and_bundle_pull_what_is_missing() {
     ]));
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("--force"), "{}", again.stderr);
-    let forced = run(env.haul().args([
+    let forced = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "unpack",
@@ -434,7 +397,7 @@ async fn unpack_and_bundle_pull_what_is_missing() {
     assert!(!forced.stderr.contains("Pulling from"), "{}", forced.stderr);
 
     let bundle = env.dir.path().join("bundle");
-    let out = run(env.haul().args([
+    let out = run(env.haul_bare().args([
         "--root",
         &env.root(),
         "bundle",

@@ -2,76 +2,16 @@
 //! rmi, manifest inspect, info, login and logout, with docker's output and exit codes.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
+mod common;
+
+use common::{Env, ok, run};
 use serde_json::{Value, json};
 use test_registry::{
     Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, TokenIssuer,
     TokenIssuerOptions, random_layer,
 };
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn root(&self) -> String {
-        self.dir.path().join("store").display().to_string()
-    }
-
-    fn docker_config(&self) -> PathBuf {
-        self.dir.path().join("home/.docker/config.json")
-    }
-
-    /// `haul --root STORE` with an isolated home: no docker config, no user config file.
-    fn haul(&self) -> Command {
-        let mut cmd = Command::cargo_bin("haul").unwrap();
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        cmd.env_clear()
-            .env("HOME", &home)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DOCKER_CONFIG", home.join(".docker"))
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .args(["--root", &self.root()]);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        run(self.haul().args(args))
-    }
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-fn ok(out: Output) -> Output {
-    assert_eq!(
-        out.code, 0,
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout, out.stderr
-    );
-    out
-}
 
 fn image(seed: u64) -> Image {
     ImageBuilder::new(Format::Oci)
