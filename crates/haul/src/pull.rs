@@ -155,6 +155,10 @@ impl Puller {
         reference: &Reference,
         reporter: Arc<dyn Reporter>,
     ) -> Result<PullOutcome, PullError> {
+        let store = self.store.clone();
+        let _writer = tokio::task::spawn_blocking(move || store.writer_lock())
+            .await
+            .map_err(|e| PullError::Task(e.to_string()))??;
         let repo = self.client.repository(reference);
         if reference.tag().is_none() && reference.digest().is_none() {
             reporter.report(Event::UsingDefaultTag {

@@ -31,6 +31,21 @@ impl FileLock {
         })
     }
 
+    /// Blocks until a shared lock on `path` is held (any number of holders, no exclusive one).
+    pub fn shared(path: &Path) -> Result<FileLock, StoreError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(path, e))?;
+        file.lock_shared().map_err(|e| StoreError::io(path, e))?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
     /// Like [`FileLock::exclusive`], waiting on a blocking thread so the runtime keeps going.
     pub async fn exclusive_async(path: PathBuf) -> Result<FileLock, StoreError> {
         let for_error = path.clone();

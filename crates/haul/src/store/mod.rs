@@ -27,6 +27,7 @@ pub use lock::FileLock;
 pub use refs::RefEntry;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
+const GC_LOCK: &str = "gc.lock";
 const OCI_LAYOUT_CONTENT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,18 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Held (shared) by every operation that adds content, for its whole duration; garbage
+    /// collection takes it exclusively, so it never sweeps blobs a pull has committed but not yet
+    /// published a ref for.
+    pub fn writer_lock(&self) -> Result<FileLock, StoreError> {
+        FileLock::shared(&self.lock_path(GC_LOCK))
+    }
+
+    /// Taken by garbage collection: waits for running pulls to finish and keeps new ones out.
+    pub fn collector_lock(&self) -> Result<FileLock, StoreError> {
+        FileLock::exclusive(&self.lock_path(GC_LOCK))
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
