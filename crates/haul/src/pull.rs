@@ -22,7 +22,7 @@ use crate::progress::{Event, LayerStatus, Reporter};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
-use crate::unpack::cache::chain_ids;
+use crate::unpack::cache::{Extracted, LayerJob as CacheJob, chain_ids};
 use crate::unpack::image::{UnpackError, UnpackOptions};
 
 /// How often a layer reports download progress, at most.
@@ -195,7 +195,7 @@ impl Puller {
 
         // The config first: it is small, and unpacking needs its diff_ids to key the layers.
         let mut downloaded = (0usize, 0u64);
-        if let Some(n) = ctx.fetch(manifest.config.clone(), false).await? {
+        if let Some(n) = ctx.fetch(manifest.config.clone(), false, &mut None).await? {
             downloaded = (1, n);
         }
         let config_bytes = self
@@ -487,6 +487,81 @@ struct LayerJob {
     chain_id: Digest,
 }
 
+impl LayerJob {
+    fn as_cache_job(&self) -> CacheJob<'_> {
+        CacheJob {
+            index: self.index,
+            layer: &self.desc,
+            diff_id: &self.diff_id,
+            chain_id: &self.chain_id,
+        }
+    }
+}
+
+/// Chunks of a download in flight to its extraction (a few MiB): enough to ride out bursts on
+/// either side; when extraction is slower, the download waits instead of buffering the layer.
+const TEE_DEPTH: usize = 256;
+
+/// The extraction's copy of a download: every chunk as it is written to the ingest.
+struct Tee {
+    tx: Option<tokio::sync::mpsc::Sender<Result<bytes::Bytes, String>>>,
+    /// Set once the blob these chunks make up is verified and committed.
+    complete: bool,
+}
+
+impl Tee {
+    async fn send(&mut self, chunk: bytes::Bytes) {
+        if let Some(tx) = &self.tx
+            && tx.send(Ok(chunk)).await.is_err()
+        {
+            // The extraction stopped (it failed); the download goes on without it.
+            self.tx = None;
+        }
+    }
+
+    /// Ends the stream with an error: what the extraction saw is not the blob.
+    async fn abort(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx
+                .send(Err(
+                    "the download restarted; extracting from the stored blob".to_owned(),
+                ))
+                .await;
+        }
+    }
+
+    /// Ends the stream: cleanly when the blob was committed, with an error otherwise.
+    async fn finish(&mut self) {
+        if self.complete {
+            self.tx = None;
+        } else {
+            self.abort().await;
+        }
+    }
+}
+
+/// The receiving end of a [`Tee`], read by the extraction on a blocking thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(reason)) => return Err(std::io::Error::other(reason)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
 struct BlobContext {
     client: RegistryClient,
     repo: Repository,
@@ -508,11 +583,82 @@ impl BlobContext {
                 .is_none_or(|o| self.store.cached_layer(&layer.chain_id, &o.apply).is_some())
     }
 
-    /// Downloads a layer if needed, then extracts it into the layer cache if unpacking.
+    /// Downloads a layer if needed and, when unpacking, extracts it into the layer cache. A layer
+    /// being downloaded is extracted from the bytes as they arrive; the cache entry is published
+    /// only after the blob itself is verified and committed.
     async fn layer(self: Arc<Self>, layer: LayerJob) -> Result<Option<u64>, PullError> {
         let digest = layer.desc.digest.clone();
-        let downloaded = self.fetch(layer.desc.clone(), true).await?;
-        if let Some(options) = self.unpack.clone() {
+        let extract_error = |source| PullError::Extract {
+            digest: digest.clone(),
+            source: Box::new(source),
+        };
+        let options = match self.unpack.clone() {
+            Some(o) if self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
+            // Not unpacking, or already extracted: only the blob is missing.
+            _ => {
+                let downloaded = self.fetch(layer.desc.clone(), true, &mut None).await?;
+                self.layer_event(true, &digest, LayerStatus::PullComplete);
+                return Ok(downloaded);
+            }
+        };
+        let layer = Arc::new(layer);
+        let mut downloaded = None;
+        let mut extracted = false;
+        if !self.store.has_blob(&digest) {
+            let (tx, rx) = tokio::sync::mpsc::channel(TEE_DEPTH);
+            let mut tee = Some(Tee {
+                tx: Some(tx),
+                complete: false,
+            });
+            let ctx = self.clone();
+            let job = layer.clone();
+            let opts = options.clone();
+            let extraction = tokio::task::spawn_blocking(move || {
+                let source = Box::new(ChannelReader {
+                    rx,
+                    current: bytes::Bytes::new(),
+                });
+                let job = job.as_cache_job();
+                ctx.store.extract_layer(&job, &opts, None, source)
+            });
+            let fetched = self.fetch(layer.desc.clone(), true, &mut tee).await;
+            let complete = tee.as_ref().is_some_and(|t| t.complete);
+            if complete {
+                // The extraction has had every byte but the few still in flight: docker's
+                // `Extracting` line, with the wait for the end of it.
+                self.layer_event(
+                    true,
+                    &digest,
+                    LayerStatus::Extracting {
+                        current: layer.desc.size,
+                        total: layer.desc.size,
+                    },
+                );
+            }
+            // Whatever happened, the extraction gets the end of its stream now.
+            if let Some(mut t) = tee.take() {
+                t.finish().await;
+            }
+            let result = extraction
+                .await
+                .map_err(|e| PullError::Task(e.to_string()))?;
+            downloaded = fetched?;
+            // Only a stream that carried the whole committed blob counts; after a restart or a
+            // blob committed by another process, extract from the stored blob instead.
+            if complete {
+                match result.map_err(extract_error)? {
+                    Extracted::Cached(_) => {}
+                    Extracted::Pending(pending) => {
+                        tokio::task::spawn_blocking(move || pending.publish())
+                            .await
+                            .map_err(|e| PullError::Task(e.to_string()))?
+                            .map_err(extract_error)?;
+                    }
+                }
+                extracted = true;
+            }
+        }
+        if !extracted {
             let _slot = self
                 .extract_slots
                 .clone()
@@ -520,22 +666,20 @@ impl BlobContext {
                 .await
                 .map_err(|e| PullError::Task(e.to_string()))?;
             let ctx = self.clone();
+            let job = layer.clone();
             tokio::task::spawn_blocking(move || {
                 ctx.store.cache_layer(
-                    layer.index,
-                    &layer.desc,
-                    &layer.diff_id,
-                    &layer.chain_id,
+                    job.index,
+                    &job.desc,
+                    &job.diff_id,
+                    &job.chain_id,
                     &options,
                     ctx.reporter.as_ref(),
                 )
             })
             .await
             .map_err(|e| PullError::Task(e.to_string()))?
-            .map_err(|source| PullError::Extract {
-                digest: digest.clone(),
-                source: Box::new(source),
-            })?;
+            .map_err(extract_error)?;
         }
         self.layer_event(true, &digest, LayerStatus::PullComplete);
         Ok(downloaded)
@@ -552,7 +696,12 @@ impl BlobContext {
 
     /// Downloads one blob into the store. Returns the bytes fetched, or `None` when another
     /// process committed it while we waited.
-    async fn fetch(&self, desc: Descriptor, is_layer: bool) -> Result<Option<u64>, PullError> {
+    async fn fetch(
+        &self,
+        desc: Descriptor,
+        is_layer: bool,
+        tee: &mut Option<Tee>,
+    ) -> Result<Option<u64>, PullError> {
         if self.store.has_blob(&desc.digest) {
             return Ok(None);
         }
@@ -580,7 +729,7 @@ impl BlobContext {
         let max_attempts = self.client.config().max_download_attempts;
         let mut attempt = 1;
         loop {
-            match self.transfer(&desc, &mut ingest, is_layer).await {
+            match self.transfer(&desc, &mut ingest, is_layer, tee).await {
                 Ok(()) => break,
                 Err(Attempt::Remote(e)) if e.is_retryable() && attempt < max_attempts => {
                     let delay = e
@@ -618,6 +767,9 @@ impl BlobContext {
                 digest: desc.digest.clone(),
                 source: Box::new(source),
             })?;
+        if let Some(t) = tee.as_mut() {
+            t.complete = true;
+        }
         self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
         Ok(Some(desc.size))
     }
@@ -629,6 +781,7 @@ impl BlobContext {
         desc: &Descriptor,
         ingest: &mut crate::store::Ingest,
         is_layer: bool,
+        tee: &mut Option<Tee>,
     ) -> Result<(), Attempt> {
         let offset = ingest.written();
         let response = match self.repo.blob(&desc.digest, offset).await {
@@ -640,6 +793,10 @@ impl BlobContext {
         };
         if offset > 0 && !resumes_at(&response, offset) {
             ingest.restart().await.map_err(Attempt::Local)?;
+            // The extraction has seen bytes that no longer count: it cannot follow a restart.
+            if let Some(mut t) = tee.take() {
+                t.abort().await;
+            }
         }
         let host = response.url().host_str().unwrap_or_default().to_owned();
         let mut stream = response.bytes_stream();
@@ -648,6 +805,9 @@ impl BlobContext {
             let chunk = chunk
                 .map_err(|e| Attempt::Remote(crate::registry::error::from_reqwest(&host, &e)))?;
             ingest.write(&chunk).await.map_err(Attempt::Local)?;
+            if let Some(t) = tee.as_mut() {
+                t.send(chunk).await;
+            }
             if is_layer && last_report.elapsed() >= PROGRESS_INTERVAL {
                 last_report = Instant::now();
                 self.layer_event(

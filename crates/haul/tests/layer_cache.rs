@@ -212,3 +212,51 @@ async fn a_layer_that_fails_its_diff_id_fails_the_pull() {
         "no cache entry, no staging left: {entries:?}"
     );
 }
+
+/// Extraction runs on the download as it arrives; a resumed download keeps feeding it, a restarted
+/// one falls back to the stored blob. Either way the cached tree is the layer's.
+#[tokio::test]
+async fn extraction_follows_resumed_and_restarted_downloads() {
+    use test_registry::{FakeRegistry, FakeRegistryOptions, Fault, random_layer};
+    for restart in [false, true] {
+        let registry = FakeRegistry::start(FakeRegistryOptions::default())
+            .await
+            .unwrap();
+        let big = random_layer(7, 3_000_000);
+        let image = image_of(vec![file_layer("small", b"small\n"), big.clone()]);
+        registry.add_image("team/app", "1", &image);
+        if restart {
+            registry.fault(&big.blob.digest, Fault::IgnoreRange);
+        }
+        registry.fault_times(
+            &big.blob.digest,
+            Fault::DropConnection(big.blob.size / 2),
+            1,
+        );
+        let h = unpacking_harness();
+        let reference = format!("{}/team/app:1", registry.host());
+        h.pull(&reference).await.unwrap();
+        assert_eq!(
+            registry.count("GET", &big.blob.digest),
+            2,
+            "restart={restart}"
+        );
+        let entry = h.store.find_ref(&reference).unwrap().unwrap();
+        let rootfs = h.dir.path().join("rootfs");
+        let stats = unpack(
+            &h.store,
+            &entry,
+            &rootfs,
+            &UnpackOptions::for_current_user(),
+            &Silent,
+        )
+        .unwrap();
+        assert_eq!(stats.layers_from_cache, 2, "restart={restart}");
+        let files = std::fs::read_dir(rootfs.join("random/7")).unwrap().count();
+        assert!(files > 0, "restart={restart}");
+        assert_eq!(
+            std::fs::read(rootfs.join("data/small")).unwrap(),
+            b"small\n"
+        );
+    }
+}

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{ApplyOptions, ApplyStats, DeferredLink, apply_layer, apply_layer_for_cache};
 use super::dirtar::tar_dir;
 use super::image::{UnpackError, UnpackOptions, remove_tree};
-use super::stream::{Compression, DiffReader, StreamError, open_layer};
+use super::stream::{Compression, DiffReader, StreamError, decompress};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::Descriptor;
 use crate::progress::{Event, LayerStatus, Reporter};
@@ -63,6 +63,59 @@ pub struct CachedLayer {
 impl CachedLayer {
     pub fn diff_dir(&self) -> PathBuf {
         self.dir.join(DIFF_DIR)
+    }
+}
+
+/// One layer of an image, with what the cache keys it by.
+pub struct LayerJob<'a> {
+    pub index: usize,
+    pub layer: &'a Descriptor,
+    pub diff_id: &'a Digest,
+    pub chain_id: &'a Digest,
+}
+
+/// What [`Store::extract_layer`] produced.
+pub enum Extracted {
+    /// Already in the cache (perhaps built by another process meanwhile).
+    Cached(CachedLayer),
+    /// Extracted and verified, not yet visible.
+    Pending(PendingLayer),
+}
+
+/// An extracted, verified layer in its staging directory, holding the layer's lock.
+pub struct PendingLayer {
+    staging: PathBuf,
+    final_dir: PathBuf,
+    meta: Option<LayerMeta>,
+    published: bool,
+    _lock: FileLock,
+}
+
+impl PendingLayer {
+    /// Makes the entry visible under its chain ID.
+    pub fn publish(mut self) -> Result<CachedLayer, UnpackError> {
+        let meta = self.meta.take().ok_or_else(|| UnpackError::Io {
+            path: self.staging.clone(),
+            source: std::io::Error::other("layer entry published twice"),
+        })?;
+        std::fs::rename(&self.staging, &self.final_dir).map_err(|source| UnpackError::Io {
+            path: self.final_dir.clone(),
+            source,
+        })?;
+        self.published = true;
+        crate::store::sync_parent(&self.final_dir)?;
+        Ok(CachedLayer {
+            dir: self.final_dir.clone(),
+            meta,
+        })
+    }
+}
+
+impl Drop for PendingLayer {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = remove_tree(&self.staging);
+        }
     }
 }
 
@@ -117,8 +170,38 @@ impl Store {
         options: &UnpackOptions,
         reporter: &dyn Reporter,
     ) -> Result<CachedLayer, UnpackError> {
+        let blob = self.blob_path(&layer.digest);
+        let file = std::fs::File::open(&blob).map_err(|source| UnpackError::Io {
+            path: blob.clone(),
+            source,
+        })?;
+        let job = LayerJob {
+            index,
+            layer,
+            diff_id,
+            chain_id,
+        };
+        match self.extract_layer(&job, options, Some(reporter), Box::new(file))? {
+            Extracted::Cached(hit) => Ok(hit),
+            Extracted::Pending(pending) => pending.publish(),
+        }
+    }
+
+    /// Extracts a layer from its compressed bytes (`compressed`: the stored blob, or the download
+    /// as it arrives) into a staging directory, verified against its diff_id. The entry becomes
+    /// visible only through [`PendingLayer::publish`], which the caller calls once the blob itself
+    /// is verified; dropping it removes the staging directory. `reporter` gets `Extracting`
+    /// progress when given.
+    pub fn extract_layer(
+        &self,
+        job: &LayerJob<'_>,
+        options: &UnpackOptions,
+        reporter: Option<&dyn Reporter>,
+        compressed: Box<dyn Read + Send>,
+    ) -> Result<Extracted, UnpackError> {
+        let chain_id = job.chain_id;
         if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
-            return Ok(hit);
+            return Ok(Extracted::Cached(hit));
         }
         let final_dir = self.layer_dir(chain_id);
         let parent = final_dir
@@ -129,57 +212,46 @@ impl Store {
             path: parent.clone(),
             source,
         })?;
-        let _lock = FileLock::exclusive(&self.lock_path(&format!(
+        let lock = FileLock::exclusive(&self.lock_path(&format!(
             "layer-{}-{}.lock",
             chain_id.algorithm().name(),
             chain_id.hex()
         )))?;
         if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
-            return Ok(hit);
+            return Ok(Extracted::Cached(hit));
         }
         // A stale entry (built with fewer privileges, or unreadable) is rebuilt.
         remove_tree(&final_dir).map_err(|source| UnpackError::Io {
             path: final_dir.clone(),
             source,
         })?;
-
         let staging = parent.join(format!(
             ".tmp-{}-{}-{:08x}",
             chain_id.hex(),
             std::process::id(),
             fastrand::u32(..)
         ));
-        let result = self.build_entry(&staging, index, layer, diff_id, chain_id, options, reporter);
-        match result {
-            Ok(meta) => {
-                std::fs::rename(&staging, &final_dir).map_err(|source| UnpackError::Io {
-                    path: final_dir.clone(),
-                    source,
-                })?;
-                crate::store::sync_parent(&final_dir)?;
-                Ok(CachedLayer {
-                    dir: final_dir,
-                    meta,
-                })
-            }
-            Err(e) => {
-                let _ = remove_tree(&staging);
-                Err(e)
-            }
-        }
+        let mut pending = PendingLayer {
+            staging,
+            final_dir,
+            meta: None,
+            published: false,
+            _lock: lock,
+        };
+        let meta = self.build_entry(&pending.staging, job, options, reporter, compressed)?;
+        pending.meta = Some(meta);
+        Ok(Extracted::Pending(pending))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build_entry(
         &self,
         staging: &Path,
-        index: usize,
-        layer: &Descriptor,
-        diff_id: &Digest,
-        chain_id: &Digest,
+        job: &LayerJob<'_>,
         options: &UnpackOptions,
-        reporter: &dyn Reporter,
+        reporter: Option<&dyn Reporter>,
+        compressed: Box<dyn Read + Send>,
     ) -> Result<LayerMeta, UnpackError> {
+        let (index, layer, diff_id) = (job.index, job.layer, job.diff_id);
         let diff = staging.join(DIFF_DIR);
         std::fs::create_dir_all(&diff).map_err(|source| UnpackError::Io {
             path: diff.clone(),
@@ -193,16 +265,21 @@ impl Store {
                 media_type: layer.media_type.clone(),
             }
         })?;
-        reporter.report(Event::Layer {
-            digest: digest.clone(),
-            status: LayerStatus::Extracting {
-                current: 0,
-                total: layer.size,
-            },
-        });
+        let report = |current: u64| {
+            if let Some(r) = reporter {
+                r.report(Event::Layer {
+                    digest: digest.clone(),
+                    status: LayerStatus::Extracting {
+                        current,
+                        total: layer.size,
+                    },
+                });
+            }
+        };
+        report(0);
         let blob = self.blob_path(digest);
         let (stream, consumed) =
-            open_layer(&blob, compression).map_err(|source| UnpackError::Io {
+            decompress(compressed, compression).map_err(|source| UnpackError::Io {
                 path: blob.clone(),
                 source,
             })?;
@@ -238,7 +315,7 @@ impl Store {
             })?
             .map_err(stream_error)?;
         let meta = LayerMeta {
-            chain_id: chain_id.clone(),
+            chain_id: job.chain_id.clone(),
             diff_id: diff_id.clone(),
             blob: digest.clone(),
             uncompressed_bytes,
@@ -255,13 +332,7 @@ impl Store {
             path: meta_path.clone(),
             source,
         })?;
-        reporter.report(Event::Layer {
-            digest: digest.clone(),
-            status: LayerStatus::Extracting {
-                current: layer.size,
-                total: layer.size,
-            },
-        });
+        report(layer.size);
         for w in applied.warnings {
             tracing::warn!(layer = %digest, "{w}");
         }
@@ -297,16 +368,18 @@ struct Reporting<'a, R> {
     consumed: Arc<AtomicU64>,
     total: u64,
     digest: &'a Digest,
-    reporter: &'a dyn Reporter,
+    reporter: Option<&'a dyn Reporter>,
     last: Instant,
 }
 
 impl<R: Read> Read for Reporting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if self.last.elapsed() >= PROGRESS_INTERVAL {
+        if let Some(reporter) = self.reporter
+            && self.last.elapsed() >= PROGRESS_INTERVAL
+        {
             self.last = Instant::now();
-            self.reporter.report(Event::Layer {
+            reporter.report(Event::Layer {
                 digest: self.digest.clone(),
                 status: LayerStatus::Extracting {
                     current: self.consumed.load(Ordering::Relaxed).min(self.total),

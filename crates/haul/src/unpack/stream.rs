@@ -193,18 +193,18 @@ impl Read for PipeReader {
     }
 }
 
-/// Opens a stored layer blob as a decompressed stream, on a separate thread. The counter tells how
-/// many compressed bytes have been consumed so far, for progress.
-pub fn open_layer(
-    path: &std::path::Path,
+/// Decompresses `compressed` on a separate thread. The counter tells how many compressed bytes have
+/// been consumed so far, for progress.
+pub fn decompress(
+    compressed: Box<dyn Read + Send>,
     compression: Compression,
 ) -> io::Result<(PipeReader, Arc<AtomicU64>)> {
     let consumed = Arc::new(AtomicU64::new(0));
-    let file = Counted {
-        inner: std::fs::File::open(path)?,
+    let counted = Counted {
+        inner: compressed,
         count: consumed.clone(),
     };
-    let decoder = compression.decoder(BufReader::with_capacity(CHUNK, file))?;
+    let decoder = compression.decoder(BufReader::with_capacity(CHUNK, counted))?;
     Ok((spawn_decompression(decoder)?, consumed))
 }
 
