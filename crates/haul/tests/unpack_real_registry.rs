@@ -274,3 +274,57 @@ async fn expansion_is_bounded_and_targets_are_protected() {
         4_000_000
     );
 }
+
+#[tokio::test]
+async fn zstd_and_uncompressed_layers_unpack() {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    let zstd_tar = LayerBuilder::new()
+        .add_file("z/file", b"from a zstd layer\n", 0o644)
+        .finish_tar();
+    let mut frames = zstd::encode_all(&zstd_tar[..zstd_tar.len() / 2], 3).unwrap();
+    // Two frames, as `zstd -T` writes: every frame must be read.
+    frames.extend(zstd::encode_all(&zstd_tar[zstd_tar.len() / 2..], 3).unwrap());
+    let zstd_layer = test_registry::Layer {
+        blob: test_registry::Blob::new(haul::manifest::media_type::OCI_LAYER_ZSTD, frames),
+        diff_id: test_registry::sha256_digest(&zstd_tar),
+    };
+    let plain = LayerBuilder::new()
+        .add_file("p/file", b"from a plain tar layer\n", 0o600)
+        .finish_uncompressed();
+    let image = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(zstd_layer)
+        .layer(plain)
+        .build();
+    assert_eq!(
+        image.layers[0].blob.media_type,
+        haul::manifest::media_type::OCI_LAYER_ZSTD
+    );
+    Pusher::new(&registry.url())
+        .push_image("team/zstd", "1", &image)
+        .await
+        .unwrap();
+    let h = harness();
+    let reference = format!("{}/team/zstd:1", registry.host());
+    h.pull(&reference).await.unwrap();
+    let entry = h.store.find_ref(&reference).unwrap().unwrap();
+    let target = h.dir.path().join("rootfs");
+    unpack(
+        &h.store,
+        &entry,
+        &target,
+        &UnpackOptions::for_current_user(),
+        &Silent,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(target.join("z/file")).unwrap(),
+        b"from a zstd layer\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("p/file")).unwrap(),
+        b"from a plain tar layer\n"
+    );
+}
