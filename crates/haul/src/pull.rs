@@ -498,9 +498,10 @@ impl LayerJob {
     }
 }
 
-/// Chunks of a download in flight to its extraction (a few MiB): enough to ride out bursts on
-/// either side; when extraction is slower, the download waits instead of buffering the layer.
-const TEE_DEPTH: usize = 256;
+/// Chunks of a download in flight to its extraction. hyper hands out chunks of up to a few hundred
+/// KiB, so this bounds the buffer to a few MiB per layer: enough to ride out bursts on either side;
+/// when extraction is slower, the download waits instead of buffering the layer.
+const TEE_DEPTH: usize = 16;
 
 /// The extraction's copy of a download: every chunk as it is written to the ingest.
 struct Tee {
