@@ -61,12 +61,21 @@ pub enum Command {
     /// Look at manifests in a registry, without pulling
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Manage images in the store
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Re-hash every blob of images in the store; --repair fetches bad ones again
+    Verify(VerifyArgs),
     /// Show the store, its disk usage and the configuration in effect
     Info(InfoArgs),
     /// Log in to a registry (checked first, then saved like docker login)
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Write images to a tar archive (docker-archive, which docker load reads, or oci-archive)
+    Save(SaveArgs),
+    /// Read images from a tar archive made by docker save, haul save or an OCI tool
+    Load(LoadArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +160,34 @@ pub struct HistoryArgs {
     /// Output format (json: exact sizes and RFC 3339 times)
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaveFormat {
+    /// docker save's format (docker >= 25): manifest.json, repositories and an OCI layout
+    DockerArchive,
+    /// An OCI image layout, each image named by its tag (skopeo's oci-archive:FILE:TAG)
+    OciArchive,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The archive to write (appears only once complete); `-` for stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// Archive format
+    #[arg(long, value_enum, default_value_t = SaveFormat::DockerArchive)]
+    pub format: SaveFormat,
+    /// Names or image IDs
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The archive to read; default: stdin
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -249,4 +286,37 @@ pub struct UnpackArgs {
     /// How to show progress
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Remove what no name reaches: blobs, extracted layers, day-old partial downloads
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Waits for running pulls to finish, then removes every blob and extracted layer                   no image name reaches. Without -f it asks first, and refuses when stdin is not                   a terminal."
+)]
+pub struct PruneArgs {
+    /// Also remove images named only by digest (NAME@DIGEST, no tag)
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    /// Do not prompt for confirmation
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Print what would be removed; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status 1 when a blob is missing or damaged (after --repair: still).")]
+pub struct VerifyArgs {
+    /// Names or image IDs; default: every image in the store
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Fetch missing and damaged blobs again from the registry, then verify again
+    #[arg(long)]
+    pub repair: bool,
 }

@@ -28,9 +28,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod bundle;
 pub mod config;
 pub mod digest;
+pub mod gc;
 pub mod images;
 pub mod info;
 pub mod inspect;
@@ -44,3 +46,4 @@ pub mod registry;
 pub mod store;
 pub mod tag;
 pub mod unpack;
+pub mod verify;

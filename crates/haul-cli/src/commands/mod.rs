@@ -4,12 +4,16 @@ mod history;
 mod images;
 mod info;
 mod inspect;
+mod load;
 mod login;
 mod manifest;
+mod prune;
 mod pull;
 mod rmi;
+mod save;
 mod tag;
 mod unpack;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -29,9 +33,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag(args) => tag::run(&cli.global, args).await,
         Command::Rmi(args) => rmi::run(&cli.global, args).await,
         Command::Manifest(command) => manifest::run(&cli.global, command).await,
+        Command::Image(command) => prune::run(&cli.global, command).await,
+        Command::Verify(args) => verify::run(&cli.global, args).await,
         Command::Info(args) => info::run(&cli.global, args),
         Command::Login(args) => login::login(&cli.global, args).await,
         Command::Logout(args) => login::logout(&cli.global, args).await,
+        Command::Save(args) => save::run(&cli.global, args).await,
+        Command::Load(args) => load::run(&cli.global, args).await,
     }
 }
 

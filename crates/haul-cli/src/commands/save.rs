@@ -1,0 +1,38 @@
+//! `haul save`: images from the store as a tar archive, like `docker save`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use haul::archive::{self, ArchiveFormat};
+use haul::store::Store;
+
+use crate::cli::{GlobalArgs, SaveArgs, SaveFormat};
+use crate::context;
+
+pub async fn run(global: &GlobalArgs, args: &SaveArgs) -> anyhow::Result<ExitCode> {
+    context::load_config(global)?;
+    let store = Store::open(context::store_root(global))?;
+    let format = match args.format {
+        SaveFormat::DockerArchive => ArchiveFormat::DockerArchive,
+        SaveFormat::OciArchive => ArchiveFormat::OciArchive,
+    };
+    let images = args.images.clone();
+    let output = args.output.clone();
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && std::io::stdout().is_terminal() {
+        // docker's text.
+        anyhow::bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+    }
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        if to_stdout {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            archive::save(&store, &images, format, &mut out)?;
+            out.flush()?;
+        } else {
+            archive::save_to_file(&store, &images, format, &output)?;
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,83 @@
+//! `haul verify`: re-hashes the blobs of images in the store; `--repair` fetches bad ones again.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use haul::verify::{Fault, Problem, VerifyReport};
+
+use crate::cli::{GlobalArgs, VerifyArgs};
+use crate::context;
+
+pub async fn run(global: &GlobalArgs, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let after = if args.repair {
+        let ctx = context::load(global)?;
+        let report = haul::verify::repair(&ctx.store, &ctx.client, &args.images).await?;
+        for problem in &report.found {
+            writeln!(out, "{}", describe(problem))?;
+        }
+        for digest in &report.repaired {
+            writeln!(out, "Repaired: {digest}")?;
+        }
+        for (digest, error) in &report.failed {
+            eprintln!("Error: cannot repair {digest}: {error}");
+        }
+        report.after
+    } else {
+        context::load_config(global)?;
+        let store = haul::store::Store::open(context::store_root(global))?;
+        let images = args.images.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            haul::verify::verify(&store, &images).map_err(anyhow::Error::from)
+        })
+        .await??;
+        for problem in &report.problems {
+            writeln!(out, "{}", describe(problem))?;
+        }
+        report
+    };
+    summarise(&mut out, &after, args.repair)
+}
+
+fn summarise(
+    out: &mut impl Write,
+    report: &VerifyReport,
+    repaired: bool,
+) -> anyhow::Result<ExitCode> {
+    let images = report.images.len();
+    let plural = if images == 1 { "" } else { "s" };
+    if report.is_clean() {
+        writeln!(
+            out,
+            "Verified {} blobs of {images} image{plural}: all intact",
+            report.blobs_checked
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if repaired {
+        for problem in &report.problems {
+            writeln!(out, "{}", describe(problem))?;
+        }
+    }
+    writeln!(
+        out,
+        "Verified {} blobs of {images} image{plural}: {} missing or damaged",
+        report.blobs_checked,
+        report.problems.len()
+    )?;
+    if !repaired {
+        eprintln!("hint: `haul verify --repair` fetches them again from the registry");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn describe(problem: &Problem) -> String {
+    let role = problem.role.label();
+    match &problem.fault {
+        Fault::Missing => format!("missing: {} ({role} of {})", problem.digest, problem.image),
+        Fault::Corrupt { actual } => format!(
+            "corrupt: {} ({role} of {}): expected {}, actual {actual}",
+            problem.digest, problem.image, problem.digest
+        ),
+    }
+}

@@ -1,0 +1,486 @@
+//! Garbage collection: `haul image prune` removes what no ref reaches.
+//!
+//! Mark and sweep, under the store's collector lock (exclusive; every pull holds it shared for its
+//! whole duration), so a running pull finishes first and nothing it committed but has not yet
+//! published a ref for is swept. Roots are every manifest in `index.json` (entries of other tools
+//! included), with the `source` and `resolved` digests haul records beside them. From each root the
+//! manifest, its config, its layers and the layer-cache entries of its chain IDs are marked.
+//! Swept: unmarked files under `blobs/<algo>/`, unmarked entries under `layers/<algo>/`, staging
+//! directories no extraction is building, and partial downloads and temp files older than a day.
+//! Lock files are never removed. A layer-cache entry is renamed into `trash/` before it is deleted,
+//! so the cache never shows a half-deleted entry. A ref whose manifest or config cannot be read
+//! stops the prune before anything is deleted: what it reaches is unknown.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::manifest::{self, Descriptor, ImageConfig, Manifest, ManifestError};
+use crate::reference::Reference;
+use crate::store::refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, SOURCE_ANNOTATION};
+use crate::store::{Store, StoreError};
+use crate::unpack::cache::chain_ids;
+
+/// Partial downloads and temp files younger than this may belong to a running operation.
+pub const DEFAULT_PARTIAL_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+const TRASH_DIR: &str = "trash";
+/// Nested indexes deeper than this are not followed (nothing real nests more than once).
+const MAX_DEPTH: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Nothing is deleted when a root cannot be followed: what it reaches is unknown.
+    #[error("cannot tell what {root} reaches, so nothing was pruned: {source}")]
+    Unreadable {
+        root: String,
+        #[source]
+        source: Box<UnreadableCause>,
+    },
+    #[error("the prune task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableCause {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Also remove refs that name an image only by digest (docker's `-a`).
+    pub all: bool,
+    /// Report what would go; change nothing.
+    pub dry_run: bool,
+    /// Partial downloads and temp files older than this are removed.
+    pub partial_age: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            all: false,
+            dry_run: false,
+            partial_age: DEFAULT_PARTIAL_AGE,
+        }
+    }
+}
+
+/// What a swept path was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swept {
+    /// A blob under `blobs/`.
+    Blob(Digest),
+    /// A layer-cache entry, by chain ID.
+    Layer(Digest),
+    /// A layer-cache staging directory left by an extraction that did not finish.
+    Staging,
+    /// A partial download or temp file under `ingest/`.
+    Partial,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub what: Swept,
+    pub path: PathBuf,
+    /// Bytes of the file, or of every file in the directory.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// Refs removed by `all` (full references), in index order.
+    pub untagged: Vec<String>,
+    /// Blobs first, then layer-cache entries, then leftovers.
+    pub deleted: Vec<Deleted>,
+    pub reclaimed: u64,
+    pub dry_run: bool,
+}
+
+/// Removes what no ref reaches. Waits for running pulls to finish first.
+pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
+    let s = store.clone();
+    let lock = tokio::task::spawn_blocking(move || s.collector_lock())
+        .await
+        .map_err(|e| GcError::Task(e.to_string()))??;
+    let roots = read_roots(store)?;
+    let doomed: Vec<String> = if options.all {
+        roots
+            .iter()
+            .filter_map(|r| r.name.clone())
+            .filter(|n| is_digest_only(n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut untagged = Vec::new();
+    if !options.dry_run {
+        // Names first: a crash after this leaves unreachable content for the next prune.
+        for name in &doomed {
+            if store.remove_ref(name).await? {
+                untagged.push(name.clone());
+            }
+        }
+    } else {
+        untagged = doomed.clone();
+    }
+    let store = store.clone();
+    let options = options.clone();
+    let mut report = tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        let roots: Vec<Root> = roots
+            .into_iter()
+            .filter(|r| r.name.as_ref().is_none_or(|n| !doomed.contains(n)))
+            .collect();
+        let marks = mark(&store, &roots)?;
+        sweep(&store, &marks, &options)
+    })
+    .await
+    .map_err(|e| GcError::Task(e.to_string()))??;
+    report.untagged = untagged;
+    Ok(report)
+}
+
+/// `repo@sha256:…` without a tag: what docker calls an untagged image.
+fn is_digest_only(name: &str) -> bool {
+    name.parse::<Reference>()
+        .is_ok_and(|r| r.digest().is_some() && r.tag().is_none())
+}
+
+/// One manifest in `index.json` and the digests haul recorded beside it.
+#[derive(Debug)]
+struct Root {
+    name: Option<String>,
+    manifest: Descriptor,
+    extra: Vec<Digest>,
+}
+
+fn read_roots(store: &Store) -> Result<Vec<Root>, GcError> {
+    let path = store.root().join("index.json");
+    let bytes = std::fs::read(&path).map_err(|source| GcError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let index: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        GcError::Store(StoreError::BadLayout {
+            path: path.clone(),
+            reason: format!("index.json is not valid JSON: {e}"),
+        })
+    })?;
+    let entries = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut roots = Vec::new();
+    for entry in entries {
+        let descriptor: Descriptor =
+            serde_json::from_value(entry.clone()).map_err(|e| GcError::Unreadable {
+                root: format!("an entry of {}", path.display()),
+                source: Box::new(UnreadableCause::Manifest(ManifestError::Invalid {
+                    kind: "an index.json entry",
+                    source: e,
+                })),
+            })?;
+        let annotation = |key: &str| descriptor.annotations.get(key).cloned();
+        let extra = [RESOLVED_ANNOTATION, SOURCE_ANNOTATION]
+            .iter()
+            .filter_map(|k| annotation(k))
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        roots.push(Root {
+            name: annotation(REF_NAME_ANNOTATION),
+            manifest: descriptor,
+            extra,
+        });
+    }
+    Ok(roots)
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    blobs: HashSet<Digest>,
+    /// Chain IDs of layer-cache entries in use.
+    layers: HashSet<Digest>,
+    /// Manifests and indexes already followed.
+    followed: HashSet<Digest>,
+}
+
+fn mark(store: &Store, roots: &[Root]) -> Result<Marks, GcError> {
+    let mut marks = Marks::default();
+    for root in roots {
+        let label = root
+            .name
+            .clone()
+            .unwrap_or_else(|| root.manifest.digest.to_string());
+        let unreadable = |cause: UnreadableCause| GcError::Unreadable {
+            root: label.clone(),
+            source: Box::new(cause),
+        };
+        marks.blobs.extend(root.extra.iter().cloned());
+        mark_document(store, &root.manifest, &mut marks, 0).map_err(unreadable)?;
+    }
+    Ok(marks)
+}
+
+fn mark_document(
+    store: &Store,
+    descriptor: &Descriptor,
+    marks: &mut Marks,
+    depth: usize,
+) -> Result<(), UnreadableCause> {
+    marks.blobs.insert(descriptor.digest.clone());
+    if !marks.followed.insert(descriptor.digest.clone()) || depth > MAX_DEPTH {
+        return Ok(());
+    }
+    let bytes = store.read_blob(&descriptor.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
+    match manifest::parse(Some(&descriptor.media_type), &bytes)? {
+        Manifest::Index(index) => {
+            // Children another tool stored; haul stores only the platform it pulled, and that
+            // one is a root of its own.
+            for child in &index.manifests {
+                if store.has_blob(&child.digest) {
+                    mark_document(store, child, marks, depth + 1)?;
+                }
+            }
+        }
+        Manifest::Image(image) => {
+            marks.blobs.insert(image.config.digest.clone());
+            marks
+                .blobs
+                .extend(image.layers.iter().map(|l| l.digest.clone()));
+            let config = store.read_blob(&image.config.digest, manifest::MAX_CONFIG_BYTES)?;
+            let config = ImageConfig::parse(&config)?;
+            marks.layers.extend(chain_ids(&config.rootfs.diff_ids));
+        }
+    }
+    Ok(())
+}
+
+fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneReport, GcError> {
+    let trash = store.root().join(TRASH_DIR);
+    if !options.dry_run {
+        // What an interrupted prune had already moved aside.
+        remove_tree_quietly(&trash);
+    }
+    let mut deleted = Vec::new();
+
+    for (algo_dir, name) in entries_two_deep(&store.root().join("blobs"))? {
+        let path = algo_dir.join(&name);
+        let algo = algo_dir.file_name().and_then(|a| a.to_str()).unwrap_or("");
+        // A file that is not named like a digest is not haul's to judge.
+        let Ok(digest) = format!("{algo}:{name}").parse::<Digest>() else {
+            continue;
+        };
+        if marks.blobs.contains(&digest) {
+            continue;
+        }
+        let bytes = size_of(&path);
+        if !options.dry_run {
+            remove_file(&path)?;
+        }
+        deleted.push(Deleted {
+            what: Swept::Blob(digest),
+            path,
+            bytes,
+        });
+    }
+
+    let now = SystemTime::now();
+    let old = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= options.partial_age)
+    };
+
+    for (algo_dir, name) in entries_two_deep(&store.root().join("layers"))? {
+        let path = algo_dir.join(&name);
+        let algo = algo_dir.file_name().and_then(|a| a.to_str()).unwrap_or("");
+        let what = if let Some(rest) = name.strip_prefix(".tmp-") {
+            // `.tmp-<chain hex>-<pid>-<random>`: leftover unless an extraction of that chain ID
+            // holds its lock right now.
+            let chain_hex = rest.split('-').next().unwrap_or("");
+            let idle = is_idle(
+                &store
+                    .root()
+                    .join("locks")
+                    .join(format!("layer-{algo}-{chain_hex}.lock")),
+            );
+            if !(idle || old(&path)) {
+                continue;
+            }
+            Swept::Staging
+        } else {
+            let Ok(chain_id) = format!("{algo}:{name}").parse::<Digest>() else {
+                continue;
+            };
+            if marks.layers.contains(&chain_id) {
+                continue;
+            }
+            Swept::Layer(chain_id)
+        };
+        let bytes = size_of(&path);
+        if !options.dry_run {
+            discard_tree(&path, &trash)?;
+        }
+        deleted.push(Deleted { what, path, bytes });
+    }
+
+    let ingest = store.root().join("ingest");
+    for name in list(&ingest)? {
+        let path = ingest.join(&name);
+        if !old(&path) {
+            continue;
+        }
+        // `<algo>-<hex>.partial` belongs to an ingest holding `locks/<algo>-<hex>.lock`.
+        if let Some(stem) = name.strip_suffix(".partial")
+            && !is_idle(&store.root().join("locks").join(format!("{stem}.lock")))
+        {
+            continue;
+        }
+        let bytes = size_of(&path);
+        if !options.dry_run {
+            remove_file(&path)?;
+        }
+        deleted.push(Deleted {
+            what: Swept::Partial,
+            path,
+            bytes,
+        });
+    }
+
+    let reclaimed = deleted.iter().map(|d| d.bytes).sum();
+    Ok(PruneReport {
+        untagged: Vec::new(),
+        deleted,
+        reclaimed,
+        dry_run: options.dry_run,
+    })
+}
+
+/// Whether nobody holds the lock at `path` (an absent lock file is idle too). Never creates one.
+fn is_idle(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// `(dir/<a>, <b>)` for every `dir/<a>/<b>`, sorted.
+fn entries_two_deep(dir: &Path) -> Result<Vec<(PathBuf, String)>, GcError> {
+    let mut out = Vec::new();
+    for a in list(dir)? {
+        let sub = dir.join(&a);
+        if !sub.is_dir() {
+            continue;
+        }
+        for b in list(&sub)? {
+            out.push((sub.clone(), b));
+        }
+    }
+    Ok(out)
+}
+
+/// File names in `dir`, sorted; none when it does not exist.
+fn list(dir: &Path) -> Result<Vec<String>, GcError> {
+    let io_err = |source| GcError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Bytes in the files of a tree (or of one file); symlinks count as themselves.
+pub fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| size_of(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn remove_file(path: &Path) -> Result<(), GcError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(GcError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Moves a tree out of sight in one rename, then deletes it.
+fn discard_tree(path: &Path, trash: &Path) -> Result<(), GcError> {
+    let io_err = |path: &Path, source| GcError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(trash).map_err(|e| io_err(trash, e))?;
+    let aside = trash.join(format!("{}-{:016x}", std::process::id(), fastrand::u64(..)));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path, e)),
+    }
+    crate::unpack::image::remove_tree(&aside).map_err(|e| io_err(&aside, e))
+}
+
+fn remove_tree_quietly(path: &Path) {
+    if let Err(e) = crate::unpack::image::remove_tree(path) {
+        tracing::warn!(path = %path.display(), "cannot empty the trash: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_only_names_are_the_untagged_ones() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(is_digest_only(&format!("docker.io/library/alpine@{d}")));
+        assert!(!is_digest_only("docker.io/library/alpine:3"));
+        assert!(!is_digest_only(&format!("docker.io/library/alpine:3@{d}")));
+        assert!(!is_digest_only("not a reference"));
+    }
+}
