@@ -210,6 +210,9 @@ pub struct RmiArgs {
     /// Remove the names of an image ID even when they are in several repositories
     #[arg(long, short = 'f')]
     pub force: bool,
+    /// Then remove what no name reaches any more (as `haul image prune -f` would)
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -134,3 +134,29 @@ async fn verify_exits_1_on_a_damaged_blob_and_repair_mends_it() {
     assert_eq!(std::fs::read(&path).unwrap(), layer.data.as_ref());
     ok(env.run(&["verify"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmi_prune_removes_the_names_and_then_the_content() {
+    let img = image(30);
+    let registry = registry_with("team/gone", "1", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/gone:1", registry.host());
+    ok(env.run(&["pull", "-q", &name]));
+    let out = ok(env.run(&["rmi", "--prune", &name]));
+    assert!(
+        out.stdout.starts_with(&format!("Untagged: {name}\n")),
+        "{}",
+        out.stdout
+    );
+    for blob in img.blobs() {
+        assert!(
+            out.stdout.contains(&format!("Deleted: {}\n", blob.digest)),
+            "{}",
+            out.stdout
+        );
+    }
+    assert_eq!(blob_count(&env.root()), 0);
+    let layers = Path::new(&env.root()).join("layers/sha256");
+    let left = std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "extracted layers go too");
+}

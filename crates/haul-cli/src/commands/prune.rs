@@ -33,6 +33,12 @@ async fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<ExitCode
         ..PruneOptions::default()
     };
     let report = haul::gc::prune(&store, &options).await?;
+    print_report(&store, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// docker's prune output: what went, then the total.
+pub fn print_report(store: &Store, report: &haul::gc::PruneReport) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let verb = if report.dry_run {
         "Would delete"
@@ -72,7 +78,7 @@ async fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<ExitCode
         "Total reclaimed space"
     };
     writeln!(out, "{total}: {}", human_size(report.reclaimed))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Asks docker's question on a terminal; without one there is nobody to answer, so no.

@@ -1,4 +1,5 @@
-//! `haul rmi`: removes names (untags), like `docker rmi`. Content stays for a prune to reclaim.
+//! `haul rmi`: removes names (untags), like `docker rmi`. Content stays for a prune to reclaim,
+//! or goes at once with `--prune`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode
             }
             Err(e) => errors.push(anyhow::Error::new(e)),
         }
+    }
+    if args.prune && errors.is_empty() {
+        let report = haul::gc::prune(&store, &haul::gc::PruneOptions::default()).await?;
+        super::prune::print_report(&store, &report)?;
     }
     super::inspect::last_error(errors)
 }
