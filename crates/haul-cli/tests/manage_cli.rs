@@ -305,6 +305,9 @@ async fn info_reports_the_store_and_the_config() {
         blobs.iter().map(|b| b.size).sum::<u64>()
     );
     assert_eq!(v["store"]["partial_bytes"], 0);
+    // `pull` extracts by default: both layers are in the layer cache.
+    assert_eq!(v["store"]["extracted_layers"], 2);
+    assert!(v["store"]["extracted_bytes"].as_u64().unwrap() > 0);
     assert_eq!(v["config_file"], config.to_str().unwrap());
     assert_eq!(v["config"]["max-concurrent-downloads"], 2);
     assert_eq!(v["config"]["max-download-attempts"], 5);

@@ -22,6 +22,9 @@ pub struct StoreUsage {
     /// Downloads in progress or interrupted, kept for resuming.
     pub partial_files: u64,
     pub partial_bytes: u64,
+    /// Layers extracted into the layer cache, and the bytes of their files.
+    pub extracted_layers: u64,
+    pub extracted_bytes: u64,
 }
 
 /// Counts what `store` holds.
@@ -38,6 +41,20 @@ pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
         }
     }
     let (partial_files, partial_bytes) = files_in(&root.join("ingest"))?;
+    let (mut extracted_layers, mut extracted_bytes) = (0, 0);
+    for algorithm in read_dir(&root.join("layers"))? {
+        for layer in read_dir(&algorithm.path)? {
+            // Staging directories of extractions in progress start with a dot.
+            let staging = layer
+                .path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if layer.is_dir && !staging {
+                extracted_layers += 1;
+                extracted_bytes += tree_bytes(&layer.path)?;
+            }
+        }
+    }
     Ok(StoreUsage {
         root: root.to_owned(),
         images: store.refs()?.len(),
@@ -45,7 +62,27 @@ pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
         blob_bytes,
         partial_files,
         partial_bytes,
+        extracted_layers,
+        extracted_bytes,
     })
+}
+
+/// The bytes of every regular file below `dir` (symlinks not followed).
+fn tree_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for entry in read_dir(dir)? {
+        let meta = match std::fs::symlink_metadata(&entry.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io(&entry.path, e)),
+        };
+        if meta.is_dir() {
+            total += tree_bytes(&entry.path)?;
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
 }
 
 struct Entry {

@@ -60,6 +60,12 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         out,
+        " Extracted layers: {} ({})",
+        usage.extracted_layers,
+        human_size(usage.extracted_bytes)
+    )?;
+    writeln!(
+        out,
         "Config file: {}",
         config
             .source
