@@ -5,10 +5,8 @@ use std::path::Path;
 
 mod common;
 
-use common::{Env, run};
-use test_registry::{
-    Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer,
-};
+use common::{Env, registry_with, run};
+use test_registry::{Format, Image, ImageBuilder, random_layer};
 
 fn image(seed: u64) -> Image {
     ImageBuilder::new(Format::Oci)
@@ -17,17 +15,6 @@ fn image(seed: u64) -> Image {
         .layer(random_layer(seed, 100_000))
         .layer(random_layer(seed + 1, 80_000))
         .build()
-}
-
-async fn registry_with(repo: &str, tag: &str, img: &Image) -> RealRegistry {
-    let registry = RealRegistry::start(RegistryOptions::default())
-        .await
-        .unwrap();
-    Pusher::new(&registry.url())
-        .push_image(repo, tag, img)
-        .await
-        .unwrap();
-    registry
 }
 
 #[tokio::test(flavor = "multi_thread")]

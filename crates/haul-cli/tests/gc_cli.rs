@@ -4,10 +4,8 @@ use std::path::Path;
 
 mod common;
 
-use common::{Env, ok};
-use test_registry::{
-    Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer,
-};
+use common::{Env, ok, registry_with};
+use test_registry::{Format, Image, ImageBuilder, random_layer};
 
 fn image(seed: u64) -> Image {
     ImageBuilder::new(Format::Oci)
@@ -15,17 +13,6 @@ fn image(seed: u64) -> Image {
         .layer(random_layer(seed, 40_000))
         .layer(random_layer(seed + 1, 10_000))
         .build()
-}
-
-async fn registry_with(repo: &str, tag: &str, img: &Image) -> RealRegistry {
-    let registry = RealRegistry::start(RegistryOptions::default())
-        .await
-        .unwrap();
-    Pusher::new(&registry.url())
-        .push_image(repo, tag, img)
-        .await
-        .unwrap();
-    registry
 }
 
 fn blob_count(root: &str) -> usize {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{Env, ok, run};
+use common::{Env, ok, registry_with, run};
 use serde_json::{Value, json};
 use test_registry::{
     Format, Image, ImageBuilder, Pusher, RealRegistry, RegistryOptions, TokenIssuer,
@@ -28,17 +28,6 @@ fn image(seed: u64) -> Image {
             ]),
         )
         .build()
-}
-
-async fn registry_with(repo: &str, tag: &str, img: &Image) -> RealRegistry {
-    let registry = RealRegistry::start(RegistryOptions::default())
-        .await
-        .unwrap();
-    Pusher::new(&registry.url())
-        .push_image(repo, tag, img)
-        .await
-        .unwrap();
-    registry
 }
 
 fn blob_names(root: &str) -> Vec<String> {

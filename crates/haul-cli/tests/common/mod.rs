@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use assert_cmd::Command;
+use test_registry::{Image, Pusher, RealRegistry, RegistryOptions};
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -71,4 +72,16 @@ pub fn ok(out: Output) -> Output {
         out.stdout, out.stderr
     );
     out
+}
+
+/// The real registry on loopback with one image pushed as `repo:tag`.
+pub async fn registry_with(repo: &str, tag: &str, img: &Image) -> RealRegistry {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    Pusher::new(&registry.url())
+        .push_image(repo, tag, img)
+        .await
+        .unwrap();
+    registry
 }
