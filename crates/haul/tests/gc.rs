@@ -9,58 +9,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, fast_client};
+use common::{chains, fast_client, file_layer, image_of, unpacking_harness};
 use haul::config::Config;
 use haul::digest::Digest;
 use haul::gc::{self, PruneOptions, Swept};
 use haul::progress::Silent;
-use haul::pull::{PullOptions, Puller};
 use haul::registry::Anonymous;
 use haul::store::Store;
-use haul::unpack::cache::chain_ids;
 use haul::unpack::image::{UnpackOptions, unpack};
 use haul::verify::{self, Fault};
-use test_registry::{
-    Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
-};
-
-fn unpacking_harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let puller = Puller::new(
-        fast_client(Config::default(), Arc::new(Anonymous)),
-        store.clone(),
-        PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
-            unpack: Some(UnpackOptions::for_current_user()),
-        },
-    );
-    Harness { dir, store, puller }
-}
-
-fn file_layer(name: &str, body: &[u8]) -> Layer {
-    LayerBuilder::new()
-        .add_dir("data", 0o755)
-        .add_file(&format!("data/{name}"), body, 0o644)
-        .finish_gzip()
-}
-
-fn image_of(layers: Vec<Layer>) -> Image {
-    ImageBuilder::new(Format::Oci)
-        .platform("linux", "amd64", None)
-        .layers(layers)
-        .build()
-}
-
-fn chains(image: &Image) -> Vec<Digest> {
-    let diff_ids: Vec<Digest> = image
-        .layers
-        .iter()
-        .map(|l| l.diff_id.parse().unwrap())
-        .collect();
-    chain_ids(&diff_ids)
-}
+use test_registry::{Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions};
 
 fn d(s: &str) -> Digest {
     s.parse().unwrap()

@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haul::config::Config;
+use haul::digest::Digest;
 use haul::progress::{Event, LayerStatus, Recorder};
 use haul::pull::{PullError, PullOptions, PullOutcome, Puller};
 use haul::registry::{Anonymous, ClientOptions, CredentialStore, RegistryClient};
 use haul::store::Store;
+use haul::unpack::cache::chain_ids;
+use haul::unpack::image::UnpackOptions;
+use test_registry::{Format, Image, ImageBuilder, Layer, LayerBuilder};
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -109,4 +113,43 @@ pub fn layer_statuses(events: &[Event], digest: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// A harness whose pulls extract every layer into the layer cache, as the CLI does.
+pub fn unpacking_harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let puller = Puller::new(
+        fast_client(Config::default(), Arc::new(Anonymous)),
+        store.clone(),
+        PullOptions {
+            platform: None,
+            max_concurrent_downloads: 3,
+            unpack: Some(UnpackOptions::for_current_user()),
+        },
+    );
+    Harness { dir, store, puller }
+}
+
+pub fn file_layer(name: &str, body: &[u8]) -> Layer {
+    LayerBuilder::new()
+        .add_dir("data", 0o755)
+        .add_file(&format!("data/{name}"), body, 0o644)
+        .finish_gzip()
+}
+
+pub fn image_of(layers: Vec<Layer>) -> Image {
+    ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layers(layers)
+        .build()
+}
+
+pub fn chains(image: &Image) -> Vec<Digest> {
+    let diff_ids: Vec<Digest> = image
+        .layers
+        .iter()
+        .map(|l| l.diff_id.parse().unwrap())
+        .collect();
+    chain_ids(&diff_ids)
 }
