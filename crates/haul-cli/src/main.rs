@@ -28,12 +28,55 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(code) => code,
-        Err(err) => {
+    let downloads = matches!(
+        cli.command,
+        cli::Command::Pull(_) | cli::Command::Unpack(_) | cli::Command::Bundle(_)
+    );
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli) => Ok(result),
+            signal = interrupted() => Err(signal),
+        }
+    });
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) => {
             report(&err);
             ExitCode::FAILURE
         }
+        Err(exit_code) => {
+            // Nothing to wait for: every blob and ref write is atomic, partial downloads are
+            // resumed by the next pull, and leftover staging directories are swept by the next
+            // extraction. Exiting now (not dropping the runtime, which would wait for extraction
+            // threads) is what makes Ctrl-C prompt.
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr);
+            let _ = writeln!(stderr, "haul: interrupted");
+            if downloads {
+                let _ = writeln!(
+                    stderr,
+                    "hint: finished layers and partial downloads are kept; pull again to resume"
+                );
+            }
+            let _ = stderr.flush();
+            std::process::exit(exit_code)
+        }
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM and returns the shell's exit code for it (128 + signal).
+async fn interrupted() -> i32 {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => 130,
+        () = term => 143,
     }
 }
 

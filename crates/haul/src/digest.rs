@@ -141,6 +141,7 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// Incremental hashing in one algorithm.
+#[derive(Clone)]
 pub struct Hasher {
     algorithm: Algorithm,
     ctx: lc::Context,
@@ -179,6 +180,7 @@ pub enum VerifyError {
 }
 
 /// Hashes and counts streamed bytes against an expected digest and size.
+#[derive(Clone)]
 pub struct Verifier {
     expected: Digest,
     size: u64,

@@ -43,6 +43,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod space;
 pub mod store;
 pub mod tag;
 pub mod unpack;

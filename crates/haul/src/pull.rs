@@ -8,7 +8,9 @@
 //! blobs it did verify stay for the next pull to reuse.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -21,6 +23,7 @@ use crate::platform::Platform;
 use crate::progress::{Event, LayerStatus, Reporter};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, Repository};
+use crate::space::{self, Size};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
 use crate::unpack::cache::{Extracted, LayerJob as CacheJob, chain_ids};
 use crate::unpack::image::{UnpackError, UnpackOptions};
@@ -75,6 +78,27 @@ pub enum PullError {
     },
     #[error("a download task failed: {0}")]
     Task(String),
+    /// Refused before downloading (`more_than` false), or the disk filled anyway during the pull:
+    /// then all that is known is that the pull needed more than was free when it started.
+    #[error(
+        "no space left on device: need {}{}, {} free under {}",
+        if *.more_than { "more than " } else { "" },
+        Size(*.need),
+        Size(*.free),
+        .root.display()
+    )]
+    NoSpace {
+        need: u64,
+        more_than: bool,
+        free: u64,
+        root: PathBuf,
+    },
+    #[error("{reference} names digest {named}, but the pull was pinned to {pinned}")]
+    PinMismatch {
+        reference: String,
+        named: Digest,
+        pinned: Digest,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +179,62 @@ impl Puller {
         reference: &Reference,
         reporter: Arc<dyn Reporter>,
     ) -> Result<PullOutcome, PullError> {
+        self.pull_resolved(reference, None, reporter).await
+    }
+
+    /// Pulls exactly `digest` (an index or an image manifest) and stores it under `reference`'s
+    /// name. Content trust checks a tag's digest first and then pulls that digest, so the tag
+    /// cannot move between the check and the pull.
+    pub async fn pull_pinned(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<PullOutcome, PullError> {
+        self.pull_resolved(reference, Some(digest), reporter).await
+    }
+
+    async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        pinned: Option<&Digest>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<PullOutcome, PullError> {
+        if let (Some(named), Some(pinned)) = (reference.digest(), pinned)
+            && named != pinned
+        {
+            return Err(PullError::PinMismatch {
+                reference: reference.to_string(),
+                named: named.clone(),
+                pinned: pinned.clone(),
+            });
+        }
+        let free_at_start = AtomicU64::new(0);
+        match self
+            .pull_inner(reference, pinned, reporter, &free_at_start)
+            .await
+        {
+            Err(e) if !matches!(e, PullError::NoSpace { .. }) && space::is_no_space(&e) => {
+                // The check before downloading cannot know how big extraction gets; a disk that
+                // filled anyway is reported the same way, with what is known.
+                Err(PullError::NoSpace {
+                    need: free_at_start.load(Ordering::Relaxed),
+                    more_than: true,
+                    free: space::free_bytes(self.store.root()).unwrap_or(0),
+                    root: self.store.root().to_owned(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn pull_inner(
+        &self,
+        reference: &Reference,
+        pinned: Option<&Digest>,
+        reporter: Arc<dyn Reporter>,
+        free_at_start: &AtomicU64,
+    ) -> Result<PullOutcome, PullError> {
         let store = self.store.clone();
         let _writer = tokio::task::spawn_blocking(move || store.writer_lock())
             .await
@@ -174,7 +254,10 @@ impl Puller {
             repository: reference.repository().to_owned(),
         });
 
-        let top = self.resolve(reference, &repo).await?;
+        let top = match pinned {
+            Some(d) => self.load_document(reference, &repo, d).await?,
+            None => self.resolve(reference, &repo).await?,
+        };
         let resolved = top.digest.clone();
         let (manifest_doc, platform, index_doc) = self.select_image(reference, &repo, top).await?;
         let manifest = parse_image(reference, &manifest_doc)?;
@@ -235,7 +318,9 @@ impl Puller {
             });
 
         if !up_to_date {
-            let (count, bytes) = self.fetch_layers(reference, &ctx, layers).await?;
+            let (count, bytes) = self
+                .fetch_layers(reference, &ctx, layers, free_at_start)
+                .await?;
             downloaded = (downloaded.0 + count, downloaded.1 + bytes);
         }
         let (blobs_downloaded, bytes_downloaded) = downloaded;
@@ -411,7 +496,10 @@ impl Puller {
         reference: &Reference,
         ctx: &Arc<BlobContext>,
         layers: Vec<LayerJob>,
+        free_at_start: &AtomicU64,
     ) -> Result<(usize, u64), PullError> {
+        let free = self.check_space(ctx, &layers)?;
+        free_at_start.store(free, Ordering::Relaxed);
         let reporter = &ctx.reporter;
         let mut seen = HashSet::new();
         let mut jobs = Vec::new();
@@ -464,8 +552,8 @@ impl Puller {
                     }
                 }
                 Ok(Err(e)) => {
-                    // Wait for the other downloads to stop so their partial files are gone when
-                    // the caller sees the error.
+                    // Stop the other downloads before the caller sees the error; their partial
+                    // files stay for the next pull to resume.
                     tasks.shutdown().await;
                     return Err(e);
                 }
@@ -476,6 +564,44 @@ impl Puller {
             }
         }
         Ok((count, bytes))
+    }
+}
+
+impl Puller {
+    /// Refuses a pull the store's filesystem has no room for, before any layer is downloaded:
+    /// the missing blobs' sizes plus an estimate for extracting the layers not yet extracted.
+    /// Returns the free space it saw.
+    fn check_space(&self, ctx: &BlobContext, layers: &[LayerJob]) -> Result<u64, PullError> {
+        let mut need = 0u64;
+        let mut blobs = HashSet::new();
+        let mut chains = HashSet::new();
+        for layer in layers {
+            if !self.store.has_blob(&layer.desc.digest) && blobs.insert(&layer.desc.digest) {
+                need = need.saturating_add(layer.desc.size);
+            }
+            if let Some(o) = &ctx.unpack
+                && chains.insert(&layer.chain_id)
+                && self.store.cached_layer(&layer.chain_id, &o.apply).is_none()
+            {
+                need =
+                    need.saturating_add(layer.desc.size.saturating_mul(space::EXTRACTION_ESTIMATE));
+            }
+        }
+        let root = self.store.root();
+        match space::free_bytes(root) {
+            Ok(free) if need > free => Err(PullError::NoSpace {
+                need,
+                more_than: false,
+                free,
+                root: root.to_owned(),
+            }),
+            Ok(free) => Ok(free),
+            Err(e) => {
+                // A filesystem that cannot report its free space should not block pulls.
+                tracing::debug!(root = %root.display(), error = %e, "free space unknown");
+                Ok(u64::MAX)
+            }
+        }
     }
 }
 
@@ -726,11 +852,25 @@ impl BlobContext {
             IngestStart::Present => return Ok(None),
             IngestStart::Writer(w) => w,
         };
+        if ingest.resumed() > 0 {
+            tracing::debug!(digest = %desc.digest, bytes = ingest.resumed(), "resuming a partial download");
+            // The extraction would miss the bytes an earlier attempt fetched: it reads the
+            // stored blob instead, once committed.
+            if let Some(mut t) = tee.take() {
+                t.abort().await;
+            }
+        }
 
         let max_attempts = self.client.config().max_download_attempts;
         let mut attempt = 1;
         loop {
             match self.transfer(&desc, &mut ingest, is_layer, tee).await {
+                Ok(()) if ingest.resumed() > 0 && ingest.check().is_err() => {
+                    // What an earlier attempt left was not a prefix of this blob (a crash can
+                    // leave anything): start over once from zero rather than fail the pull.
+                    tracing::debug!(digest = %desc.digest, "resumed partial was wrong; starting over");
+                    ingest.restart().await.map_err(PullError::Store)?;
+                }
                 Ok(()) => break,
                 Err(Attempt::Remote(e)) if e.is_retryable() && attempt < max_attempts => {
                     let delay = e
@@ -750,6 +890,11 @@ impl BlobContext {
                 }
                 Err(Attempt::Remote(e)) => return Err(e.into()),
                 Err(Attempt::Local(source)) => {
+                    if matches!(source, StoreError::Verify { .. }) || space::is_no_space(&source) {
+                        // Bytes past the declared size are wrong; a full disk wants its space
+                        // back. Either way the partial is of no use to the next pull.
+                        ingest.discard().await;
+                    }
                     return Err(match source {
                         StoreError::Verify { .. } => PullError::LayerVerification {
                             digest: desc.digest.clone(),

@@ -353,6 +353,47 @@ async fn a_dropped_connection_resumes_with_range() {
 }
 
 #[tokio::test]
+async fn a_partial_left_by_a_crash_that_is_not_a_prefix_is_fetched_again_in_the_same_pull() {
+    let registry = fake(FakeAuth::None).await;
+    let img = image(85);
+    registry.add_image("team/app", "1", &img);
+    let layer = &img.layers[1].blob;
+    let h = harness();
+    // What a power cut can leave: the right length of the wrong bytes.
+    let partial = h
+        .store
+        .root()
+        .join("ingest")
+        .join(format!("{}.partial", layer.digest.replacen(':', "-", 1)));
+    std::fs::write(&partial, vec![0u8; (layer.size / 2) as usize]).unwrap();
+    h.puller
+        .pull(
+            &format!("{}/team/app:1", registry.host()).parse().unwrap(),
+            Arc::new(Recorder::default()),
+        )
+        .await
+        .unwrap();
+    let gets: Vec<_> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(
+        gets[0].range(),
+        Some(format!("bytes={}-", layer.size / 2).as_str()),
+        "the partial is resumed first"
+    );
+    assert_eq!(
+        gets[1].range(),
+        None,
+        "then, as it proved wrong, fetched whole"
+    );
+    h.assert_blobs_verified();
+    assert!(!partial.exists());
+}
+
+#[tokio::test]
 async fn a_registry_ignoring_range_makes_the_retry_start_over() {
     let registry = fake(FakeAuth::None).await;
     let img = image(90);

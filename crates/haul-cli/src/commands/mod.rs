@@ -87,6 +87,16 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
                     "check the repository name; if it is private, run `haul login REGISTRY` first"
                         .to_owned(),
                 ),
+                PullError::NoSpace { more_than, .. } => Some(format!(
+                    "free space there (`haul image prune` removes unused content), or pull into \
+                     a larger filesystem with --root{}",
+                    if *more_than {
+                        "; the layers already verified were kept, so the next pull continues \
+                         from them"
+                    } else {
+                        "; nothing was downloaded"
+                    }
+                )),
                 PullError::LayerVerification { .. } => Some(
                     "the registry (or something between it and you) served corrupt data; nothing \
                      was stored for this image, pull again"

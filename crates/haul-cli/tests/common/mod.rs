@@ -45,6 +45,21 @@ impl Env {
         cmd
     }
 
+    /// The same isolated `haul --root STORE` as a std command, for tests that must signal or kill
+    /// the process while it runs.
+    pub fn haul_process(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("haul"));
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        cmd.env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DOCKER_CONFIG", home.join(".docker"))
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .args(["--root", &self.root()]);
+        cmd
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         run(self.haul().args(args))
     }

@@ -3,12 +3,17 @@
 //! An ingest holds the per-digest lock for its whole life, so one process downloads a blob while
 //! others sharing the store wait and then find it committed. Bytes go to `ingest/<algo>-<hex>.partial`
 //! while they are hashed and counted; [`Ingest::commit`] checks size and digest, fsyncs, renames into
-//! `blobs/` and fsyncs the directory. An ingest dropped without a commit removes its partial file,
-//! so a failed pull leaves only verified blobs behind.
+//! `blobs/` and fsyncs the directory.
+//!
+//! A partial file outlives a failed or killed pull on purpose: the next ingest of the same digest
+//! (in this process or another) re-hashes what is there and continues from its end, so a download
+//! interrupted at 90% fetches only the last 10%. Content that turns out wrong is removed: a partial
+//! longer than the blob, and any partial whose finished digest does not match.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 use super::{FileLock, Store, StoreError, sync_parent};
 use crate::digest::{Digest, Verifier};
@@ -31,11 +36,14 @@ pub struct Ingest {
     file: Option<BufWriter<tokio::fs::File>>,
     verifier: Verifier,
     size: u64,
+    /// Bytes found in a partial file left by an earlier attempt.
+    resumed: u64,
     _lock: FileLock,
 }
 
 impl Store {
-    /// Starts ingesting the blob `digest` of `size` bytes, waiting for any other writer of it first.
+    /// Starts ingesting the blob `digest` of `size` bytes, waiting for any other writer of it
+    /// first, and continuing from a partial file an earlier attempt left.
     pub async fn begin_ingest(
         &self,
         digest: &Digest,
@@ -50,7 +58,25 @@ impl Store {
             return Ok(IngestStart::Present);
         }
         let partial = self.ingest_dir().join(format!("{stem}.partial"));
-        let file = tokio::fs::File::create(&partial)
+        let (verifier, resumed) = {
+            let (path, digest) = (partial.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || rehash_partial(&path, digest, size))
+                .await
+                .map_err(|e| StoreError::io(&partial, std::io::Error::other(e)))??
+        };
+        // Positioned writes rather than O_APPEND: whatever lies past the hashed prefix goes, and a
+        // late write from an abandoned attempt can only land where its (identical) bytes belong.
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&partial)
+            .await
+            .map_err(|e| StoreError::io(&partial, e))?;
+        file.set_len(resumed)
+            .await
+            .map_err(|e| StoreError::io(&partial, e))?;
+        file.seek(std::io::SeekFrom::Start(resumed))
             .await
             .map_err(|e| StoreError::io(&partial, e))?;
         Ok(IngestStart::Writer(Ingest {
@@ -58,11 +84,47 @@ impl Store {
             dest: self.blob_path(digest),
             partial,
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            verifier: Verifier::new(digest.clone(), size),
+            verifier,
             size,
+            resumed,
             _lock: lock,
         }))
     }
+}
+
+/// Hashes what an earlier attempt left in `path`, so the ingest can continue after it. A partial
+/// longer than the blob cannot be a prefix of it and is emptied.
+fn rehash_partial(path: &Path, digest: Digest, size: u64) -> Result<(Verifier, u64), StoreError> {
+    let mut verifier = Verifier::new(digest.clone(), size);
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((verifier, 0)),
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    if len > size {
+        drop(file);
+        std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
+        return Ok((verifier, 0));
+    }
+    let mut buf = vec![0u8; WRITE_BUFFER];
+    let mut seen = 0u64;
+    while seen < len {
+        let n = file.read(&mut buf).map_err(|e| StoreError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let n = n.min((len - seen) as usize);
+        // Cannot fail: `len <= size` was checked above.
+        verifier
+            .update(&buf[..n])
+            .map_err(|source| StoreError::Verify {
+                digest: digest.clone(),
+                source,
+            })?;
+        seen += n as u64;
+    }
+    Ok((verifier, seen))
 }
 
 impl Ingest {
@@ -74,9 +136,14 @@ impl Ingest {
         self.size
     }
 
-    /// Bytes accepted so far.
+    /// Bytes accepted so far, including those resumed from an earlier attempt's partial file.
     pub fn written(&self) -> u64 {
         self.verifier.bytes_seen()
+    }
+
+    /// Bytes that were already on disk when this ingest began.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
     }
 
     /// Appends bytes, refusing them as soon as they run past the declared size.
@@ -103,20 +170,37 @@ impl Ingest {
             .map_err(|e| StoreError::io(&self.partial, e))?;
         self.file = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
         self.verifier = Verifier::new(self.digest.clone(), self.size);
+        self.resumed = 0;
         Ok(())
     }
 
-    /// Verifies size and digest, then makes the blob visible. Nothing is published on failure.
+    /// Checks size and digest of what was written, without committing.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.verifier
+            .clone()
+            .finish()
+            .map(|_| ())
+            .map_err(|source| StoreError::Verify {
+                digest: self.digest.clone(),
+                source,
+            })
+    }
+
+    /// Ends the ingest and removes its partial file: its bytes are wrong, or the disk needs them
+    /// back.
+    pub async fn discard(mut self) {
+        self.file = None;
+        let _ = tokio::fs::remove_file(&self.partial).await;
+    }
+
+    /// Verifies size and digest, then makes the blob visible. On a mismatch the partial file is
+    /// removed, so the next attempt starts from zero.
     pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Err(e) = self.check() {
+            self.discard().await;
+            return Err(e);
+        }
         let mut file = self.file.take().ok_or_else(|| self.closed())?;
-        let verifier = std::mem::replace(
-            &mut self.verifier,
-            Verifier::new(self.digest.clone(), self.size),
-        );
-        verifier.finish().map_err(|source| StoreError::Verify {
-            digest: self.digest.clone(),
-            source,
-        })?;
         file.flush()
             .await
             .map_err(|e| StoreError::io(&self.partial, e))?;
@@ -139,13 +223,6 @@ impl Ingest {
             &self.partial,
             std::io::Error::other("ingest used after it was closed"),
         )
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        // After a successful commit the partial no longer exists and this is a no-op.
-        let _ = std::fs::remove_file(&self.partial);
     }
 }
 
@@ -201,6 +278,76 @@ mod tests {
             w.write(b"d").await,
             Err(StoreError::Verify { .. })
         ));
+    }
+
+    async fn writer(store: &Store, d: &Digest, size: u64) -> Ingest {
+        match store.begin_ingest(d, size).await.unwrap() {
+            IngestStart::Writer(w) => w,
+            IngestStart::Present => panic!("blob should be missing"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_ingest_is_resumed_from_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::sha256_of(&data);
+        let size = data.len() as u64;
+
+        let mut first = writer(&store, &d, size).await;
+        first.write(&data[..1_000_000]).await.unwrap();
+        // Flushed bytes survive the ingest being dropped, as they survive a killed process.
+        first.file.as_mut().unwrap().flush().await.unwrap();
+        drop(first);
+
+        let mut second = writer(&store, &d, size).await;
+        assert_eq!(second.resumed(), 1_000_000);
+        assert_eq!(second.written(), 1_000_000);
+        second.write(&data[1_000_000..]).await.unwrap();
+        second.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_partial_that_is_not_a_prefix_is_dropped_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"the real blob content".repeat(100);
+        let d = Digest::sha256_of(&data);
+        let size = data.len() as u64;
+        let partial = store
+            .ingest_dir()
+            .join(format!("sha256-{}.partial", d.hex()));
+        std::fs::write(&partial, b"garbage left by a crash").unwrap();
+
+        let mut w = writer(&store, &d, size).await;
+        assert_eq!(w.resumed(), 23);
+        w.write(&data[23..]).await.unwrap();
+        assert!(matches!(w.commit().await, Err(StoreError::Verify { .. })));
+        assert!(
+            !partial.exists(),
+            "a wrong partial must not be resumed again"
+        );
+
+        let w = writer(&store, &d, size).await;
+        assert_eq!(w.resumed(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_partial_longer_than_the_blob_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"abc");
+        let partial = store
+            .ingest_dir()
+            .join(format!("sha256-{}.partial", d.hex()));
+        std::fs::write(&partial, b"abcdef").unwrap();
+        let mut w = writer(&store, &d, 3).await;
+        assert_eq!(w.resumed(), 0);
+        w.write(b"abc").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), b"abc");
     }
 
     #[tokio::test]

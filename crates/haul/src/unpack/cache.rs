@@ -225,6 +225,20 @@ impl Store {
             path: final_dir.clone(),
             source,
         })?;
+        // Staging directories of this chain ID left by a killed or interrupted process: nobody
+        // else can be building one while we hold its lock.
+        let stale_prefix = format!(".tmp-{}-", chain_id.hex());
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&stale_prefix))
+                {
+                    let _ = remove_tree(&entry.path());
+                }
+            }
+        }
         let staging = parent.join(format!(
             ".tmp-{}-{}-{:08x}",
             chain_id.hex(),
