@@ -485,3 +485,49 @@ async fn a_disk_that_fills_mid_pull_stops_cleanly_and_the_pull_resumes_after_fre
     );
     assert_eq!(index_refs(&disk.store()), vec![name]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_where_every_blob_drops_once_completes_by_resuming_each() {
+    let img = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layers((0..4).map(|i| random_layer(70 + i, 4 << 20)))
+        .build();
+    let fake = FakeRegistry::start(FakeRegistryOptions::default())
+        .await
+        .unwrap();
+    fake.add_image("app", "1", &img);
+    let name = format!("{}/app:1", fake.host());
+
+    let clean = Env::new();
+    let started = Instant::now();
+    ok(clean.run(&["pull", "-q", "--no-unpack", &name]));
+    let clean_time = started.elapsed();
+
+    for blob in img.blobs() {
+        fake.fault_times(&blob.digest, Fault::DropConnection(blob.size / 2), 1);
+    }
+    fake.clear_requests();
+    let flaky = Env::new();
+    let started = Instant::now();
+    ok(flaky.run(&["pull", "-q", "--no-unpack", &name]));
+    let flaky_time = started.elapsed();
+
+    for blob in img.blobs() {
+        let gets: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&blob.digest))
+            .collect();
+        assert_eq!(gets.len(), 2, "{}: {gets:?}", blob.digest);
+        assert!(
+            gets[1].range().is_some(),
+            "{} resumed with Range",
+            blob.digest
+        );
+    }
+    let total: u64 = img.blobs().iter().map(|b| b.size).sum();
+    eprintln!(
+        "flaky registry (every blob dropped once at half): {flaky_time:?} against {clean_time:?} \
+         clean for {total} bytes, with default backoff"
+    );
+}

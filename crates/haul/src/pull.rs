@@ -864,6 +864,7 @@ impl BlobContext {
         let max_attempts = self.client.config().max_download_attempts;
         let mut attempt = 1;
         loop {
+            let before = ingest.written();
             match self.transfer(&desc, &mut ingest, is_layer, tee).await {
                 Ok(()) if ingest.resumed() > 0 && ingest.check().is_err() => {
                     // What an earlier attempt left was not a prefix of this blob (a crash can
@@ -873,9 +874,17 @@ impl BlobContext {
                 }
                 Ok(()) => break,
                 Err(Attempt::Remote(e)) if e.is_retryable() && attempt < max_attempts => {
-                    let delay = e
-                        .retry_after()
-                        .unwrap_or_else(|| self.client.backoff(attempt));
+                    // A connection that broke after delivering bytes says nothing about the
+                    // registry being overloaded: resume at once. Failures without progress back
+                    // off, and the registry's own Retry-After wins.
+                    let progressed = ingest.written() > before;
+                    let delay = e.retry_after().unwrap_or_else(|| {
+                        if progressed {
+                            Duration::ZERO
+                        } else {
+                            self.client.backoff(attempt)
+                        }
+                    });
                     self.layer_event(
                         is_layer,
                         &desc.digest,
