@@ -310,7 +310,11 @@ async fn info_reports_the_store_and_the_config() {
     assert!(out.stdout.contains(&format!("Store: {}\n", env.root())));
     assert!(out.stdout.contains(" Images: 1\n"), "{}", out.stdout);
     assert!(out.stdout.contains(&format!(" Blobs: {} (", blobs.len())));
-    assert!(out.stdout.contains("Config file: none\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Config file: none (defaults)\n"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,11 +9,16 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
+/// How long a transfer may go without receiving a byte before the attempt counts as failed.
+pub const DEFAULT_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
+const MAX_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Docker Hub's name as mirrors are keyed.
 const DOCKER_HUB: &str = "docker.io";
@@ -36,11 +41,90 @@ const IGNORED_DAEMON_KEYS: &[&str] = &[
     "max-concurrent-uploads",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The `proxies` key. When any proxy is set here, it replaces `HTTP_PROXY`/`HTTPS_PROXY`/
+/// `NO_PROXY` from the environment (as docker's daemon.json does). Proxy URLs may carry
+/// credentials, so `Debug` and [`Proxies::redacted`] hide them.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Proxies {
     pub http: Option<String>,
     pub https: Option<String>,
     pub no_proxy: Option<String>,
+}
+
+impl Proxies {
+    /// Whether the config file sets a proxy (and so overrides the environment's).
+    pub fn is_set(&self) -> bool {
+        self.http.is_some() || self.https.is_some()
+    }
+
+    /// The same settings with any user name and password in the URLs shown as `xxxxx`, as
+    /// `docker info` prints them: safe for logs, errors and `haul info`.
+    pub fn redacted(&self) -> Proxies {
+        Proxies {
+            http: self.http.as_deref().map(redact_userinfo),
+            https: self.https.as_deref().map(redact_userinfo),
+            no_proxy: self.no_proxy.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Proxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.redacted();
+        f.debug_struct("Proxies")
+            .field("http", &r.http)
+            .field("https", &r.https)
+            .field("no_proxy", &r.no_proxy)
+            .finish()
+    }
+}
+
+/// The proxy settings the environment gives (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
+/// lowercase forms, as curl reads them), for display: used when the config file sets none.
+pub fn env_proxies() -> Proxies {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    };
+    Proxies {
+        http: var(&["HTTP_PROXY", "http_proxy"]),
+        https: var(&["HTTPS_PROXY", "https_proxy"]),
+        no_proxy: var(&["NO_PROXY", "no_proxy"]),
+    }
+}
+
+/// Replaces the user name and password of every `scheme://user:password@host` in `text` with
+/// `xxxxx`. Works on free text (error messages), not only on whole URLs, because transport
+/// errors may quote a proxy URL anywhere in their chain.
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace; userinfo is before its
+        // last '@'.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                out.push_str(if userinfo.contains(':') {
+                    "xxxxx:xxxxx"
+                } else {
+                    "xxxxx"
+                });
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +132,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub max_concurrent_downloads: usize,
     pub max_download_attempts: u32,
+    /// A transfer that receives no byte for this long fails (and is retried), instead of hanging.
+    pub download_stall_timeout: Duration,
     /// Mirrors per upstream registry (`docker.io`, `ghcr.io`, `host:port`), tried in order.
     pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
     pub proxies: Proxies,
@@ -63,6 +149,7 @@ impl Default for Config {
             insecure_registries: Vec::new(),
             max_concurrent_downloads: DEFAULT_MAX_CONCURRENT_DOWNLOADS,
             max_download_attempts: DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
+            download_stall_timeout: DEFAULT_DOWNLOAD_STALL_TIMEOUT,
             registry_mirrors: BTreeMap::new(),
             proxies: Proxies::default(),
             source: None,
@@ -169,6 +256,22 @@ impl Config {
                         .and_then(|n| u32::try_from(n).ok())
                         .ok_or_else(|| {
                             invalid(key, format!("expected a positive integer, got {v}"))
+                        })?;
+                }
+                // haul's own key (docker has no stall limit): seconds, fractions allowed.
+                "download-stall-timeout" => {
+                    config.download_stall_timeout = v
+                        .as_f64()
+                        .filter(|s| *s > 0.0)
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                        .filter(|d| *d <= MAX_DOWNLOAD_STALL_TIMEOUT)
+                        .ok_or_else(|| {
+                            invalid(
+                                key,
+                                format!(
+                                    "expected a number of seconds above 0 and up to 86400, got {v}"
+                                ),
+                            )
                         })?;
                 }
                 "registry-mirrors" => {
@@ -437,6 +540,56 @@ mod tests {
             );
         }
         assert!(matches!(parse("{"), Err(ConfigError::Json { .. })));
+    }
+
+    #[test]
+    fn the_stall_timeout_is_configurable() {
+        assert_eq!(
+            parse("{}").unwrap().download_stall_timeout,
+            DEFAULT_DOWNLOAD_STALL_TIMEOUT
+        );
+        let c = parse(r#"{"download-stall-timeout": 2.5}"#).unwrap();
+        assert_eq!(c.download_stall_timeout, Duration::from_millis(2500));
+        assert!(c.warnings.is_empty());
+        for bad in ["0", "-1", "\"10\"", "100000"] {
+            let err = parse(&format!(r#"{{"download-stall-timeout": {bad}}}"#)).unwrap_err();
+            assert!(
+                err.to_string().contains("download-stall-timeout"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_are_masked() {
+        let table = [
+            ("http://user:pw@proxy:3128", "http://xxxxx:xxxxx@proxy:3128"),
+            ("http://token@proxy:3128/", "http://xxxxx@proxy:3128/"),
+            ("http://proxy:3128", "http://proxy:3128"),
+            (
+                "error: proxy http://u:p@a.b:1 refused; retry https://x/y?z=a@b",
+                "error: proxy http://xxxxx:xxxxx@a.b:1 refused; retry https://x/y?z=a@b",
+            ),
+            ("no url here", "no url here"),
+        ];
+        for (input, want) in table {
+            assert_eq!(redact_userinfo(input), want, "{input}");
+        }
+        let c = parse(
+            r#"{"proxies": {"http-proxy": "http://alice:hunter2@proxy:3128", "no-proxy": "*.lan"}}"#,
+        )
+        .unwrap();
+        assert!(c.proxies.is_set());
+        assert_eq!(
+            c.proxies.redacted().http.as_deref(),
+            Some("http://xxxxx:xxxxx@proxy:3128")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // A bad proxy URL's error does not echo the URL (it may hold a password).
+        let err = parse(r#"{"proxies": {"https-proxy": "http://alice:hunter2@[bad"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxies") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -1,15 +1,80 @@
-//! What a store holds and how much disk it takes: `haul info`'s numbers.
+//! What a store holds and how much disk it takes, and the configuration in effect: `haul info`.
 //!
 //! Counts are read from the layout as it is on disk (files under `blobs/`, partial downloads
 //! under `ingest/`, refs in `index.json`), so they agree with `du` and with what other OCI tools
 //! see. Nothing is locked or changed: a pull running meanwhile may make the numbers a moment old.
+//! [`effective_config`] shows what pulls will use, proxy credentials masked.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::{self, Config};
 use crate::store::{Store, StoreError};
+
+/// The settings a pull uses, ready to print: from the config file, else built-in defaults (and
+/// the environment for proxies). Proxy URLs have their user and password shown as `xxxxx`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EffectiveConfig {
+    pub max_concurrent_downloads: usize,
+    pub max_download_attempts: u32,
+    /// Seconds without a byte after which a transfer attempt fails.
+    pub download_stall_timeout: f64,
+    pub insecure_registries: Vec<String>,
+    /// Mirrors per registry, in the order they are tried (the registry itself comes last).
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    pub proxies: ProxySettings,
+}
+
+/// Proxies in effect and where they come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxySettings {
+    /// `config file`, `environment` or `none`.
+    pub source: &'static str,
+    #[serde(rename = "http-proxy")]
+    pub http: Option<String>,
+    #[serde(rename = "https-proxy")]
+    pub https: Option<String>,
+    #[serde(rename = "no-proxy")]
+    pub no_proxy: Option<String>,
+}
+
+/// What pulls made with `config` will use. Proxies from the config file replace the
+/// environment's, as the HTTP client applies them.
+pub fn effective_config(config: &Config) -> EffectiveConfig {
+    let (source, proxies) = if config.proxies.is_set() {
+        ("config file", config.proxies.redacted())
+    } else {
+        let env = config::env_proxies();
+        let source = if env.is_set() { "environment" } else { "none" };
+        (source, env.redacted())
+    };
+    EffectiveConfig {
+        max_concurrent_downloads: config.max_concurrent_downloads,
+        max_download_attempts: config.max_download_attempts,
+        download_stall_timeout: config.download_stall_timeout.as_secs_f64(),
+        insecure_registries: config.insecure_registries.clone(),
+        registry_mirrors: config
+            .registry_mirrors
+            .iter()
+            .map(|(registry, urls)| {
+                (
+                    registry.clone(),
+                    urls.iter().map(|u| u.to_string()).collect(),
+                )
+            })
+            .collect(),
+        proxies: ProxySettings {
+            source,
+            http: proxies.http,
+            https: proxies.https,
+            no_proxy: proxies.no_proxy,
+        },
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreUsage {

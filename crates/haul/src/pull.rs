@@ -866,13 +866,36 @@ impl BlobContext {
         loop {
             let before = ingest.written();
             match self.transfer(&desc, &mut ingest, is_layer, tee).await {
-                Ok(()) if ingest.resumed() > 0 && ingest.check().is_err() => {
-                    // What an earlier attempt left was not a prefix of this blob (a crash can
-                    // leave anything): start over once from zero rather than fail the pull.
-                    tracing::debug!(digest = %desc.digest, "resumed partial was wrong; starting over");
+                Ok(()) => match ingest.check() {
+                    Ok(()) => break,
+                    Err(_) if ingest.resumed() > 0 => {
+                        // What an earlier attempt left was not a prefix of this blob (a crash
+                        // can leave anything): start over once from zero rather than fail.
+                        tracing::debug!(digest = %desc.digest, "resumed partial was wrong; starting over");
+                        ingest.restart().await.map_err(PullError::Store)?;
+                        abort_tee(tee).await;
+                    }
+                    Err(_) if self.repo.reject_blob_source(&desc.digest) => {
+                        // A mirror served bad bytes; the next endpoint may serve good ones.
+                        tracing::warn!(digest = %desc.digest, "a mirror served a corrupt blob; asking the next endpoint");
+                        ingest.restart().await.map_err(PullError::Store)?;
+                        abort_tee(tee).await;
+                    }
+                    Err(source) => {
+                        ingest.discard().await;
+                        return Err(PullError::LayerVerification {
+                            digest: desc.digest.clone(),
+                            source: Box::new(source),
+                        });
+                    }
+                },
+                Err(Attempt::Local(StoreError::Verify { .. }))
+                    if self.repo.reject_blob_source(&desc.digest) =>
+                {
+                    tracing::warn!(digest = %desc.digest, "a mirror served too many bytes; asking the next endpoint");
                     ingest.restart().await.map_err(PullError::Store)?;
+                    abort_tee(tee).await;
                 }
-                Ok(()) => break,
                 Err(Attempt::Remote(e)) if e.is_retryable() && attempt < max_attempts => {
                     // A connection that broke after delivering bytes says nothing about the
                     // registry being overloaded: resume at once. Failures without progress back
@@ -1008,6 +1031,14 @@ impl BlobContext {
             }
         }
         Err(registry_error)
+    }
+}
+
+/// Ends the extraction's copy of a download that starts over: it has seen bytes that no longer
+/// count, so the layer is extracted from the stored blob instead.
+async fn abort_tee(tee: &mut Option<Tee>) {
+    if let Some(mut t) = tee.take() {
+        t.abort().await;
     }
 }
 

@@ -58,6 +58,13 @@ pub enum Fault {
     Delay(Duration),
     /// Set (or override) a response header, e.g. a wrong `Docker-Content-Digest`.
     Header(String, String),
+    /// Announce the full `Content-Length`, send this many bytes of the body, then send nothing
+    /// more and keep the connection open forever: a stalled transfer that only the client's
+    /// own idle timeout can end.
+    Stall {
+        /// Bytes sent before going silent (0: only the headers).
+        after_bytes: u64,
+    },
 }
 
 /// One request as received.
@@ -323,8 +330,14 @@ fn serve_content(
         Fault::Slow { chunk, delay } => Some(((*chunk).max(1), *delay)),
         _ => None,
     });
+    let stall_after = faults.iter().find_map(|f| match f {
+        Fault::Stall { after_bytes } => Some(usize::try_from(*after_bytes).unwrap_or(usize::MAX)),
+        _ => None,
+    });
     let body = if method == Method::HEAD {
         Body::empty()
+    } else if let Some(n) = stall_after {
+        stalled_body(data, n)
     } else if drop_after.is_some() || slow.is_some() {
         streamed_body(data, drop_after, slow)
     } else {
@@ -382,6 +395,18 @@ fn streamed_body(data: Bytes, drop_after: Option<usize>, slow: Option<(usize, Du
         }
     });
     Body::from_stream(stream)
+}
+
+/// A body that yields the first `after` bytes, then never yields again (and never ends).
+fn stalled_body(data: Bytes, after: usize) -> Body {
+    let head = data.slice(..after.min(data.len()));
+    let first =
+        futures_util::stream::iter((!head.is_empty()).then_some(Ok::<_, std::io::Error>(head)));
+    // Pending forever: hyper flushes what was yielded, then waits on this until the client
+    // gives up and the connection is dropped.
+    let silence =
+        futures_util::stream::once(std::future::pending::<Result<Bytes, std::io::Error>>());
+    Body::from_stream(futures_util::StreamExt::chain(first, silence))
 }
 
 #[derive(Debug, Default)]

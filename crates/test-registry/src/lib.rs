@@ -12,6 +12,8 @@
 //! - [`TokenIssuer`]: Docker Hub's token flow with ES256 JWTs the real registry verifies.
 //! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
 //!   request log, for what a real registry won't do.
+//! - [`HttpProxy`]: a forward HTTP proxy (absolute-form requests and `CONNECT`) that records
+//!   each request and the `Proxy-Authorization` it carried.
 //!
 //! ```no_run
 //! use test_registry::{Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer};
@@ -33,6 +35,7 @@
 mod error;
 mod fake;
 mod image;
+mod proxy;
 mod push;
 mod registry;
 mod server;
@@ -46,6 +49,7 @@ pub use image::{
     LayerBuilder, RawEntry, gzip, index, layer_from_dir, layer_from_dir_at, media_types,
     pseudo_text, random_layer, raw_index, schema1_manifest,
 };
+pub use proxy::{HttpProxy, HttpProxyOptions, ProxiedRequest};
 pub use push::Pusher;
 pub use registry::{
     AccessLogEntry, DEFAULT_REGISTRY_BIN, RealRegistry, RegistryOptions, TokenAuthConfig,

@@ -16,26 +16,14 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(context::store_root(global))?;
     let usage = haul::info::usage(&store)?;
     let credentials = DockerConfig::default_dir().map(|d| d.join("config.json"));
-    let mirrors: serde_json::Map<String, serde_json::Value> = config
-        .registry_mirrors
-        .iter()
-        .map(|(registry, urls)| {
-            let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
-            (registry.clone(), json!(urls))
-        })
-        .collect();
+    let effective = haul::info::effective_config(&config);
     let mut out = std::io::stdout().lock();
     if args.format == ListFormat::Json {
         let value = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "store": usage,
             "config_file": config.source,
-            "config": {
-                "max-concurrent-downloads": config.max_concurrent_downloads,
-                "max-download-attempts": config.max_download_attempts,
-                "insecure-registries": config.insecure_registries,
-                "registry-mirrors": mirrors,
-            },
+            "config": effective,
             "credentials_file": credentials,
         });
         serde_json::to_writer_pretty(&mut out, &value)?;
@@ -71,34 +59,49 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
             .source
             .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(none)
+            .unwrap_or_else(|| "none (defaults)".to_owned())
     )?;
     writeln!(
         out,
         " max-concurrent-downloads: {}",
-        config.max_concurrent_downloads
+        effective.max_concurrent_downloads
     )?;
     writeln!(
         out,
         " max-download-attempts: {}",
-        config.max_download_attempts
+        effective.max_download_attempts
+    )?;
+    writeln!(
+        out,
+        " download-stall-timeout: {}s",
+        effective.download_stall_timeout
     )?;
     writeln!(
         out,
         " insecure-registries: {}",
-        if config.insecure_registries.is_empty() {
+        if effective.insecure_registries.is_empty() {
             none()
         } else {
-            config.insecure_registries.join(", ")
+            effective.insecure_registries.join(", ")
         }
     )?;
-    if mirrors.is_empty() {
+    if effective.registry_mirrors.is_empty() {
         writeln!(out, " registry-mirrors: none")?;
     } else {
         writeln!(out, " registry-mirrors:")?;
-        for (registry, urls) in &config.registry_mirrors {
-            let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        for (registry, urls) in &effective.registry_mirrors {
             writeln!(out, "  {registry}: {}", urls.join(", "))?;
+        }
+    }
+    let proxies = &effective.proxies;
+    writeln!(out, " proxies: {}", proxies.source)?;
+    for (key, value) in [
+        ("http-proxy", &proxies.http),
+        ("https-proxy", &proxies.https),
+        ("no-proxy", &proxies.no_proxy),
+    ] {
+        if let Some(v) = value {
+            writeln!(out, "  {key}: {v}")?;
         }
     }
     writeln!(

@@ -7,6 +7,17 @@
 //! first like docker. Requests that fail for transient reasons (connect errors, 5xx, 408, 429) are
 //! retried with exponential backoff and jitter, honouring `Retry-After`; a 401 refreshes the token
 //! once. Nothing here reads a blob body: the caller streams it.
+//!
+//! A [`Repository`] has an ordered list of endpoints: the mirrors configured for its registry in
+//! `registry-mirrors`, then the registry itself. Each request tries them in that order; a mirror
+//! that fails in any way (unreachable, timeout, 5xx, 404, refused credentials) hands the request
+//! to the next endpoint instead of failing it, and only the registry's own error is returned.
+//! The image's identity never changes: the repository path, tags and digests are the upstream's
+//! (a Docker Hub mirror is asked for `library/alpine` like the hub), only the host contacted
+//! differs. Each mirror is its own host for authentication: its challenge, tokens and
+//! credentials (looked up under the mirror's `host[:port]`, never the upstream's name), so the
+//! upstream's password never reaches a mirror. A mirror URL is used with the scheme it was given:
+//! `http://` means plain HTTP, `https://` verifies TLS as for any registry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,9 +46,10 @@ pub struct ClientOptions {
     /// First retry delay; doubled per attempt, with jitter.
     pub retry_base_delay: Duration,
     pub connect_timeout: Duration,
-    /// Longest silence while waiting for response bytes, so a stalled transfer fails instead of
-    /// hanging. Not a limit on the whole request: layers can take minutes.
-    pub read_timeout: Duration,
+    /// Longest silence while waiting for response bytes, so a stalled transfer fails (and is
+    /// retried) instead of hanging. Not a limit on the whole request: layers can take minutes.
+    /// `None` takes the config file's `download-stall-timeout`.
+    pub read_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -45,10 +57,15 @@ impl Default for ClientOptions {
         ClientOptions {
             retry_base_delay: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
+            read_timeout: None,
         }
     }
 }
+
+/// How many attempts in a row one mirror gets at one blob before the next endpoint is asked:
+/// the first may be a blip worth resuming on the mirror, a second failure says it is the
+/// mirror's problem (a cache that keeps dropping the stream) and the upstream should serve it.
+const MIRROR_TRIES_PER_BLOB: u32 = 2;
 
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -61,6 +78,8 @@ struct Inner {
     auth: Authenticator,
     config: Arc<Config>,
     options: ClientOptions,
+    /// Base URLs whose `/v2/` has been pinged: registries by host (scheme learnt), mirrors by
+    /// their configured URL.
     bases: Mutex<HashMap<String, url::Url>>,
 }
 
@@ -86,11 +105,14 @@ impl RegistryClient {
         credentials: Arc<dyn CredentialStore>,
         options: ClientOptions,
     ) -> Result<RegistryClient, RegistryError> {
+        let read_timeout = options
+            .read_timeout
+            .unwrap_or(config.download_stall_timeout);
         let build = |accept_invalid: bool| {
             let mut b = reqwest::Client::builder()
                 .user_agent(USER_AGENT)
                 .connect_timeout(options.connect_timeout)
-                .read_timeout(options.read_timeout)
+                .read_timeout(read_timeout)
                 .http2_adaptive_window(true)
                 .tls_danger_accept_invalid_certs(accept_invalid);
             b = apply_proxies(b, &config)?;
@@ -117,12 +139,28 @@ impl RegistryClient {
         &self.inner.config
     }
 
-    /// A handle for one repository, talking to the reference's registry endpoint.
+    /// A handle for one repository: the mirrors configured for the reference's registry, in
+    /// order, then the registry's own endpoint.
     pub fn repository(&self, reference: &Reference) -> Repository {
+        let mirrors: Vec<Endpoint> = self
+            .inner
+            .config
+            .mirrors_for(reference.registry())
+            .iter()
+            .filter_map(Endpoint::mirror)
+            .collect();
         Repository {
             client: self.clone(),
-            registry: reference.registry().to_owned(),
-            host: reference.api_host().to_owned(),
+            state: Arc::new(EndpointState {
+                unreachable: Mutex::new(vec![false; mirrors.len()]),
+                blob_cursor: Mutex::new(HashMap::new()),
+            }),
+            mirrors: mirrors.into(),
+            upstream: Endpoint {
+                host: reference.api_host().to_owned(),
+                credentials: reference.registry().to_owned(),
+                mirror: None,
+            },
             name: reference.repository().to_owned(),
         }
     }
@@ -139,7 +177,7 @@ impl RegistryClient {
         &self,
         host: &str,
     ) -> Result<(url::Url, reqwest::Response), RegistryError> {
-        let base = self.base_url(host).await?;
+        let base = self.registry_base(host).await?;
         let v2 = base.join("v2/").map_err(|e| RegistryError::BadUrl {
             url: base.to_string(),
             detail: e.to_string(),
@@ -175,8 +213,47 @@ impl RegistryClient {
         }
     }
 
-    /// The endpoint's base URL, pinging `/v2/` the first time to learn its scheme and challenge.
-    async fn base_url(&self, host: &str) -> Result<url::Url, RegistryError> {
+    /// The endpoint's base URL, pinging `/v2/` the first time to learn its challenge (and, for a
+    /// registry, its scheme).
+    async fn base_url(&self, endpoint: &Endpoint) -> Result<url::Url, RegistryError> {
+        match &endpoint.mirror {
+            None => self.registry_base(&endpoint.host).await,
+            Some(base) => self.mirror_base(&endpoint.host, base).await,
+        }
+    }
+
+    /// A mirror's base is the configured URL; its `/v2/` is pinged once, without retries: a
+    /// mirror that does not answer is skipped, not waited for.
+    async fn mirror_base(&self, host: &str, base: &url::Url) -> Result<url::Url, RegistryError> {
+        let key = base.as_str();
+        if self
+            .inner
+            .bases
+            .lock()
+            .ok()
+            .is_some_and(|b| b.contains_key(key))
+        {
+            return Ok(base.clone());
+        }
+        let ping = base.join("v2/").map_err(|e| RegistryError::BadUrl {
+            url: base.to_string(),
+            detail: e.to_string(),
+        })?;
+        let resp = self
+            .send_with_retries(host, Method::GET, &ping, None, false)
+            .await?;
+        let needs_auth = resp.status() == StatusCode::UNAUTHORIZED;
+        self.inner
+            .auth
+            .learn(host, if needs_auth { Some(&resp) } else { None });
+        if let Ok(mut b) = self.inner.bases.lock() {
+            b.insert(key.to_owned(), base.clone());
+        }
+        Ok(base.clone())
+    }
+
+    /// A registry's base URL, pinging `/v2/` the first time to learn its scheme and challenge.
+    async fn registry_base(&self, host: &str) -> Result<url::Url, RegistryError> {
         if let Some(u) = self
             .inner
             .bases
@@ -263,9 +340,11 @@ impl RegistryClient {
         }
     }
 
-    /// Sends an authenticated request to `host`, retrying transient failures (up to `attempts`
-    /// tries) and refreshing the token once on 401. Returns successful (2xx) responses; everything
-    /// else becomes an error.
+    /// Sends an authenticated request to a registry's own endpoint (no mirrors), retrying
+    /// transient failures (up to `attempts` tries) and refreshing the token once on 401.
+    /// Returns successful (2xx) responses; everything else becomes an error.
+    // Used by content trust's signature discovery and push, which land separately.
+    #[allow(dead_code)]
     pub(crate) async fn execute(
         &self,
         target: &Target<'_>,
@@ -274,8 +353,34 @@ impl RegistryClient {
         headers: HeaderMap,
         attempts: u32,
     ) -> Result<reqwest::Response, RegistryError> {
-        let host = target.host;
-        let base = self.base_url(host).await?;
+        let endpoint = Endpoint {
+            host: target.host.to_owned(),
+            credentials: target.registry.to_owned(),
+            mirror: None,
+        };
+        self.execute_at(
+            &endpoint,
+            &target.scope,
+            method,
+            path_and_query,
+            headers,
+            attempts,
+        )
+        .await
+    }
+
+    /// [`RegistryClient::execute`] against any endpoint, a mirror included.
+    async fn execute_at(
+        &self,
+        endpoint: &Endpoint,
+        scope: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        attempts: u32,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let host = endpoint.host.as_str();
+        let base = self.base_url(endpoint).await?;
         let url = base
             .join(path_and_query.trim_start_matches('/'))
             .map_err(|e| RegistryError::BadUrl {
@@ -292,7 +397,7 @@ impl RegistryClient {
             if let Some(auth) = self
                 .inner
                 .auth
-                .header(http, host, target.registry, &target.scope)
+                .header(http, host, &endpoint.credentials, scope)
                 .await?
             {
                 req = req.header(AUTHORIZATION, auth);
@@ -304,7 +409,7 @@ impl RegistryClient {
                     // wants another scope): learn it and try once more.
                     refreshed = true;
                     self.inner.auth.learn(host, Some(&resp));
-                    self.inner.auth.invalidate(host, &target.scope);
+                    self.inner.auth.invalidate(host, scope);
                     continue;
                 }
                 Ok(resp) => {
@@ -331,14 +436,72 @@ impl RegistryClient {
     }
 }
 
-/// Who a request is for: the endpoint host, the registry name credentials are filed under, and the
-/// token scope.
+/// Who a request is for: the registry's endpoint host, the registry name credentials are filed
+/// under, and the token scope.
+#[allow(dead_code)]
 pub(crate) struct Target<'a> {
     pub host: &'a str,
     pub registry: &'a str,
     pub scope: String,
 }
 
+/// One place a repository's content is fetched from: a mirror or the registry itself.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    /// `host[:port]` contacted: the key for challenges, tokens and the plain-HTTP rule.
+    host: String,
+    /// The name credentials are looked up under: the registry's name (`docker.io`) for the
+    /// registry, the mirror's own `host[:port]` for a mirror, so the upstream's credentials are
+    /// never sent to a mirror.
+    credentials: String,
+    /// A mirror's base URL as configured (scheme included, path ending in `/`); `None` for the
+    /// registry, whose scheme is learnt by pinging.
+    mirror: Option<url::Url>,
+}
+
+impl Endpoint {
+    fn mirror(url: &url::Url) -> Option<Endpoint> {
+        let name = url.host_str()?;
+        let host = match url.port() {
+            Some(port) => format!("{name}:{port}"),
+            None => name.to_owned(),
+        };
+        let mut base = url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        // `join("v2/")` replaces the last path segment unless the path ends in a slash.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Some(Endpoint {
+            credentials: host.clone(),
+            host,
+            mirror: Some(base),
+        })
+    }
+
+    /// How the endpoint is named in logs: a mirror by its URL, the registry by its host.
+    fn label(&self) -> &str {
+        self.mirror.as_ref().map_or(&self.host, |u| u.as_str())
+    }
+}
+
+/// What the endpoints of one [`Repository`] (and its clones) have shown so far.
+struct EndpointState {
+    /// Per mirror: found unreachable, so not asked again.
+    unreachable: Mutex<Vec<bool>>,
+    /// Per blob: the endpoint (index into mirrors, `mirrors.len()` = the registry) its last
+    /// attempt used and how many attempts in a row it had there. The caller asks for a blob
+    /// again only after an attempt failed, so a repeat is a failure of the one before.
+    blob_cursor: Mutex<HashMap<Digest, (usize, u32)>>,
+}
+
+/// The config file's `proxies`, when it sets any, replace the environment's: reqwest reads
+/// `HTTP(S)_PROXY`/`NO_PROXY` only when no proxy is given to the builder, which is docker's rule
+/// for daemon.json too. Loopback destinations are not exempt unless `no-proxy` says so (curl's
+/// rule), so a proxy configured for everything gets everything. A proxy's `user:password@` is
+/// sent as `Proxy-Authorization` by reqwest and masked in every error.
 fn apply_proxies(
     mut b: reqwest::ClientBuilder,
     config: &Config,
@@ -350,7 +513,7 @@ fn apply_proxies(
         .and_then(reqwest::NoProxy::from_string);
     let bad = |e: reqwest::Error| RegistryError::BadUrl {
         url: "(proxy from the config file)".to_owned(),
-        detail: e.to_string(),
+        detail: config::redact_userinfo(&e.to_string()),
     };
     if let Some(http) = &p.http {
         b = b.proxy(
@@ -409,26 +572,30 @@ pub(crate) async fn read_capped(
     Ok(out)
 }
 
-/// One repository at one registry endpoint.
+/// One repository, reached through its mirrors (in order) and then its registry.
 #[derive(Clone)]
 pub struct Repository {
     client: RegistryClient,
-    registry: String,
-    host: String,
+    mirrors: Arc<[Endpoint]>,
+    upstream: Endpoint,
     name: String,
+    state: Arc<EndpointState>,
 }
 
 impl Repository {
+    /// The registry's own endpoint host (`registry-1.docker.io` for Docker Hub), whatever mirror
+    /// serves the requests.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.upstream.host
     }
 
-    fn target(&self) -> Target<'_> {
-        Target {
-            host: &self.host,
-            registry: &self.registry,
-            scope: format!("repository:{}:pull", self.name),
-        }
+    /// The mirrors tried before the registry, in order.
+    pub fn mirrors(&self) -> impl Iterator<Item = &url::Url> {
+        self.mirrors.iter().filter_map(|m| m.mirror.as_ref())
+    }
+
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.name)
     }
 
     fn attempts(&self) -> u32 {
@@ -441,21 +608,87 @@ impl Repository {
         h
     }
 
+    fn mirror_reachable(&self, index: usize) -> bool {
+        self.state
+            .unreachable
+            .lock()
+            .ok()
+            .and_then(|u| u.get(index).copied())
+            .is_some_and(|dead| !dead)
+    }
+
+    /// Notes a mirror's failure: logged, and remembered when the mirror could not be reached.
+    fn mirror_failed(&self, index: usize, what: &str, err: &RegistryError) {
+        let Some(mirror) = self.mirrors.get(index) else {
+            return;
+        };
+        if err.is_unreachable() {
+            tracing::warn!(mirror = mirror.label(), error = %err, "mirror unreachable; not using it for {}", self.name);
+            if let Ok(mut u) = self.state.unreachable.lock()
+                && let Some(slot) = u.get_mut(index)
+            {
+                *slot = true;
+            }
+        } else {
+            tracing::debug!(mirror = mirror.label(), error = %err, "{what} not served by the mirror; trying the next endpoint");
+        }
+    }
+
+    /// Runs `op` against each reachable mirror once, then against the registry with the
+    /// configured number of attempts; the first success wins. A mirror's error is never
+    /// returned: the registry's is.
+    ///
+    /// `op` takes endpoints of one fixed lifetime (not an async closure over any borrow): a
+    /// higher-ranked future would not be provably `Send`, and pulls run on spawned tasks.
+    async fn first_success<'a, T, F, Fut>(
+        &'a self,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(&'a Endpoint, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        for (i, mirror) in self.mirrors.iter().enumerate() {
+            if !self.mirror_reachable(i) {
+                continue;
+            }
+            match op(mirror, 1).await {
+                Ok(v) => return Ok(v),
+                Err(e) => self.mirror_failed(i, what, &e),
+            }
+        }
+        op(&self.upstream, self.attempts()).await
+    }
+
     /// Resolves a tag (or digest) with HEAD, which Docker Hub does not count against pull quotas.
     /// `None` when the registry's answer carries no usable digest; the caller then GETs.
     pub async fn head_manifest(
         &self,
         reference: &str,
     ) -> Result<Option<ManifestHead>, RegistryError> {
+        self.first_success("manifest", |endpoint, attempts| {
+            self.head_manifest_at(endpoint, reference, attempts)
+        })
+        .await
+    }
+
+    async fn head_manifest_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &str,
+        attempts: u32,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
         let path = format!("v2/{}/manifests/{reference}", self.name);
         let resp = match self
             .client
-            .execute(
-                &self.target(),
+            .execute_at(
+                endpoint,
+                &self.scope(),
                 Method::HEAD,
                 &path,
                 Self::manifest_headers(),
-                self.attempts(),
+                attempts,
             )
             .await
         {
@@ -485,17 +718,30 @@ impl Repository {
     }
 
     /// GETs a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]. When `reference` is a
-    /// digest the bytes must hash to it.
+    /// digest the bytes must hash to it (a mirror serving other bytes is passed over).
     pub async fn get_manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
+        self.first_success("manifest", |endpoint, attempts| {
+            self.get_manifest_at(endpoint, reference, attempts)
+        })
+        .await
+    }
+
+    async fn get_manifest_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &str,
+        attempts: u32,
+    ) -> Result<FetchedManifest, RegistryError> {
         let path = format!("v2/{}/manifests/{reference}", self.name);
         let resp = self
             .client
-            .execute(
-                &self.target(),
+            .execute_at(
+                endpoint,
+                &self.scope(),
                 Method::GET,
                 &path,
                 Self::manifest_headers(),
-                self.attempts(),
+                attempts,
             )
             .await?;
         let url = resp.url().to_string();
@@ -523,9 +769,15 @@ impl Repository {
     }
 
     /// Starts a blob download at byte `offset` (a `Range` request when non-zero). The response is
-    /// 200 (whole blob) or 206; the caller checks which and streams the body. Tried once: the
-    /// caller's retry loop covers the request and the body together, so failures are not retried
-    /// twice over.
+    /// 200 (whole blob) or 206; the caller checks which and streams the body. Tried once per
+    /// endpoint: the caller's retry loop covers the request and the body together, so failures
+    /// are not retried twice over.
+    ///
+    /// Mirrors come first. A mirror that cannot be reached is skipped for good; one that answers
+    /// with an error (404 included) is skipped for this blob only; one whose streams keep
+    /// failing gets [`MIRROR_TRIES_PER_BLOB`] attempts at a blob before the next endpoint takes
+    /// over. A resumed attempt (`offset` > 0) may land on another endpoint than the bytes so far
+    /// came from: the content is the same by digest, and the caller accepts only a matching 206.
     pub async fn blob(
         &self,
         digest: &Digest,
@@ -542,9 +794,79 @@ impl Repository {
             })?;
             headers.insert(RANGE, v);
         }
+        let upstream = self.mirrors.len();
+        let previous = self
+            .state
+            .blob_cursor
+            .lock()
+            .ok()
+            .and_then(|c| c.get(digest).copied());
+        let first = match previous {
+            Some((i, tries)) if i < upstream && tries >= MIRROR_TRIES_PER_BLOB => i + 1,
+            Some((i, _)) => i,
+            None => 0,
+        };
+        let scope = self.scope();
+        for i in first..upstream {
+            if !self.mirror_reachable(i) {
+                continue;
+            }
+            match self
+                .blob_at(&self.mirrors[i], &scope, &path, &headers, digest)
+                .await
+            {
+                Ok(resp) => {
+                    self.note_blob_attempt(digest, i, previous);
+                    return Ok(resp);
+                }
+                Err(e) => self.mirror_failed(i, "blob", &e),
+            }
+        }
+        self.note_blob_attempt(digest, upstream, previous);
+        self.blob_at(&self.upstream, &scope, &path, &headers, digest)
+            .await
+    }
+
+    /// Tells the repository that the bytes the last attempt at `digest` received were wrong
+    /// (they failed verification), so that endpoint is not asked for this blob again. Returns
+    /// whether another endpoint is left to ask: true when the bad bytes came from a mirror, so
+    /// the caller can discard them and retry instead of failing the pull; false when they came
+    /// from the registry itself (nothing is behind it).
+    pub fn reject_blob_source(&self, digest: &Digest) -> bool {
+        let upstream = self.mirrors.len();
+        let Ok(mut cursor) = self.state.blob_cursor.lock() else {
+            return false;
+        };
+        match cursor.get(digest).copied() {
+            Some((i, _)) if i < upstream => {
+                cursor.insert(digest.clone(), (i + 1, 0));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn note_blob_attempt(&self, digest: &Digest, endpoint: usize, previous: Option<(usize, u32)>) {
+        let tries = match previous {
+            Some((i, n)) if i == endpoint => n.saturating_add(1),
+            _ => 1,
+        };
+        if let Ok(mut c) = self.state.blob_cursor.lock() {
+            c.insert(digest.clone(), (endpoint, tries));
+        }
+    }
+
+    async fn blob_at(
+        &self,
+        endpoint: &Endpoint,
+        scope: &str,
+        path: &str,
+        headers: &HeaderMap,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, RegistryError> {
         match self
             .client
-            .execute(&self.target(), Method::GET, &path, headers, 1)
+            .execute_at(endpoint, scope, Method::GET, path, headers.clone(), 1)
             .await
         {
             Err(RegistryError::Status { status: 404, .. }) => Err(RegistryError::BlobUnknown {
@@ -581,8 +903,20 @@ impl Repository {
         Ok(resp)
     }
 
-    /// Every tag of the repository, following `Link` pagination.
+    /// Every tag of the repository, following `Link` pagination. The whole list comes from one
+    /// endpoint: a mirror failing on any page hands the listing to the next from the start.
     pub async fn tags(&self) -> Result<Vec<String>, RegistryError> {
+        self.first_success("tag list", |endpoint, attempts| {
+            self.tags_at(endpoint, attempts)
+        })
+        .await
+    }
+
+    async fn tags_at(
+        &self,
+        endpoint: &Endpoint,
+        attempts: u32,
+    ) -> Result<Vec<String>, RegistryError> {
         #[derive(serde::Deserialize)]
         struct TagList {
             #[serde(default)]
@@ -592,6 +926,7 @@ impl Repository {
         let mut next = Some(format!("v2/{}/tags/list?n=100", self.name));
         // A registry that keeps sending the same Link would loop forever; no repo has this many pages.
         let mut pages = 0;
+        let scope = self.scope();
         while let Some(path) = next.take() {
             pages += 1;
             if pages > 10_000 {
@@ -599,12 +934,13 @@ impl Repository {
             }
             let resp = self
                 .client
-                .execute(
-                    &self.target(),
+                .execute_at(
+                    endpoint,
+                    &scope,
                     Method::GET,
                     &path,
                     HeaderMap::new(),
-                    self.attempts(),
+                    attempts,
                 )
                 .await?;
             next = resp
@@ -666,6 +1002,95 @@ mod tests {
             parse_next_link(r#"</v2/a/tags/list?last=x>; rel="prev""#),
             None
         );
+    }
+
+    #[test]
+    fn mirror_endpoints_keep_scheme_and_path_and_use_their_own_credentials() {
+        let cases = [
+            (
+                "https://mirror.local",
+                "mirror.local",
+                "https://mirror.local/",
+            ),
+            (
+                "http://127.0.0.1:5001",
+                "127.0.0.1:5001",
+                "http://127.0.0.1:5001/",
+            ),
+            (
+                "https://cache.lan:443/hub?x=1",
+                "cache.lan",
+                "https://cache.lan/hub/",
+            ),
+            ("http://[::1]:5000/", "[::1]:5000", "http://[::1]:5000/"),
+        ];
+        for (url, host, base) in cases {
+            let e = Endpoint::mirror(&url.parse().unwrap()).unwrap();
+            assert_eq!(e.host, host, "{url}");
+            assert_eq!(
+                e.credentials, host,
+                "{url}: credentials are the mirror's own"
+            );
+            let b = e.mirror.unwrap();
+            assert_eq!(b.as_str(), base, "{url}");
+            assert_eq!(
+                b.join("v2/").unwrap().path(),
+                format!("{}v2/", b.path()),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mirror_rejected_for_a_blob_is_skipped_for_it_and_the_registry_cannot_be() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut mirrors = std::collections::BTreeMap::new();
+        mirrors.insert(
+            "127.0.0.1:1".to_owned(),
+            vec!["http://127.0.0.1:2".parse().unwrap()],
+        );
+        let config = Config {
+            registry_mirrors: mirrors,
+            max_download_attempts: 1,
+            ..Config::default()
+        };
+        let client = RegistryClient::new(
+            Arc::new(config),
+            Arc::new(super::super::Anonymous),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let repo = client.repository(&"127.0.0.1:1/a/b:1".parse().unwrap());
+        let digest = Digest::sha256_of(b"x");
+        // Nothing fetched yet: nothing to reject.
+        assert!(!repo.reject_blob_source(&digest));
+        // The last attempt was on the mirror: reject it, the registry is left.
+        repo.note_blob_attempt(&digest, 0, None);
+        assert!(repo.reject_blob_source(&digest));
+        assert_eq!(
+            repo.state.blob_cursor.lock().unwrap().get(&digest).copied(),
+            Some((1, 0))
+        );
+        // The registry served it: nothing behind it.
+        assert!(!repo.reject_blob_source(&digest));
+    }
+
+    #[test]
+    fn repository_requests_can_run_on_spawned_tasks() {
+        fn assert_send<T: Send>(_: &T) {}
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = RegistryClient::new(
+            Arc::new(Config::default()),
+            Arc::new(super::super::Anonymous),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let repo = client.repository(&"127.0.0.1:1/a/b:1".parse().unwrap());
+        let digest = Digest::sha256_of(b"");
+        assert_send(&repo.head_manifest("1"));
+        assert_send(&repo.get_manifest("1"));
+        assert_send(&repo.blob(&digest, 0));
+        assert_send(&repo.tags());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Registry errors: what the registry said (its error code, mapped to a variant a caller can branch
-//! on) or why we could not talk to it. URLs in these errors never carry credentials.
+//! on) or why we could not talk to it. URLs in these errors never carry credentials: transport
+//! messages have request URLs removed and any `user:password@` (a proxy's) masked.
 
 use std::time::Duration;
 
@@ -88,6 +89,16 @@ impl RegistryError {
             }
             _ => false,
         }
+    }
+
+    /// Whether the endpoint could not be reached at all (refused, unresolvable, timed out before
+    /// answering, TLS failure): a mirror failing this way is not asked again by the same
+    /// repository handle, while one that answered (even with an error) still may be.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Connect { .. } | RegistryError::Tls { .. }
+        )
     }
 
     /// How long the registry asked us to wait, if it said.
@@ -185,7 +196,8 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
         }
         source = s.source();
     }
-    let detail = strip_url(&detail);
+    // A proxy's URL (with its credentials) can appear in connect errors.
+    let detail = crate::config::redact_userinfo(&strip_url(&detail));
     if tls {
         RegistryError::Tls {
             host: host.to_owned(),
@@ -252,6 +264,22 @@ mod tests {
         );
         assert!(!e.is_retryable());
         assert!(e.to_string().ends_with(": manifest_invalid: bad"), "{e}");
+    }
+
+    #[test]
+    fn unreachable_is_connect_or_tls_only() {
+        let connect = RegistryError::Connect {
+            host: "h".into(),
+            detail: "refused".into(),
+        };
+        assert!(connect.is_unreachable());
+        let tls = RegistryError::Tls {
+            host: "h".into(),
+            detail: "bad cert".into(),
+        };
+        assert!(tls.is_unreachable());
+        assert!(!from_response("u", "h", 503, b"", None).is_unreachable());
+        assert!(!from_response("u", "h", 404, b"", None).is_unreachable());
     }
 
     #[test]

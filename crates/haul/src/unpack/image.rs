@@ -105,6 +105,9 @@ pub fn unpack(
     options: &UnpackOptions,
     reporter: &dyn Reporter,
 ) -> Result<UnpackStats, UnpackError> {
+    // Held like a pull holds it: a prune waits, rather than sweeping a layer-cache entry this
+    // unpack is about to merge.
+    let _writer = store.writer_lock()?;
     let manifest_bytes =
         store.read_blob(&entry.manifest.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
     let bad = |source| UnpackError::Manifest {
