@@ -76,6 +76,9 @@ pub enum Command {
     Save(SaveArgs),
     /// Read images from a tar archive made by docker save, haul save or an OCI tool
     Load(LoadArgs),
+    /// Content trust: inspect signatures, trust keys and roots, sign images
+    #[command(subcommand)]
+    Trust(TrustCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,4 +325,61 @@ pub struct VerifyArgs {
     /// Fetch missing and damaged blobs again from the registry, then verify again
     #[arg(long)]
     pub repair: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Show the signatures of images in their registry: format, signer, digest, valid or not
+    Inspect(TrustInspectArgs),
+    /// Manage the keys and X.509 roots signatures are checked against
+    #[command(subcommand)]
+    Key(TrustKeyCommand),
+    /// Sign an image in a registry you can push to (cosign-compatible; the password of an
+    /// encrypted cosign key is read from COSIGN_PASSWORD)
+    Sign(TrustSignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrustInspectArgs {
+    /// NAME[:TAG|@DIGEST]
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// A table for people instead of JSON
+    #[arg(long)]
+    pub pretty: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustKeyCommand {
+    /// Trust a public key (PEM: ECDSA P-256/P-384, Ed25519 or RSA), e.g. cosign.pub
+    Add {
+        /// The name policies refer to it by
+        name: String,
+        /// The PEM public key file
+        file: std::path::PathBuf,
+    },
+    /// Trust root certificates (PEM) for certificate-based signatures (Notation, cosign with
+    /// certificates)
+    Root {
+        /// The name policies refer to it by
+        name: String,
+        /// The PEM certificate file
+        file: std::path::PathBuf,
+    },
+    /// Stop trusting a key or root
+    Remove {
+        /// Its name
+        name: String,
+    },
+    /// List the trusted keys and roots
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustSignArgs {
+    /// The private key: cosign.key (encrypted; COSIGN_PASSWORD) or a PKCS#8/SEC1/PKCS#1 PEM
+    #[arg(long, value_name = "FILE")]
+    pub key: std::path::PathBuf,
+    /// NAME[:TAG|@DIGEST]; a tag is resolved to the digest that gets signed
+    pub image: String,
 }

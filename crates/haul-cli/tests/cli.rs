@@ -231,40 +231,34 @@ async fn errors_say_what_happened_and_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn content_trust_is_refused_until_it_can_be_verified() {
+async fn content_trust_without_trusted_keys_refuses_and_the_flag_overrides_the_environment() {
     let img = image(40);
     let registry = registry_with("team/app", "1", &img).await;
     let env = Env::new();
+    let keyring = env.dir.path().join("empty-keyring");
     let name = format!("{}/team/app:1", registry.host());
-    let out = run(env.haul_bare().env("DOCKER_CONTENT_TRUST", "1").args([
-        "--root",
-        &env.root(),
-        "pull",
-        &name,
-    ]));
+    let haul = |trust_env: bool| {
+        let mut cmd = env.haul_bare();
+        cmd.env("HAUL_TRUST_DIR", &keyring);
+        if trust_env {
+            cmd.env("DOCKER_CONTENT_TRUST", "1");
+        }
+        cmd.args(["--root", &env.root(), "pull"]);
+        cmd
+    };
+    let out = run(haul(true).arg(&name));
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("content trust"), "{}", out.stderr);
+    assert!(out.stderr.contains("no trusted keys"), "{}", out.stderr);
     assert!(
         !Path::new(&env.root()).join("index.json").exists(),
         "nothing pulled"
     );
 
-    let out = run(env.haul_bare().args([
-        "--root",
-        &env.root(),
-        "pull",
-        "--disable-content-trust=false",
-        &name,
-    ]));
+    let out = run(haul(false).args(["--disable-content-trust=false", &name]));
     assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no trusted keys"), "{}", out.stderr);
 
-    let out = run(env.haul_bare().env("DOCKER_CONTENT_TRUST", "1").args([
-        "--root",
-        &env.root(),
-        "pull",
-        "--disable-content-trust",
-        &name,
-    ]));
+    let out = run(haul(true).args(["--disable-content-trust", &name]));
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 

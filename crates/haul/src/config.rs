@@ -137,6 +137,8 @@ pub struct Config {
     /// Mirrors per upstream registry (`docker.io`, `ghcr.io`, `host:port`), tried in order.
     pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
     pub proxies: Proxies,
+    /// Content trust: keyring, policy, and whether pulls verify signatures by default.
+    pub trust: crate::trust::TrustConfig,
     /// The file the values came from, if any.
     pub source: Option<PathBuf>,
     /// Unknown keys and other things worth telling the user, without failing.
@@ -152,6 +154,7 @@ impl Default for Config {
             download_stall_timeout: DEFAULT_DOWNLOAD_STALL_TIMEOUT,
             registry_mirrors: BTreeMap::new(),
             proxies: Proxies::default(),
+            trust: crate::trust::TrustConfig::default(),
             source: None,
             warnings: Vec::new(),
         }
@@ -279,6 +282,10 @@ impl Config {
                 }
                 "proxies" => {
                     config.proxies = parse_proxies(v).map_err(|r| invalid(key, r))?;
+                }
+                "trust" => {
+                    config.trust =
+                        crate::trust::TrustConfig::parse(v).map_err(|r| invalid(key, r))?;
                 }
                 other if IGNORED_DAEMON_KEYS.contains(&other) => {}
                 other => config.warnings.push(format!(

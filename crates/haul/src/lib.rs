@@ -46,5 +46,6 @@ pub mod registry;
 pub mod space;
 pub mod store;
 pub mod tag;
+pub mod trust;
 pub mod unpack;
 pub mod verify;

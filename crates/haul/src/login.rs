@@ -170,7 +170,7 @@ pub async fn check(
         .iter()
         .find(|c| matches!(c, Challenge::Bearer { .. }))
         .or_else(|| challenges.first());
-    let http = client.http_client(host);
+    let http = client.http_client(host).map_err(failed)?;
     let header = match chosen {
         Some(Challenge::Basic { .. }) => match credential {
             Credential::Basic { username, password } => basic_header(username, password),

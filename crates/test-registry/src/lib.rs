@@ -12,6 +12,7 @@
 //! - [`TokenIssuer`]: Docker Hub's token flow with ES256 JWTs the real registry verifies.
 //! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
 //!   request log, for what a real registry won't do.
+//! - [`ReferrersRegistry`]: an in-memory registry with the OCI 1.1 referrers API and pushes.
 //! - [`HttpProxy`]: a forward HTTP proxy (absolute-form requests and `CONNECT`) that records
 //!   each request and the `Proxy-Authorization` it carried.
 //!
@@ -37,6 +38,7 @@ mod fake;
 mod image;
 mod proxy;
 mod push;
+mod referrers;
 mod registry;
 mod server;
 mod token;
@@ -51,6 +53,7 @@ pub use image::{
 };
 pub use proxy::{HttpProxy, HttpProxyOptions, ProxiedRequest};
 pub use push::Pusher;
+pub use referrers::ReferrersRegistry;
 pub use registry::{
     AccessLogEntry, DEFAULT_REGISTRY_BIN, RealRegistry, RegistryOptions, TokenAuthConfig,
     parse_access_line,

@@ -12,6 +12,7 @@ mod pull;
 mod rmi;
 mod save;
 mod tag;
+pub mod trust;
 mod unpack;
 mod verify;
 
@@ -40,12 +41,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logout(args) => login::logout(&cli.global, args).await,
         Command::Save(args) => save::run(&cli.global, args).await,
         Command::Load(args) => load::run(&cli.global, args).await,
+        Command::Trust(command) => trust::run(&cli.global, command).await,
     }
 }
 
 /// A line telling the user what to do about `err`, where there is something to do.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<haul::trust::TrustError>()
+            && let Some(hint) = trust::hint(e)
+        {
+            return Some(hint);
+        }
         if let Some(haul::login::LoginError::Registry {
             source: RegistryError::Unauthorized { .. } | RegistryError::Denied { .. },
             ..

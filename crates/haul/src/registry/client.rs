@@ -20,7 +20,7 @@
 //! `http://` means plain HTTP, `https://` verifies TLS as for any registry.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -50,6 +50,9 @@ pub struct ClientOptions {
     /// retried) instead of hanging. Not a limit on the whole request: layers can take minutes.
     /// `None` takes the config file's `download-stall-timeout`.
     pub read_timeout: Option<Duration>,
+    /// Host names answered without DNS, as curl's `--resolve` does: lets tests reach a local
+    /// registry under a name that is not loopback, to exercise TLS verification.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +61,7 @@ impl Default for ClientOptions {
             retry_base_delay: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(30),
             read_timeout: None,
+            resolve: Vec::new(),
         }
     }
 }
@@ -73,8 +77,11 @@ pub struct RegistryClient {
 }
 
 struct Inner {
-    secure: reqwest::Client,
+    /// Built on first use: loading the system's CA certificates takes tens of milliseconds, which
+    /// a pull from a loopback or insecure registry (or one already up to date) need not pay.
+    secure: OnceLock<Result<reqwest::Client, String>>,
     insecure: reqwest::Client,
+    read_timeout: Duration,
     auth: Authenticator,
     config: Arc<Config>,
     options: ClientOptions,
@@ -108,25 +115,14 @@ impl RegistryClient {
         let read_timeout = options
             .read_timeout
             .unwrap_or(config.download_stall_timeout);
-        let build = |accept_invalid: bool| {
-            let mut b = reqwest::Client::builder()
-                .user_agent(USER_AGENT)
-                .connect_timeout(options.connect_timeout)
-                .read_timeout(read_timeout)
-                .http2_adaptive_window(true)
-                .tls_danger_accept_invalid_certs(accept_invalid);
-            b = apply_proxies(b, &config)?;
-            b.build().map_err(|e| RegistryError::Transport {
-                host: "(client setup)".to_owned(),
-                detail: e.to_string(),
-            })
-        };
-        let secure = build(false)?;
-        let insecure = build(true)?;
+        // Unverified TLS installs no certificate verifier, so this one is cheap to build now; it
+        // also checks the proxy settings before any request.
+        let insecure = build_http(&config, &options, read_timeout, true)?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                secure,
+                secure: OnceLock::new(),
                 insecure,
+                read_timeout,
                 auth: Authenticator::new(credentials),
                 config,
                 options,
@@ -166,8 +162,23 @@ impl RegistryClient {
     }
 
     /// A plain client for URLs outside any registry (foreign layers): never carries credentials.
-    pub(crate) fn plain_http(&self) -> &reqwest::Client {
-        &self.inner.secure
+    pub(crate) fn plain_http(&self) -> Result<&reqwest::Client, RegistryError> {
+        self.secure()
+    }
+
+    fn secure(&self) -> Result<&reqwest::Client, RegistryError> {
+        let inner = &self.inner;
+        inner
+            .secure
+            .get_or_init(|| {
+                build_http(&inner.config, &inner.options, inner.read_timeout, false)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|detail| RegistryError::Transport {
+                host: "(TLS setup)".to_owned(),
+                detail: detail.clone(),
+            })
     }
 
     /// `GET /v2/` on `host` without credentials (the scheme learnt as for any request) and the
@@ -189,7 +200,7 @@ impl RegistryClient {
     }
 
     /// The HTTP client for requests to `host`: unverified TLS only where plain HTTP is allowed.
-    pub(crate) fn http_client(&self, host: &str) -> &reqwest::Client {
+    pub(crate) fn http_client(&self, host: &str) -> Result<&reqwest::Client, RegistryError> {
         self.http_for(host)
     }
 
@@ -205,11 +216,11 @@ impl RegistryClient {
         config::is_loopback(host) || self.inner.config.is_insecure(host)
     }
 
-    fn http_for(&self, host: &str) -> &reqwest::Client {
+    fn http_for(&self, host: &str) -> Result<&reqwest::Client, RegistryError> {
         if self.allows_plain_http(host) {
-            &self.inner.insecure
+            Ok(&self.inner.insecure)
         } else {
-            &self.inner.secure
+            self.secure()
         }
     }
 
@@ -263,7 +274,12 @@ impl RegistryClient {
         {
             return Ok(u);
         }
-        let schemes: &[&str] = if self.allows_plain_http(host) {
+        // Loopback tries plain HTTP first: nothing off the machine can intercept it, and a
+        // TLS hello sent to a plain-HTTP registry costs ~150 ms before the registry gives up
+        // on it, on every run. Other insecure registries get docker's order, HTTPS first.
+        let schemes: &[&str] = if config::is_loopback(host) {
+            &["http", "https"]
+        } else if self.allows_plain_http(host) {
             &["https", "http"]
         } else {
             &["https"]
@@ -285,6 +301,16 @@ impl RegistryClient {
                 .send_with_retries(host, Method::GET, &ping, None, is_last)
                 .await
             {
+                // Something answered, but not a registry: a TLS server's "HTTP request to an
+                // HTTPS server", or another web server. The next scheme may reach the registry.
+                Ok(resp) if !is_last && !looks_like_registry(&resp) => {
+                    last_err = Some(RegistryError::Status {
+                        url: ping.to_string(),
+                        status: resp.status().as_u16(),
+                        code: None,
+                        message: Some("not a registry endpoint".to_owned()),
+                    });
+                }
                 Ok(resp) => {
                     let needs_auth = resp.status() == StatusCode::UNAUTHORIZED;
                     self.inner
@@ -321,7 +347,7 @@ impl RegistryClient {
         };
         let mut attempt = 1;
         loop {
-            let mut req = self.http_for(host).request(method.clone(), url.clone());
+            let mut req = self.http_for(host)?.request(method.clone(), url.clone());
             if let Some(h) = headers {
                 req = req.headers(h.clone());
             }
@@ -343,8 +369,6 @@ impl RegistryClient {
     /// Sends an authenticated request to a registry's own endpoint (no mirrors), retrying
     /// transient failures (up to `attempts` tries) and refreshing the token once on 401.
     /// Returns successful (2xx) responses; everything else becomes an error.
-    // Used by content trust's signature discovery and push, which land separately.
-    #[allow(dead_code)]
     pub(crate) async fn execute(
         &self,
         target: &Target<'_>,
@@ -387,7 +411,7 @@ impl RegistryClient {
                 url: format!("{base}{path_and_query}"),
                 detail: e.to_string(),
             })?;
-        let http = self.http_for(host);
+        let http = self.http_for(host)?;
         let mut attempt = 1;
         let mut refreshed = false;
         loop {
@@ -438,7 +462,6 @@ impl RegistryClient {
 
 /// Who a request is for: the registry's endpoint host, the registry name credentials are filed
 /// under, and the token scope.
-#[allow(dead_code)]
 pub(crate) struct Target<'a> {
     pub host: &'a str,
     pub registry: &'a str,
@@ -502,6 +525,37 @@ struct EndpointState {
 /// for daemon.json too. Loopback destinations are not exempt unless `no-proxy` says so (curl's
 /// rule), so a proxy configured for everything gets everything. A proxy's `user:password@` is
 /// sent as `Proxy-Authorization` by reqwest and masked in every error.
+/// Whether a `/v2/` answer comes from a registry: it is open to us, or asks us to log in.
+fn looks_like_registry(resp: &reqwest::Response) -> bool {
+    resp.status().is_success()
+        || resp.status() == StatusCode::UNAUTHORIZED
+        || resp
+            .headers()
+            .contains_key("docker-distribution-api-version")
+}
+
+fn build_http(
+    config: &Config,
+    options: &ClientOptions,
+    read_timeout: Duration,
+    accept_invalid: bool,
+) -> Result<reqwest::Client, RegistryError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(read_timeout)
+        .http2_adaptive_window(true)
+        .tls_danger_accept_invalid_certs(accept_invalid);
+    for (name, addr) in &options.resolve {
+        b = b.resolve(name, *addr);
+    }
+    b = apply_proxies(b, config)?;
+    b.build().map_err(|e| RegistryError::Transport {
+        host: "(client setup)".to_owned(),
+        detail: e.to_string(),
+    })
+}
+
 fn apply_proxies(
     mut b: reqwest::ClientBuilder,
     config: &Config,
@@ -713,7 +767,11 @@ impl Repository {
         Ok(digest.map(|digest| ManifestHead {
             digest,
             media_type,
-            size: resp.content_length(),
+            // Not `content_length()`: for a HEAD, hyper reports the (empty) body's length.
+            size: headers
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse().ok()),
         }))
     }
 
@@ -891,7 +949,7 @@ impl Repository {
         let host = parsed.host_str().unwrap_or_default().to_owned();
         let resp = self
             .client
-            .plain_http()
+            .plain_http()?
             .get(parsed)
             .send()
             .await

@@ -5,8 +5,10 @@ pub mod challenge;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod push;
 
 pub use auth::{Anonymous, CredentialStore, StaticCredentials};
 pub use client::{ClientOptions, FetchedManifest, ManifestHead, RegistryClient, Repository};
 pub use credentials::{Credential, DockerConfig};
 pub use error::RegistryError;
+pub use push::Pusher;
