@@ -114,7 +114,7 @@ fn range_start_of_only_get(fake: &FakeRegistry, blob: &Blob) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pull_killed_halfway_fetches_only_the_missing_bytes_next_time() {
-    let size = 8 << 20;
+    let size = 24 << 20;
     let img = one_layer_image(40, size);
     let layer = &img.layers[0].blob;
     let fake = slow_registry(&img, 4 << 20).await;

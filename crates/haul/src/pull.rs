@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
@@ -278,7 +278,10 @@ impl Puller {
 
         // The config first: it is small, and unpacking needs its diff_ids to key the layers.
         let mut downloaded = (0usize, 0u64);
-        if let Some(n) = ctx.fetch(manifest.config.clone(), false, &mut None).await? {
+        if let Some(n) = ctx
+            .fetch(manifest.config.clone(), false, None, &mut None)
+            .await?
+        {
             downloaded = (1, n);
         }
         let config_bytes = self
@@ -723,7 +726,9 @@ impl BlobContext {
             Some(o) if self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
             // Not unpacking, or already extracted: only the blob is missing.
             _ => {
-                let downloaded = self.fetch(layer.desc.clone(), true, &mut None).await?;
+                let downloaded = self
+                    .fetch(layer.desc.clone(), true, None, &mut None)
+                    .await?;
                 self.layer_event(true, &digest, LayerStatus::PullComplete);
                 return Ok(downloaded);
             }
@@ -732,6 +737,9 @@ impl BlobContext {
         let mut downloaded = None;
         let mut extracted = false;
         if !self.store.has_blob(&digest) {
+            // The slot first, then the extractor: a 40-layer image must not start 40
+            // decompressors (and their buffers) while three layers download.
+            let slot = self.download_slot(&digest).await?;
             let (tx, rx) = tokio::sync::mpsc::channel(TEE_DEPTH);
             let mut tee = Some(Tee {
                 tx: Some(tx),
@@ -748,7 +756,9 @@ impl BlobContext {
                 let job = job.as_cache_job();
                 ctx.store.extract_layer(&job, &opts, None, source)
             });
-            let fetched = self.fetch(layer.desc.clone(), true, &mut tee).await;
+            let fetched = self
+                .fetch(layer.desc.clone(), true, Some(slot), &mut tee)
+                .await;
             let complete = tee.as_ref().is_some_and(|t| t.complete);
             if complete {
                 // The extraction has had every byte but the few still in flight: docker's
@@ -812,6 +822,21 @@ impl BlobContext {
         Ok(downloaded)
     }
 
+    /// One of the `max-concurrent-downloads` slots; the layer shows `Waiting` until it has one.
+    async fn download_slot(&self, digest: &Digest) -> Result<OwnedSemaphorePermit, PullError> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.layer_event(true, digest, LayerStatus::Waiting);
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PullError::Task(e.to_string()))
+            }
+        }
+    }
+
     fn layer_event(&self, is_layer: bool, digest: &Digest, status: LayerStatus) {
         if is_layer {
             self.reporter.report(Event::Layer {
@@ -827,26 +852,17 @@ impl BlobContext {
         &self,
         desc: Descriptor,
         is_layer: bool,
+        slot: Option<OwnedSemaphorePermit>,
         tee: &mut Option<Tee>,
     ) -> Result<Option<u64>, PullError> {
         if self.store.has_blob(&desc.digest) {
             return Ok(None);
         }
         // The config is small and needed first; like docker, only layers wait for a slot.
-        let _slot = if is_layer {
-            Some(match self.slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.layer_event(true, &desc.digest, LayerStatus::Waiting);
-                    self.slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| PullError::Task(e.to_string()))?
-                }
-            })
-        } else {
-            None
+        let _slot = match slot {
+            Some(held) => Some(held),
+            None if is_layer => Some(self.download_slot(&desc.digest).await?),
+            None => None,
         };
         let mut ingest = match self.store.begin_ingest(&desc.digest, desc.size).await? {
             IngestStart::Present => return Ok(None),
