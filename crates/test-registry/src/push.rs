@@ -55,6 +55,13 @@ impl Pusher {
         }
     }
 
+    /// Sends through `client` instead of the default one, e.g. one that trusts a test CA
+    /// ([`crate::RealRegistry::client`]).
+    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
+    }
+
     /// Sends `Authorization: Basic` on every request.
     pub fn basic(mut self, user: &str, password: &str) -> Self {
         self.credentials = Credentials::Basic(user.into(), password.into());

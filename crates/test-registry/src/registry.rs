@@ -1,16 +1,26 @@
 //! The real CNCF distribution registry (Debian's `docker-registry` 2.8) on a free loopback port,
 //! with a temporary storage root, its access log captured and parsed so tests can count requests.
 //! The process is killed when the [`RealRegistry`] is dropped.
+//!
+//! With [`RegistryOptions::tls`] it serves HTTPS only, with a server certificate signed by a CA
+//! generated for that one registry (valid for `127.0.0.1`, `localhost` and `registry.test`);
+//! nothing trusts that CA unless told to, so a client verifying against the system roots refuses
+//! it. The registry listens on 127.0.0.1 only: reach it as `registry.test` by resolving that name
+//! to `127.0.0.1:PORT` in the client.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::error::{Result, TestError};
-use crate::util::{free_port, http_client};
+use crate::push::Pusher;
+use crate::util::{free_port, http_client, http_client_trusting, install_crypto_provider};
 
 /// Where the registry binary is, unless `HAUL_TEST_REGISTRY_BIN` says otherwise.
 pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// The names a TLS registry's certificate is valid for (its subject alternative names).
+const TLS_SERVER_NAMES: [&str; 3] = ["127.0.0.1", "localhost", "registry.test"];
 
 /// The `auth.token` section: trust JWTs signed by a key certified in `rootcertbundle`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +48,9 @@ pub struct RegistryOptions {
     pub proxy_credentials: Option<(String, String)>,
     /// `storage.delete.enabled`.
     pub delete: bool,
+    /// Serve HTTPS only (`http.tls`), with a certificate for `127.0.0.1`, `localhost` and
+    /// `registry.test` signed by a fresh throwaway CA ([`RealRegistry::ca_pem_path`]).
+    pub tls: bool,
 }
 
 /// One line of the registry's access log (Apache combined format).
@@ -62,7 +75,87 @@ pub struct RealRegistry {
     child: tokio::process::Child,
     port: u16,
     log_path: PathBuf,
+    tls: Option<TlsFiles>,
     dir: tempfile::TempDir,
+}
+
+/// A registry's TLS material, written into its temp dir.
+struct TlsFiles {
+    /// The CA certificate (DER), for clients that trust it.
+    ca_der: Vec<u8>,
+    ca_pem: String,
+    ca_path: PathBuf,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl TlsFiles {
+    /// A P-256 CA and a server certificate for [`TLS_SERVER_NAMES`] signed by it, as PEM files
+    /// in `dir` (`ca.pem`, `server.pem`, `server.key`).
+    fn generate(dir: &Path) -> Result<TlsFiles> {
+        install_crypto_provider();
+        let crypto = |what: &str, e: rcgen::Error| TestError::Crypto(format!("{what}: {e}"));
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| crypto("generating the CA key", e))?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| crypto("CA params", e))?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "haul-test-registry-ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)
+            .map_err(|e| crypto("self-signing the CA", e))?;
+
+        let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| crypto("generating the server key", e))?;
+        let names: Vec<String> = TLS_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        let mut params =
+            rcgen::CertificateParams::new(names).map_err(|e| crypto("server params", e))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "registry.test");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&server_key, &ca)
+            .map_err(|e| crypto("signing the server certificate", e))?;
+
+        let files = TlsFiles {
+            ca_der: ca.der().to_vec(),
+            ca_pem: ca.pem(),
+            ca_path: dir.join("ca.pem"),
+            cert_path: dir.join("server.pem"),
+            key_path: dir.join("server.key"),
+        };
+        write_file(&files.ca_path, &files.ca_pem)?;
+        write_file(&files.cert_path, &cert.pem())?;
+        write_file(&files.key_path, &server_key.serialize_pem())?;
+        Ok(files)
+    }
+
+    /// A blocking rustls session to `127.0.0.1` that trusts only this CA.
+    fn connect(
+        &self,
+        tcp: std::net::TcpStream,
+    ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let other = std::io::Error::other;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca_der.clone()))
+            .map_err(other)?;
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+        let conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(other)?;
+        Ok(rustls::StreamOwned::new(conn, tcp))
+    }
 }
 
 fn yaml_str(s: &str) -> String {
@@ -75,7 +168,13 @@ fn write_file(path: &Path, contents: &str) -> Result<()> {
         .map_err(|e| TestError::io(format!("writing {}", path.display()), e))
 }
 
-fn config_yaml(opts: &RegistryOptions, root: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+fn config_yaml(
+    opts: &RegistryOptions,
+    root: &Path,
+    port: u16,
+    htpasswd: Option<&Path>,
+    tls: Option<&TlsFiles>,
+) -> String {
     let mut y = String::new();
     y.push_str("version: 0.1\n");
     y.push_str("log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n");
@@ -89,6 +188,13 @@ fn config_yaml(opts: &RegistryOptions, root: &Path, port: u16, htpasswd: Option<
     y.push_str(&format!(
         "http:\n  addr: 127.0.0.1:{port}\n  secret: haul-test-secret\n"
     ));
+    if let Some(tls) = tls {
+        y.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            yaml_str(&tls.cert_path.display().to_string()),
+            yaml_str(&tls.key_path.display().to_string())
+        ));
+    }
     if let Some(token) = &opts.token {
         y.push_str("auth:\n  token:\n");
         y.push_str(&format!("    realm: {}\n", yaml_str(&token.realm)));
@@ -176,14 +282,23 @@ impl RealRegistry {
             write_file(&path, &text)?;
             Some(path)
         };
-        let client = http_client()?;
+        let tls = if opts.tls {
+            Some(TlsFiles::generate(dir.path())?)
+        } else {
+            None
+        };
+        let client = match &tls {
+            Some(tls) => http_client_trusting(tls.ca_pem.as_bytes())?,
+            None => http_client()?,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut last_error = String::new();
         for attempt in 0..5 {
             let port = free_port().map_err(|e| TestError::io("finding a free port", e))?;
             let config_path = dir.path().join("config.yml");
             write_file(
                 &config_path,
-                &config_yaml(&opts, &root, port, htpasswd.as_deref()),
+                &config_yaml(&opts, &root, port, htpasswd.as_deref(), tls.as_ref()),
             )?;
             let log_path = dir.path().join(format!("registry-{attempt}.log"));
             let log = std::fs::File::create(&log_path)
@@ -201,12 +316,13 @@ impl RealRegistry {
                 .spawn()
                 .map_err(|e| TestError::io(format!("spawning {bin}"), e))?;
             let mut child = child;
-            match wait_ready(&client, &mut child, port, &log_path).await {
+            match wait_ready(&client, scheme, &mut child, port, &log_path).await {
                 Ok(()) => {
                     return Ok(RealRegistry {
                         child,
                         port,
                         log_path,
+                        tls,
                         dir,
                     });
                 }
@@ -232,9 +348,33 @@ impl RealRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM file of the CA that signed the registry's certificate, if it serves TLS.
+    pub fn ca_pem_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_path.as_path())
+    }
+
+    /// An HTTP client for [`RealRegistry::url`]: with TLS it trusts this registry's CA (and
+    /// nothing else).
+    ///
+    /// # Panics
+    /// If no HTTP client can be built (no TLS provider at all).
+    pub fn client(&self) -> reqwest::Client {
+        match &self.tls {
+            Some(tls) => http_client_trusting(tls.ca_pem.as_bytes()),
+            None => http_client(),
+        }
+        .expect("building an HTTP client")
+    }
+
+    /// An anonymous [`Pusher`] for this registry, trusting its CA if it serves TLS.
+    pub fn pusher(&self) -> Pusher {
+        Pusher::new(&self.url()).with_client(self.client())
     }
 
     /// The port it listens on.
@@ -273,15 +413,28 @@ impl RealRegistry {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = format!("haul-log-sync={n}");
-        let sent = std::net::TcpStream::connect(("127.0.0.1", self.port)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET /v2/?{marker} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-                self.port
-            )?;
+        let request = format!(
+            "GET /v2/?{marker} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        let sent = std::net::TcpStream::connect(("127.0.0.1", self.port)).and_then(|tcp| {
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut sink = Vec::new();
-            s.read_to_end(&mut sink)
+            match &self.tls {
+                None => {
+                    let mut s = tcp;
+                    s.write_all(request.as_bytes())?;
+                    s.read_to_end(&mut sink).map(drop)
+                }
+                Some(tls) => {
+                    let mut s = tls.connect(tcp)?;
+                    s.write_all(request.as_bytes())?;
+                    s.flush()?;
+                    // The response was read even if the server closes without close_notify.
+                    let _ = s.read_to_end(&mut sink);
+                    Ok(())
+                }
+            }
         });
         if sent.is_err() {
             return;
@@ -338,15 +491,18 @@ fn log_tail(log_path: &Path) -> String {
 }
 
 /// Readiness: the registry logged `listening on 127.0.0.1:PORT` (so the port is ours, not a
-/// neighbour's) and `GET /v2/` answers 200 or 401. Bounded: 400 polls, 25 ms apart.
+/// neighbour's) and `GET /v2/` answers 200 or 401 (over `scheme`: with TLS, the client trusts
+/// the registry's CA). Bounded: 400 polls, 25 ms apart.
 async fn wait_ready(
     client: &reqwest::Client,
+    scheme: &str,
     child: &mut tokio::process::Child,
     port: u16,
     log_path: &Path,
 ) -> Result<(), Retry> {
+    // With TLS the registry logs `listening on 127.0.0.1:PORT, tls`.
     let listening = format!("listening on 127.0.0.1:{port}");
-    let url = format!("http://127.0.0.1:{port}/v2/");
+    let url = format!("{scheme}://127.0.0.1:{port}/v2/");
     for _ in 0..400 {
         if let Ok(Some(status)) = child.try_wait() {
             let tail = log_tail(log_path);
@@ -380,6 +536,47 @@ async fn wait_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS registry: ready, pushable and its log readable with its CA; refused without it.
+    #[tokio::test]
+    async fn tls_registry_serves_https_with_its_own_ca() {
+        let registry = RealRegistry::start(RegistryOptions {
+            tls: true,
+            ..RegistryOptions::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(registry.url(), format!("https://{}", registry.host()));
+        let ca = std::fs::read_to_string(registry.ca_pem_path().unwrap()).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+
+        let blob = crate::image::random_layer(3, 1000).blob;
+        registry.pusher().push_blob("t/app", &blob).await.unwrap();
+        assert_eq!(registry.count("PUT", "/blobs/uploads/"), 1);
+
+        // The system roots do not know the CA.
+        let err = http_client()
+            .unwrap()
+            .get(format!("{}/v2/", registry.url()))
+            .send()
+            .await
+            .unwrap_err();
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert!(text.contains("certificate"), "{text}");
+        // Nor does a plain-HTTP client get in.
+        let resp = http_client()
+            .unwrap()
+            .get(format!("http://{}/v2/", registry.host()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+    }
 
     #[test]
     fn access_lines() {

@@ -28,6 +28,19 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
+/// [`http_client`] that trusts only the CA in `ca_pem`: for a loopback server whose certificate
+/// that test CA signed (e.g. a [`crate::RealRegistry`] started with TLS).
+pub(crate) fn http_client_trusting(ca_pem: &[u8]) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem)?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+}
+
 /// Locks a mutex, ignoring poisoning (a panicking test must not cascade into every other request).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -185,7 +185,11 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
     let mut tls = false;
     while let Some(s) = source {
         let text = s.to_string();
+        // A plain-HTTP server answering our TLS hello reaches us as a connect error whose text
+        // is rustls's "received corrupt message of type InvalidContentType": a TLS failure (not
+        // worth retrying, and the hint says what to do), not an unreachable host.
         if s.downcast_ref::<rustls::Error>().is_some()
+            || text.contains("received corrupt message")
             || text.contains("certificate")
             || text.contains("tls")
         {
