@@ -27,7 +27,11 @@ impl Env {
 
     /// `haul` with an isolated home: no docker config, no user config file, no store option.
     pub fn haul_bare(&self) -> Command {
-        let mut cmd = Command::cargo_bin("haul").unwrap();
+        Command::from_std(self.bare_process())
+    }
+
+    fn bare_process(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("haul"));
         let home = self.dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         cmd.env_clear()
@@ -48,15 +52,8 @@ impl Env {
     /// The same isolated `haul --root STORE` as a std command, for tests that must signal or kill
     /// the process while it runs.
     pub fn haul_process(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("haul"));
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        cmd.env_clear()
-            .env("HOME", &home)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DOCKER_CONFIG", home.join(".docker"))
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .args(["--root", &self.root()]);
+        let mut cmd = self.bare_process();
+        cmd.args(["--root", &self.root()]);
         cmd
     }
 
