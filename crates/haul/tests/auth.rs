@@ -11,17 +11,10 @@ use common::harness_with;
 use haul::config::Config;
 use haul::pull::PullError;
 use haul::registry::{Anonymous, Credential, DockerConfig, RegistryError, StaticCredentials};
-use test_registry::{
-    Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions, TokenIssuer, TokenIssuerOptions,
-    random_layer,
-};
+use test_registry::{Pusher, RealRegistry, RegistryOptions, TokenIssuer, TokenIssuerOptions};
 
 fn image(seed: u64) -> test_registry::Image {
-    ImageBuilder::new(Format::Oci)
-        .platform("linux", "amd64", None)
-        .layer(random_layer(seed, 100_000))
-        .layer(random_layer(seed + 1, 50_000))
-        .build()
+    common::two_layer_image(seed, 100_000, 50_000)
 }
 
 fn basic(registry: &str, user: &str, password: &str) -> Arc<StaticCredentials> {

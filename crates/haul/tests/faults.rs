@@ -13,22 +13,11 @@ use haul::progress::{Event, LayerStatus, Recorder};
 use haul::pull::PullError;
 use haul::registry::{Anonymous, RegistryError};
 use test_registry::{
-    BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, Format, Image, ImageBuilder,
-    media_types, random_layer, schema1_manifest,
+    BlobHost, FakeAuth, Fault, Format, Image, ImageBuilder, media_types, schema1_manifest,
 };
 
 fn image(seed: u64) -> Image {
-    ImageBuilder::new(Format::Oci)
-        .platform("linux", "amd64", None)
-        .layer(random_layer(seed, 200_000))
-        .layer(random_layer(seed + 1, 400_000))
-        .build()
-}
-
-async fn fake(auth: FakeAuth) -> FakeRegistry {
-    FakeRegistry::start(FakeRegistryOptions { auth })
-        .await
-        .expect("start the fake registry")
+    common::two_layer_image(seed, 200_000, 400_000)
 }
 
 fn retries(events: &[Event]) -> Vec<(u32, u64)> {
@@ -51,7 +40,7 @@ fn retries(events: &[Event]) -> Vec<(u32, u64)> {
 
 #[tokio::test]
 async fn a_corrupt_layer_fails_the_pull_and_keeps_only_verified_blobs() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(1);
     registry.add_image("team/app", "1", &img);
     let base = ImageBuilder::new(Format::Oci)
@@ -122,7 +111,7 @@ async fn a_corrupt_layer_fails_the_pull_and_keeps_only_verified_blobs() {
 
 #[tokio::test]
 async fn schema1_manifests_are_refused_with_a_pointer_to_upgrade() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(10);
     let old = schema1_manifest("team/old", "1", &img.layers);
     registry.add_manifest_raw("team/old", "1", &old.media_type, old.data.clone());
@@ -147,7 +136,7 @@ async fn schema1_manifests_are_refused_with_a_pointer_to_upgrade() {
 
 #[tokio::test]
 async fn oversized_manifests_are_refused_while_reading() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(20);
     let big = img.padded_manifest(5 * 1024 * 1024);
     registry.add_manifest_raw("team/big", "1", &big.media_type, big.data.clone());
@@ -165,7 +154,7 @@ async fn oversized_manifests_are_refused_while_reading() {
 
 #[tokio::test]
 async fn a_manifest_that_does_not_match_its_digest_is_refused() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(30);
     let other = image(33);
     registry.add_image("team/app", "1", &img);
@@ -190,7 +179,7 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
 
 #[tokio::test]
 async fn redirected_blobs_never_carry_the_registry_credentials() {
-    let registry = fake(FakeAuth::Bearer {
+    let registry = common::fake_registry(FakeAuth::Bearer {
         users: vec![],
         anonymous: true,
     })
@@ -228,7 +217,7 @@ async fn redirected_blobs_never_carry_the_registry_credentials() {
 
 #[tokio::test]
 async fn foreign_layers_fall_back_to_their_urls_without_credentials() {
-    let registry = fake(FakeAuth::Bearer {
+    let registry = common::fake_registry(FakeAuth::Bearer {
         users: vec![],
         anonymous: true,
     })
@@ -264,7 +253,7 @@ async fn foreign_layers_fall_back_to_their_urls_without_credentials() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(60);
     registry.add_image("team/app", "1", &img);
     let layer = &img.layers[0].blob.digest;
@@ -282,7 +271,7 @@ async fn server_errors_are_retried_with_backoff() {
 
 #[tokio::test]
 async fn rate_limits_honour_retry_after() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(70);
     registry.add_image("team/app", "1", &img);
     let layer = &img.layers[1].blob.digest;
@@ -300,7 +289,7 @@ async fn rate_limits_honour_retry_after() {
     );
 
     // A registry that keeps refusing ends the pull with its own words, after the configured tries.
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     registry.add_image("team/app", "1", &img);
     registry.fault(layer, Fault::Status(429, String::new()));
     let config = Config {
@@ -319,7 +308,7 @@ async fn rate_limits_honour_retry_after() {
 
 #[tokio::test]
 async fn a_dropped_connection_resumes_with_range() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(80);
     registry.add_image("team/app", "1", &img);
     let layer = &img.layers[1].blob;
@@ -358,7 +347,7 @@ async fn a_dropped_connection_resumes_with_range() {
 
 #[tokio::test]
 async fn a_partial_left_by_a_crash_that_is_not_a_prefix_is_fetched_again_in_the_same_pull() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(85);
     registry.add_image("team/app", "1", &img);
     let layer = &img.layers[1].blob;
@@ -399,7 +388,7 @@ async fn a_partial_left_by_a_crash_that_is_not_a_prefix_is_fetched_again_in_the_
 
 #[tokio::test]
 async fn a_registry_ignoring_range_makes_the_retry_start_over() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(90);
     registry.add_image("team/app", "1", &img);
     let layer = &img.layers[1].blob;
@@ -416,7 +405,7 @@ async fn a_registry_ignoring_range_makes_the_retry_start_over() {
 
 #[tokio::test]
 async fn an_expired_token_is_refreshed_once() {
-    let registry = fake(FakeAuth::Bearer {
+    let registry = common::fake_registry(FakeAuth::Bearer {
         users: vec![],
         anonymous: true,
     })
@@ -439,7 +428,7 @@ async fn an_expired_token_is_refreshed_once() {
 
 #[tokio::test]
 async fn all_tags_follows_link_pagination() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(120);
     for i in 0..230 {
         registry.add_image("team/many", &format!("t{i:03}"), &img);
@@ -459,7 +448,7 @@ async fn all_tags_follows_link_pagination() {
 
 #[tokio::test]
 async fn artifacts_that_are_not_images_are_refused() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(130);
     let mut doc = img.manifest_json();
     doc["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json".into();
@@ -481,7 +470,7 @@ async fn artifacts_that_are_not_images_are_refused() {
 
 #[tokio::test]
 async fn a_head_without_a_digest_falls_back_to_get_by_tag() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(140);
     registry.add_image("team/app", "1", &img);
     registry.fault(
@@ -505,7 +494,7 @@ async fn a_head_without_a_digest_falls_back_to_get_by_tag() {
 
 #[tokio::test]
 async fn a_pull_by_digest_of_stored_content_needs_no_registry() {
-    let registry = fake(FakeAuth::None).await;
+    let registry = common::fake_registry(FakeAuth::None).await;
     let img = image(150);
     registry.add_image("team/app", "1", &img);
     let h = harness();

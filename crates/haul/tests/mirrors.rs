@@ -9,27 +9,30 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{harness_with, puller_for};
+use common::{Harness, harness_with, puller_for};
 use haul::config::Config;
 use haul::registry::{Anonymous, Credential, CredentialStore, StaticCredentials};
 use haul::store::Store;
-use test_registry::{
-    FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, Format, Image, ImageBuilder, Pusher,
-    RealRegistry, RegistryOptions, random_layer,
-};
+use test_registry::{FakeAuth, FakeRegistry, Fault, Image, Pusher, RealRegistry, RegistryOptions};
 
 fn image(seed: u64) -> Image {
-    ImageBuilder::new(Format::Oci)
-        .platform("linux", "amd64", None)
-        .layer(random_layer(seed, 200_000))
-        .layer(random_layer(seed + 1, 300_000))
-        .build()
+    common::two_layer_image(seed, 200_000, 300_000)
 }
 
-async fn fake(auth: FakeAuth) -> FakeRegistry {
-    FakeRegistry::start(FakeRegistryOptions { auth })
-        .await
-        .expect("start the fake registry")
+/// An upstream and one mirror, both serving `image(seed)` as `team/app:1`, and a harness whose
+/// config lists the mirror for the upstream.
+async fn upstream_and_mirror(seed: u64) -> (FakeRegistry, FakeRegistry, Image, Harness) {
+    let upstream = common::fake_registry(FakeAuth::None).await;
+    let mirror = common::fake_registry(FakeAuth::None).await;
+    let img = image(seed);
+    upstream.add_image("team/app", "1", &img);
+    mirror.add_image("team/app", "1", &img);
+    let h = harness_with(
+        mirrored(&upstream.host(), &[mirror.url()]),
+        Arc::new(Anonymous),
+        None,
+    );
+    (upstream, mirror, img, h)
 }
 
 /// A config whose only setting is `mirrors` for `registry`.
@@ -76,16 +79,7 @@ fn decoded_basic(header: &str) -> String {
 
 #[tokio::test]
 async fn a_mirror_serving_the_image_takes_every_request_and_the_name_stays_upstream() {
-    let upstream = fake(FakeAuth::None).await;
-    let mirror = fake(FakeAuth::None).await;
-    let img = image(1);
-    upstream.add_image("team/app", "1", &img);
-    mirror.add_image("team/app", "1", &img);
-    let h = harness_with(
-        mirrored(&upstream.host(), &[mirror.url()]),
-        Arc::new(Anonymous),
-        None,
-    );
+    let (upstream, mirror, img, h) = upstream_and_mirror(1).await;
     let name = format!("{}/team/app:1", upstream.host());
     let (outcome, _) = h.pull(&name).await.unwrap();
 
@@ -115,9 +109,9 @@ async fn a_mirror_serving_the_image_takes_every_request_and_the_name_stays_upstr
 
 #[tokio::test]
 async fn mirrors_are_tried_in_order_and_a_down_or_failing_one_falls_through() {
-    let upstream = fake(FakeAuth::None).await;
-    let failing = fake(FakeAuth::None).await;
-    let good = fake(FakeAuth::None).await;
+    let upstream = common::fake_registry(FakeAuth::None).await;
+    let failing = common::fake_registry(FakeAuth::None).await;
+    let good = common::fake_registry(FakeAuth::None).await;
     let img = image(10);
     upstream.add_image("team/app", "1", &img);
     failing.add_image("team/app", "1", &img);
@@ -143,7 +137,7 @@ async fn mirrors_are_tried_in_order_and_a_down_or_failing_one_falls_through() {
 
 #[tokio::test]
 async fn a_mirror_that_is_down_falls_back_to_the_registry() {
-    let upstream = fake(FakeAuth::None).await;
+    let upstream = common::fake_registry(FakeAuth::None).await;
     let img = image(20);
     upstream.add_image("team/app", "1", &img);
     let h = harness_with(
@@ -163,8 +157,8 @@ async fn a_mirror_that_is_down_falls_back_to_the_registry() {
 
 #[tokio::test]
 async fn a_mirror_that_times_out_is_not_asked_again_by_the_same_pull() {
-    let upstream = fake(FakeAuth::None).await;
-    let mirror = fake(FakeAuth::None).await;
+    let upstream = common::fake_registry(FakeAuth::None).await;
+    let mirror = common::fake_registry(FakeAuth::None).await;
     let img = image(30);
     upstream.add_image("team/app", "1", &img);
     mirror.add_image("team/app", "1", &img);
@@ -192,8 +186,8 @@ async fn a_mirror_that_times_out_is_not_asked_again_by_the_same_pull() {
 #[tokio::test]
 async fn a_mirror_lacking_the_image_falls_back_and_one_lacking_a_blob_still_serves_the_others() {
     // Lacking the whole image: the manifest 404s at the mirror, the registry serves everything.
-    let upstream = fake(FakeAuth::None).await;
-    let empty = fake(FakeAuth::None).await;
+    let upstream = common::fake_registry(FakeAuth::None).await;
+    let empty = common::fake_registry(FakeAuth::None).await;
     let img = image(40);
     upstream.add_image("team/app", "1", &img);
     let h = harness_with(
@@ -214,8 +208,8 @@ async fn a_mirror_lacking_the_image_falls_back_and_one_lacking_a_blob_still_serv
 
     // Lacking one blob (the config, fetched first): that blob comes from the registry, the
     // layers after it still from the mirror.
-    let upstream = fake(FakeAuth::None).await;
-    let partial = fake(FakeAuth::None).await;
+    let upstream = common::fake_registry(FakeAuth::None).await;
+    let partial = common::fake_registry(FakeAuth::None).await;
     let img = image(45);
     upstream.add_image("team/app", "1", &img);
     partial.add_manifest_raw(
@@ -250,18 +244,9 @@ async fn a_mirror_lacking_the_image_falls_back_and_one_lacking_a_blob_still_serv
 
 #[tokio::test]
 async fn a_mirror_that_keeps_dropping_a_blob_hands_it_to_the_registry_which_resumes_it() {
-    let upstream = fake(FakeAuth::None).await;
-    let mirror = fake(FakeAuth::None).await;
-    let img = image(50);
-    upstream.add_image("team/app", "1", &img);
-    mirror.add_image("team/app", "1", &img);
+    let (upstream, mirror, img, h) = upstream_and_mirror(50).await;
     let layer = &img.layers[1].blob;
     mirror.fault(&layer.digest, Fault::DropConnection(layer.size / 3));
-    let h = harness_with(
-        mirrored(&upstream.host(), &[mirror.url()]),
-        Arc::new(Anonymous),
-        None,
-    );
     h.pull(&format!("{}/team/app:1", upstream.host()))
         .await
         .unwrap();
@@ -294,7 +279,7 @@ async fn a_mirror_that_keeps_dropping_a_blob_hands_it_to_the_registry_which_resu
 
 #[tokio::test]
 async fn upstream_credentials_are_never_sent_to_a_mirror() {
-    let upstream = fake(FakeAuth::Basic(vec![(
+    let upstream = common::fake_registry(FakeAuth::Basic(vec![(
         "alice".into(),
         "upstream-pw".into(),
     )]))
@@ -310,7 +295,7 @@ async fn upstream_credentials_are_never_sent_to_a_mirror() {
     };
 
     // An open mirror serves everything and never sees an Authorization header.
-    let open = fake(FakeAuth::None).await;
+    let open = common::fake_registry(FakeAuth::None).await;
     open.add_image("team/app", "1", &img);
     let h = harness_with(mirrored(&upstream.host(), &[open.url()]), creds(None), None);
     h.pull(&name).await.unwrap();
@@ -323,7 +308,8 @@ async fn upstream_credentials_are_never_sent_to_a_mirror() {
 
     // A mirror that wants a login we have no credentials for: refused, the registry serves
     // the pull with its own credentials, and the mirror still never saw them.
-    let guarded = fake(FakeAuth::Basic(vec![("bob".into(), "mirror-pw".into())])).await;
+    let guarded =
+        common::fake_registry(FakeAuth::Basic(vec![("bob".into(), "mirror-pw".into())])).await;
     guarded.add_image("team/app", "1", &img);
     let h = harness_with(
         mirrored(&upstream.host(), &[guarded.url()]),
@@ -352,7 +338,8 @@ async fn upstream_credentials_are_never_sent_to_a_mirror() {
     }));
 
     // With credentials filed under the mirror's host, the mirror gets those and serves it all.
-    let guarded = fake(FakeAuth::Basic(vec![("bob".into(), "mirror-pw".into())])).await;
+    let guarded =
+        common::fake_registry(FakeAuth::Basic(vec![("bob".into(), "mirror-pw".into())])).await;
     guarded.add_image("team/app", "1", &img);
     upstream.clear_requests();
     let h = harness_with(
@@ -373,7 +360,7 @@ async fn upstream_credentials_are_never_sent_to_a_mirror() {
 
 #[tokio::test]
 async fn docker_hub_mirrors_are_asked_for_library_paths() {
-    let mirror = fake(FakeAuth::None).await;
+    let mirror = common::fake_registry(FakeAuth::None).await;
     let img = image(70);
     mirror.add_image("library/alpine", "3.20", &img);
     // A plain list: docker's meaning, mirrors of Docker Hub.
@@ -495,18 +482,9 @@ async fn a_pull_through_cache_serves_a_second_machine_without_the_upstream() {
 
 #[tokio::test]
 async fn a_mirror_serving_a_corrupt_blob_is_passed_over_for_the_registry() {
-    let upstream = fake(FakeAuth::None).await;
-    let mirror = fake(FakeAuth::None).await;
-    let img = image(30);
-    upstream.add_image("team/app", "1", &img);
-    mirror.add_image("team/app", "1", &img);
+    let (upstream, mirror, img, h) = upstream_and_mirror(30).await;
     let layer = &img.layers[1].blob;
     mirror.fault(&layer.digest, Fault::CorruptByte(layer.size / 3));
-    let h = harness_with(
-        mirrored(&upstream.host(), &[mirror.url()]),
-        Arc::new(Anonymous),
-        None,
-    );
     h.pull(&format!("{}/team/app:1", upstream.host()))
         .await
         .expect("the registry's good copy completes the pull");

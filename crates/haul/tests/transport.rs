@@ -11,18 +11,14 @@ use common::harness_with;
 use haul::config::{Config, Proxies};
 use haul::registry::Anonymous;
 use test_registry::{
-    FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, Format, HttpProxy, HttpProxyOptions, Image,
-    ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer,
+    FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, HttpProxy, HttpProxyOptions, Image, Pusher,
+    RealRegistry, RegistryOptions,
 };
 
 const PROXY_PASSWORD: &str = "pr0xy-s3cret";
 
 fn image(seed: u64) -> Image {
-    ImageBuilder::new(Format::Oci)
-        .platform("linux", "amd64", None)
-        .layer(random_layer(seed, 200_000))
-        .layer(random_layer(seed + 1, 400_000))
-        .build()
+    common::two_layer_image(seed, 200_000, 400_000)
 }
 
 async fn real_registry_with(img: &Image) -> RealRegistry {

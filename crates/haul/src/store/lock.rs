@@ -18,28 +18,22 @@ pub struct FileLock {
 impl FileLock {
     /// Blocks until the exclusive lock on `path` is held. Run it off the async runtime.
     pub fn exclusive(path: &Path) -> Result<FileLock, StoreError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| StoreError::io(path, e))?;
-        file.lock().map_err(|e| StoreError::io(path, e))?;
-        Ok(FileLock {
-            _file: file,
-            path: path.to_owned(),
-        })
+        FileLock::take(path, File::lock)
     }
 
     /// Blocks until a shared lock on `path` is held (any number of holders, no exclusive one).
     pub fn shared(path: &Path) -> Result<FileLock, StoreError> {
+        FileLock::take(path, File::lock_shared)
+    }
+
+    fn take(path: &Path, lock: fn(&File) -> std::io::Result<()>) -> Result<FileLock, StoreError> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
             .map_err(|e| StoreError::io(path, e))?;
-        file.lock_shared().map_err(|e| StoreError::io(path, e))?;
+        lock(&file).map_err(|e| StoreError::io(path, e))?;
         Ok(FileLock {
             _file: file,
             path: path.to_owned(),

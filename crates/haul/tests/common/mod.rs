@@ -12,7 +12,10 @@ use haul::registry::{Anonymous, ClientOptions, CredentialStore, RegistryClient};
 use haul::store::Store;
 use haul::unpack::cache::chain_ids;
 use haul::unpack::image::UnpackOptions;
-use test_registry::{Format, Image, ImageBuilder, Layer, LayerBuilder};
+use test_registry::{
+    FakeAuth, FakeRegistry, FakeRegistryOptions, Format, Image, ImageBuilder, Layer, LayerBuilder,
+    random_layer,
+};
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -143,6 +146,21 @@ pub fn image_of(layers: Vec<Layer>) -> Image {
         .platform("linux", "amd64", None)
         .layers(layers)
         .build()
+}
+
+/// An amd64 image of two random layers of the given sizes (seeds `seed` and `seed + 1`).
+pub fn two_layer_image(seed: u64, first: usize, second: usize) -> Image {
+    image_of(vec![
+        random_layer(seed, first),
+        random_layer(seed + 1, second),
+    ])
+}
+
+/// The in-process fake registry, for faults the real one won't produce.
+pub async fn fake_registry(auth: FakeAuth) -> FakeRegistry {
+    FakeRegistry::start(FakeRegistryOptions { auth })
+        .await
+        .expect("start the fake registry")
 }
 
 pub fn chains(image: &Image) -> Vec<Digest> {
