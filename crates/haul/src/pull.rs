@@ -713,9 +713,10 @@ impl BlobContext {
                 .is_none_or(|o| self.store.cached_layer(&layer.chain_id, &o.apply).is_some())
     }
 
-    /// Downloads a layer if needed and, when unpacking, extracts it into the layer cache. A layer
-    /// being downloaded is extracted from the bytes as they arrive; the cache entry is published
-    /// only after the blob itself is verified and committed.
+    /// Downloads a layer if needed and, when unpacking, extracts it into the layer cache: from the
+    /// bytes as they arrive when an extraction slot is free as the download starts, from the
+    /// stored blob otherwise. The cache entry is published only after the blob itself is verified
+    /// and committed.
     async fn layer(self: Arc<Self>, layer: LayerJob) -> Result<Option<u64>, PullError> {
         let digest = layer.desc.digest.clone();
         let extract_error = |source| PullError::Extract {
@@ -737,62 +738,23 @@ impl BlobContext {
         let mut downloaded = None;
         let mut extracted = false;
         if !self.store.has_blob(&digest) {
-            // The slot first, then the extractor: a 40-layer image must not start 40
-            // decompressors (and their buffers) while three layers download.
             let slot = self.download_slot(&digest).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(TEE_DEPTH);
-            let mut tee = Some(Tee {
-                tx: Some(tx),
-                complete: false,
-            });
-            let ctx = self.clone();
-            let job = layer.clone();
-            let opts = options.clone();
-            let extraction = tokio::task::spawn_blocking(move || {
-                let source = Box::new(ChannelReader {
-                    rx,
-                    current: bytes::Bytes::new(),
-                });
-                let job = job.as_cache_job();
-                ctx.store.extract_layer(&job, &opts, None, source)
-            });
-            let fetched = self
-                .fetch(layer.desc.clone(), true, Some(slot), &mut tee)
-                .await;
-            let complete = tee.as_ref().is_some_and(|t| t.complete);
-            if complete {
-                // The extraction has had every byte but the few still in flight: docker's
-                // `Extracting` line, with the wait for the end of it.
-                self.layer_event(
-                    true,
-                    &digest,
-                    LayerStatus::Extracting {
-                        current: layer.desc.size,
-                        total: layer.desc.size,
-                    },
-                );
-            }
-            // Whatever happened, the extraction gets the end of its stream now.
-            if let Some(mut t) = tee.take() {
-                t.finish().await;
-            }
-            let result = extraction
-                .await
-                .map_err(|e| PullError::Task(e.to_string()))?;
-            downloaded = fetched?;
-            // Only a stream that carried the whole committed blob counts; after a restart or a
-            // blob committed by another process, extract from the stored blob instead.
-            if complete {
-                match result.map_err(extract_error)? {
-                    Extracted::Cached(_) => {}
-                    Extracted::Pending(pending) => {
-                        tokio::task::spawn_blocking(move || pending.publish())
-                            .await
-                            .map_err(|e| PullError::Task(e.to_string()))?
-                            .map_err(extract_error)?;
-                    }
+            // Extract as the bytes arrive when an extraction slot is free now. Otherwise download
+            // at full speed and extract from the stored blob once one frees up: a small layer
+            // downloads long before its extraction ends, so a 40-layer image would otherwise run
+            // 40 pipelines (threads and buffers) at once.
+            match self.extract_slots.clone().try_acquire_owned() {
+                Ok(_extracting) => {
+                    (downloaded, extracted) = self
+                        .clone()
+                        .fetch_and_extract(&layer, slot, &options)
+                        .await?;
                 }
-                extracted = true;
+                Err(_) => {
+                    downloaded = self
+                        .fetch(layer.desc.clone(), true, Some(slot), &mut None)
+                        .await?;
+                }
             }
         }
         if !extracted {
@@ -820,6 +782,77 @@ impl BlobContext {
         }
         self.layer_event(true, &digest, LayerStatus::PullComplete);
         Ok(downloaded)
+    }
+
+    /// Downloads a layer and extracts it from the bytes as they arrive. Returns the bytes
+    /// downloaded and whether the extraction counts: only a stream that carried the whole
+    /// committed blob does.
+    async fn fetch_and_extract(
+        self: Arc<Self>,
+        layer: &Arc<LayerJob>,
+        slot: OwnedSemaphorePermit,
+        options: &UnpackOptions,
+    ) -> Result<(Option<u64>, bool), PullError> {
+        let digest = &layer.desc.digest;
+        let extract_error = |source| PullError::Extract {
+            digest: digest.clone(),
+            source: Box::new(source),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(TEE_DEPTH);
+        let mut tee = Some(Tee {
+            tx: Some(tx),
+            complete: false,
+        });
+        let ctx = self.clone();
+        let job = layer.clone();
+        let opts = options.clone();
+        let extraction = tokio::task::spawn_blocking(move || {
+            let source = Box::new(ChannelReader {
+                rx,
+                current: bytes::Bytes::new(),
+            });
+            let job = job.as_cache_job();
+            ctx.store.extract_layer(&job, &opts, None, source)
+        });
+        let fetched = self
+            .fetch(layer.desc.clone(), true, Some(slot), &mut tee)
+            .await;
+        let complete = tee.as_ref().is_some_and(|t| t.complete);
+        if complete {
+            // The extraction has had every byte but the few still in flight: docker's
+            // `Extracting` line, with the wait for the end of it.
+            self.layer_event(
+                true,
+                digest,
+                LayerStatus::Extracting {
+                    current: layer.desc.size,
+                    total: layer.desc.size,
+                },
+            );
+        }
+        // Whatever happened, the extraction gets the end of its stream now.
+        if let Some(mut t) = tee.take() {
+            t.finish().await;
+        }
+        let result = extraction
+            .await
+            .map_err(|e| PullError::Task(e.to_string()))?;
+        let downloaded = fetched?;
+        // Only a stream that carried the whole committed blob counts; after a restart or a
+        // blob committed by another process, extract from the stored blob instead.
+        if !complete {
+            return Ok((downloaded, false));
+        }
+        match result.map_err(extract_error)? {
+            Extracted::Cached(_) => {}
+            Extracted::Pending(pending) => {
+                tokio::task::spawn_blocking(move || pending.publish())
+                    .await
+                    .map_err(|e| PullError::Task(e.to_string()))?
+                    .map_err(extract_error)?;
+            }
+        }
+        Ok((downloaded, true))
     }
 
     /// One of the `max-concurrent-downloads` slots; the layer shows `Waiting` until it has one.

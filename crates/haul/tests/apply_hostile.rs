@@ -392,12 +392,43 @@ fn later_entry_replaces_earlier_and_file_dir_file_across_layers() {
 }
 
 #[test]
+fn a_file_that_removes_its_own_parent_path_ends_the_reuse_of_that_parent() {
+    // Files of one directory reuse its fd. Through `a/l -> ..`, the file `a/l/a` lives in the
+    // root and replaces the directory `a` that made `a/l` resolve: the next file under `a/l` must
+    // be resolved again (and fail, `a` being a file now), not land in the root.
+    let sb = Sandbox::new();
+    let layer = LayerBuilder::new()
+        .add_dir("a", 0o755)
+        .add_symlink("a/l", "..")
+        .add_file("a/l/f1", b"one", 0o644)
+        .add_file("a/l/a", b"now a file", 0o644)
+        .add_file("a/l/f2", b"two", 0o644)
+        .finish_tar();
+    let err = sb
+        .apply(&[layer], &opts())
+        .expect_err("a/l no longer resolves");
+    assert_eq!(
+        errno(&err),
+        Some(rustix::io::Errno::NOTDIR.raw_os_error()),
+        "{err}"
+    );
+    assert_eq!(
+        sb.tree(),
+        expect(vec![
+            file("a", 0o644, b"now a file"),
+            file("f1", 0o644, b"one")
+        ])
+    );
+}
+
+#[test]
 fn special_modes_survive_umask_and_restrictive_dirs_still_get_children() {
     let sb = Sandbox::new();
     let layer = LayerBuilder::new()
         .add_file("suid", b"x", 0o4755)
         .add_file("sgid", b"x", 0o2711)
         .add_file("odd", b"x", 0o407)
+        .add_file("group-writable", b"x", 0o666)
         .add_dir("tmp", 0o1777)
         .add_dir("shared", 0o2775)
         .add_dir("locked", 0o500)
@@ -410,6 +441,7 @@ fn special_modes_survive_umask_and_restrictive_dirs_still_get_children() {
     assert_eq!(
         tree,
         expect(vec![
+            file("group-writable", 0o666, b"x"),
             dir("locked", 0o500),
             file("locked/inside", 0o444, b"y"),
             dir("locked/sub", 0o500),

@@ -328,6 +328,9 @@ fn run<R: Read>(
         dirs: BTreeMap::new(),
         root_dir: None,
         buf: vec![0; COPY_BUFFER],
+        last_parent: None,
+        dirs_removed: 0,
+        umask: process_umask(),
     };
     let mut archive = tar::Archive::new(EofWatch {
         inner: archive,
@@ -403,6 +406,15 @@ struct Applier<'o> {
     dirs: BTreeMap<PathBuf, PendingDir>,
     root_dir: Option<PendingDir>,
     buf: Vec<u8>,
+    /// The parent directory of the last regular file: tars list a directory's files together,
+    /// so most files skip resolving their parent again. Dropped at every entry that is not a
+    /// regular file and whenever a directory is removed, the only ways to replace it.
+    last_parent: Option<(PathBuf, OwnedFd)>,
+    /// Counts directories removed, so a cached parent is not kept past one.
+    dirs_removed: u64,
+    /// The process umask, when known: files whose mode it leaves alone get it at creation and
+    /// skip a `fchmod`.
+    umask: Option<u32>,
 }
 
 impl Applier<'_> {
@@ -418,7 +430,17 @@ impl Applier<'_> {
             path: names::raw_path(&raw),
         })?;
         self.stats.entries += 1;
-        match names::role(&path) {
+        let role = names::role(&path);
+        let plain_file = matches!(role, Role::Plain)
+            && matches!(
+                entry_type,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+            )
+            && !raw.ends_with(b"/");
+        if !plain_file {
+            self.last_parent = None;
+        }
+        match role {
             Role::Plain => {}
             Role::AufsMeta => {
                 tracing::debug!(path = %path.display(), "skipping aufs metadata");
@@ -473,6 +495,24 @@ impl Applier<'_> {
         let parent_path = path.parent().unwrap_or(Path::new(""));
         if let Some(keep) = &mut self.keep {
             keep.before_entry(&path, kind == Kind::Dir)?;
+        }
+        if kind == Kind::File {
+            let parent = match self.last_parent.take() {
+                Some((p, fd)) if p == parent_path => fd,
+                _ => self.make_parents(parent_path, &path)?,
+            };
+            if let Some(keep) = &mut self.keep {
+                keep.needed(parent_path);
+            }
+            let removed = self.dirs_removed;
+            self.make_file(parent.as_fd(), name, &path, &meta, entry)?;
+            // Unless the file replaced a directory (possibly the parent itself, reached through
+            // a symlink), the parent fd is still what the path names.
+            if self.dirs_removed == removed {
+                self.last_parent = Some((parent_path.to_owned(), parent));
+            }
+            self.remember(path);
+            return Ok(());
         }
         let parent = self.make_parents(parent_path, &path)?;
         if let Some(keep) = &mut self.keep {
@@ -656,9 +696,13 @@ impl Applier<'_> {
         meta: &Meta,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), ApplyError> {
-        self.clear(parent, name, path, false)?;
-        let fd = self
-            .in_dir(parent, path, || {
+        // Modes the umask leaves alone are given at creation; special bits only after chown,
+        // which clears them.
+        let exact_at_creation =
+            meta.mode & 0o7000 == 0 && self.umask.is_some_and(|umask| meta.mode & umask == 0);
+        let create_mode = if exact_at_creation { meta.mode } else { 0o600 };
+        let create = |this: &mut Self| {
+            this.in_dir(parent, path, || {
                 openat(
                     parent,
                     name,
@@ -667,10 +711,19 @@ impl Applier<'_> {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    Mode::from_raw_mode(create_mode),
                 )
             })
-            .map_err(io_err(path, "create file"))?;
+        };
+        // Most names are new: try first, make way only when something is there.
+        let fd = match create(self) {
+            Err(Errno::EXIST) => {
+                self.clear(parent, name, path, false)?;
+                create(self)
+            }
+            other => other,
+        }
+        .map_err(io_err(path, "create file"))?;
         let mut file = File::from(fd);
         let expected = entry.size();
         let mut written = 0u64;
@@ -707,7 +760,9 @@ impl Applier<'_> {
         if let Some((uid, gid)) = meta.owner {
             fchown(&file, Some(uid), Some(gid)).map_err(io_err(path, "set owner"))?;
         }
-        fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(io_err(path, "set mode"))?;
+        if !exact_at_creation {
+            fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(io_err(path, "set mode"))?;
+        }
         self.set_xattrs(XattrTarget::Fd(file.as_fd()), path, meta);
         futimens(&file, &meta.times).map_err(io_err(path, "set times"))?;
         Ok(())
@@ -1120,6 +1175,8 @@ impl Applier<'_> {
 
     /// Drops pending directory times at and below a removed `path`.
     fn forget_dirs(&mut self, path: &Path) {
+        self.dirs_removed += 1;
+        self.last_parent = None;
         let gone: Vec<PathBuf> = self
             .dirs
             .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
@@ -1340,6 +1397,14 @@ fn changed_later(link: &DeferredLink) -> ApplyError {
 }
 
 // Field widths differ between targets.
+/// The process umask from `/proc/self/status` (reading it with `umask(2)` would change it for
+/// every thread for a moment). `None` when the kernel does not say.
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}
+
 #[allow(clippy::unnecessary_cast)]
 fn inode(st: &Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)

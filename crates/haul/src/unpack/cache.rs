@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{ApplyOptions, ApplyStats, DeferredLink, apply_layer, apply_layer_for_cache};
 use super::dirtar::tar_dir;
 use super::image::{UnpackError, UnpackOptions, remove_tree};
-use super::stream::{Compression, DiffReader, StreamError, decompress};
+use super::stream::{Compression, StreamError, decompress};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::Descriptor;
 use crate::progress::{Event, LayerStatus, Reporter};
@@ -292,12 +292,13 @@ impl Store {
         };
         report(0);
         let blob = self.blob_path(digest);
-        let (stream, consumed) =
-            decompress(compressed, compression).map_err(|source| UnpackError::Io {
+        let limit = options.limit_for(layer.size);
+        let (stream, consumed) = decompress(compressed, compression, diff_id.algorithm(), limit)
+            .map_err(|source| UnpackError::Io {
                 path: blob.clone(),
                 source,
             })?;
-        let stream = Reporting {
+        let mut reader = Reporting {
             inner: stream,
             consumed,
             total: layer.size,
@@ -305,15 +306,13 @@ impl Store {
             reporter,
             last: Instant::now(),
         };
-        let limit = options.limit_for(layer.size);
-        let mut reader = DiffReader::new(stream, diff_id.algorithm(), limit);
         let applied = apply_layer_for_cache(&diff, &mut reader, &options.apply);
         let stream_error = |source| UnpackError::Stream {
             index,
             digest: digest.clone(),
             source,
         };
-        if reader.uncompressed_len() > limit {
+        if let Some(limit) = reader.inner.too_large() {
             return Err(stream_error(StreamError::TooLarge { limit }));
         }
         let applied: ApplyStats = applied.map_err(|source| UnpackError::Apply {
@@ -322,6 +321,7 @@ impl Store {
             source,
         })?;
         let uncompressed_bytes = reader
+            .inner
             .finish(diff_id)
             .map_err(|source| UnpackError::Io {
                 path: blob.clone(),

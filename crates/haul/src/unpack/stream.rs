@@ -1,6 +1,6 @@
 //! The uncompressed stream of a layer: decompression by media type, the diff_id hash over every
 //! uncompressed byte, a bound on how many bytes a layer may expand to, and a two-thread pipeline so
-//! decompression and extraction overlap.
+//! decompression (with hashing) and extraction overlap.
 //!
 //! The diff_id covers the whole uncompressed stream, including what follows the tar's end-of-archive
 //! blocks, so callers drain the reader to its end before [`DiffReader::finish`].
@@ -117,37 +117,77 @@ impl<R: Read> Read for DiffReader<R> {
 /// Chunks handed from the decompressing thread to the extracting one.
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: enough to ride out a burst of small files on the extracting side.
-const DEPTH: usize = 16;
+const DEPTH: usize = 8;
 
-/// Runs `decompress` on its own thread and returns a reader of what it produces, so the caller's
-/// thread (tar parsing and file creation) overlaps with decompression on two cores.
-pub fn spawn_decompression(mut decompressed: Box<dyn Read + Send>) -> io::Result<PipeReader> {
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+/// What the decompressing thread sends: chunks of the stream, then how it ended.
+enum Message {
+    Chunk(Vec<u8>),
+    Failed(io::Error),
+    /// The whole stream was read: its digest and length.
+    Done(Digest, u64),
+}
+
+/// Decompresses `compressed` on a separate thread, which also hashes and counts the uncompressed
+/// bytes (the diff_id) and stops at `limit`, so the caller's thread is left with tar parsing and
+/// file creation. The counter tells how many compressed bytes have been consumed, for progress.
+pub fn decompress(
+    compressed: Box<dyn Read + Send>,
+    compression: Compression,
+    algorithm: Algorithm,
+    limit: u64,
+) -> io::Result<(Uncompressed, Arc<AtomicU64>)> {
+    let consumed = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: compressed,
+        count: consumed.clone(),
+    };
+    let decoder = compression.decoder(BufReader::with_capacity(CHUNK, counted))?;
+    Ok((spawn_decompression(decoder, algorithm, limit)?, consumed))
+}
+
+/// Runs `decompressed` on its own thread and returns a reader of what it produces. Buffers go
+/// back to the thread once read, so a layer's pipeline allocates `DEPTH + 2` chunks whatever its
+/// size.
+fn spawn_decompression(
+    decompressed: Box<dyn Read + Send>,
+    algorithm: Algorithm,
+    limit: u64,
+) -> io::Result<Uncompressed> {
+    let (tx, rx) = mpsc::sync_channel::<Message>(DEPTH);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let handle = thread::Builder::new()
         .name("haul-decompress".to_owned())
         .spawn(move || {
+            let mut reader = DiffReader::new(decompressed, algorithm, limit);
             loop {
-                let mut buf = vec![0u8; CHUNK];
-                match read_full(&mut decompressed, &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if tx.send(Ok(buf)).is_err() {
-                            // The reader was dropped (extraction failed): stop decompressing.
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
+                let mut buf = free_rx.try_recv().unwrap_or_default();
+                buf.resize(CHUNK, 0);
+                let message = match read_full(&mut reader, &mut buf) {
+                    Ok(0) => {
+                        let count = reader.count;
+                        let _ = tx.send(Message::Done(reader.hasher.finish(), count));
                         break;
                     }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Message::Chunk(buf)
+                    }
+                    Err(e) => Message::Failed(e),
+                };
+                let failed = matches!(message, Message::Failed(_));
+                // A send fails when the reader was dropped (extraction failed): stop.
+                if tx.send(message).is_err() || failed {
+                    break;
                 }
             }
         })?;
-    Ok(PipeReader {
+    Ok(Uncompressed {
         rx,
+        free_tx,
         current: Vec::new(),
         pos: 0,
+        end: None,
+        too_large: None,
         _handle: handle,
     })
 }
@@ -165,25 +205,78 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// The receiving end of [`spawn_decompression`].
-pub struct PipeReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+/// A layer's uncompressed stream, produced by [`decompress`]'s thread.
+pub struct Uncompressed {
+    rx: mpsc::Receiver<Message>,
+    free_tx: mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
+    /// The digest and length, once the stream has ended.
+    end: Option<(Digest, u64)>,
+    /// Set when the stream stopped at its size limit.
+    too_large: Option<u64>,
     _handle: thread::JoinHandle<()>,
 }
 
-impl Read for PipeReader {
+impl Uncompressed {
+    /// The limit the stream was stopped at, if it expanded past it (the reader's caller sees an
+    /// I/O error; this tells it what the error was).
+    pub fn too_large(&self) -> Option<u64> {
+        self.too_large
+    }
+
+    /// Reads what is left (the tar parser stops at end-of-archive) and checks the diff_id.
+    /// Returns the uncompressed length.
+    pub fn finish(mut self, expected: &Digest) -> io::Result<Result<u64, StreamError>> {
+        if let Err(e) = io::copy(&mut self, &mut io::sink()) {
+            return match self.too_large {
+                // Past the end-of-archive blocks, but still part of the diff_id.
+                Some(limit) => Ok(Err(StreamError::TooLarge { limit })),
+                None => Err(e),
+            };
+        }
+        let Some((actual, count)) = self.end.take() else {
+            return Err(io::Error::other("the decompression stopped before the end"));
+        };
+        if &actual != expected {
+            return Ok(Err(StreamError::DiffIdMismatch {
+                expected: expected.clone(),
+                actual,
+            }));
+        }
+        Ok(Ok(count))
+    }
+}
+
+impl Read for Uncompressed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.current.len() {
+            if self.end.is_some() {
+                return Ok(0);
+            }
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                Ok(Message::Chunk(chunk)) => {
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    if used.capacity() > 0 {
+                        // The thread may be gone already; the buffer is then just freed.
+                        let _ = self.free_tx.send(used);
+                    }
                     self.pos = 0;
                 }
-                Ok(Err(e)) => return Err(e),
-                // The sender finished: end of stream.
-                Err(_) => return Ok(0),
+                Ok(Message::Failed(e)) => {
+                    if let Some(StreamError::TooLarge { limit }) =
+                        e.get_ref().and_then(|e| e.downcast_ref::<StreamError>())
+                    {
+                        self.too_large = Some(*limit);
+                    }
+                    return Err(e);
+                }
+                Ok(Message::Done(digest, count)) => {
+                    self.end = Some((digest, count));
+                    return Ok(0);
+                }
+                // The thread ended without a word: it panicked.
+                Err(_) => return Err(io::Error::other("the decompression thread failed")),
             }
         }
         let n = buf.len().min(self.current.len() - self.pos);
@@ -191,21 +284,6 @@ impl Read for PipeReader {
         self.pos += n;
         Ok(n)
     }
-}
-
-/// Decompresses `compressed` on a separate thread. The counter tells how many compressed bytes have
-/// been consumed so far, for progress.
-pub fn decompress(
-    compressed: Box<dyn Read + Send>,
-    compression: Compression,
-) -> io::Result<(PipeReader, Arc<AtomicU64>)> {
-    let consumed = Arc::new(AtomicU64::new(0));
-    let counted = Counted {
-        inner: compressed,
-        count: consumed.clone(),
-    };
-    let decoder = compression.decoder(BufReader::with_capacity(CHUNK, counted))?;
-    Ok((spawn_decompression(decoder)?, consumed))
 }
 
 /// Counts the bytes read through it.
@@ -290,10 +368,52 @@ mod tests {
         let decoder = Compression::Gzip
             .decoder(io::Cursor::new(compressed))
             .unwrap();
-        let mut pipe = spawn_decompression(decoder).unwrap();
+        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1 << 30).unwrap();
         let mut out = Vec::new();
         pipe.read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
+        assert_eq!(
+            pipe.finish(&Digest::sha256_of(&data)).unwrap().unwrap(),
+            3_000_000
+        );
+    }
+
+    #[test]
+    fn the_pipeline_stops_a_bomb_and_says_so_even_past_the_end_of_archive() {
+        let bomb = gzip(&vec![0u8; 5_000_000]);
+        let decoder = Compression::Gzip
+            .decoder(io::Cursor::new(bomb.clone()))
+            .unwrap();
+        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1_000_000).unwrap();
+        let err = pipe.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("expands past"), "{err}");
+        assert_eq!(pipe.too_large(), Some(1_000_000));
+
+        // The tar parser stopped early; draining for the diff_id meets the limit.
+        let decoder = Compression::Gzip.decoder(io::Cursor::new(bomb)).unwrap();
+        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1_000_000).unwrap();
+        pipe.read_exact(&mut [0u8; 1024]).unwrap();
+        assert!(matches!(
+            pipe.finish(&Digest::sha256_of(b"")).unwrap(),
+            Err(StreamError::TooLarge { limit: 1_000_000 })
+        ));
+    }
+
+    #[test]
+    fn a_wrong_diff_id_is_reported_with_both_digests() {
+        let data = b"layer".repeat(100_000);
+        let decoder = Compression::None
+            .decoder(io::Cursor::new(data.clone()))
+            .unwrap();
+        let pipe = spawn_decompression(decoder, Algorithm::Sha256, 1 << 30).unwrap();
+        let wrong = Digest::sha256_of(b"other");
+        match pipe.finish(&wrong).unwrap() {
+            Err(StreamError::DiffIdMismatch { expected, actual }) => {
+                assert_eq!(expected, wrong);
+                assert_eq!(actual, Digest::sha256_of(&data));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
