@@ -5,6 +5,8 @@
 //! `Downloading`, `Verifying Checksum`, `Download complete`, `Pull complete`, or `Already exists`),
 //! and a reporter may be called from several threads at once.
 
+use std::sync::{Arc, Mutex};
+
 use serde::Serialize;
 
 use crate::digest::Digest;
@@ -114,5 +116,158 @@ impl Reporter for Recorder {
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
         }
+    }
+}
+
+/// Shows the events of several concurrent pulls as if they ran one after another: the first
+/// unfinished pull's events pass through as they come, later pulls' wait until every pull before
+/// them has finished. `--all-tags` pulls tags concurrently and still reads like docker's.
+pub struct InOrder {
+    inner: Arc<dyn Reporter>,
+    state: Mutex<OrderState>,
+}
+
+struct OrderState {
+    head: usize,
+    waiting: Vec<Vec<Event>>,
+    finished: Vec<bool>,
+}
+
+impl InOrder {
+    pub fn new(inner: Arc<dyn Reporter>, count: usize) -> Arc<InOrder> {
+        Arc::new(InOrder {
+            inner,
+            state: Mutex::new(OrderState {
+                head: 0,
+                waiting: vec![Vec::new(); count],
+                finished: vec![false; count],
+            }),
+        })
+    }
+
+    /// The reporter for pull number `index`.
+    pub fn part(self: &Arc<Self>, index: usize) -> Arc<dyn Reporter> {
+        Arc::new(Part {
+            order: self.clone(),
+            index,
+        })
+    }
+
+    /// Pull number `index` is over (done or failed): the next one's events are shown.
+    pub fn finish(&self, index: usize) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some(done) = state.finished.get_mut(index) {
+            *done = true;
+        }
+        while state.finished.get(state.head).copied().unwrap_or(false) {
+            state.head += 1;
+            let head = state.head;
+            if let Some(waiting) = state.waiting.get_mut(head) {
+                for event in std::mem::take(waiting) {
+                    self.inner.report(event);
+                }
+            }
+        }
+    }
+
+    fn report(&self, index: usize, event: Event) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        // Under the lock, so a flush in `finish` cannot overtake a live event.
+        if index == state.head {
+            self.inner.report(event);
+            return;
+        }
+        let Some(waiting) = state.waiting.get_mut(index) else {
+            return;
+        };
+        // Only the latest progress of a layer matters once it is replayed.
+        if let (
+            Event::Layer { digest, status },
+            Some(Event::Layer {
+                digest: last_digest,
+                status: last_status,
+            }),
+        ) = (&event, waiting.last())
+            && digest == last_digest
+            && is_progress(status)
+            && std::mem::discriminant(status) == std::mem::discriminant(last_status)
+        {
+            waiting.pop();
+        }
+        waiting.push(event);
+    }
+}
+
+fn is_progress(status: &LayerStatus) -> bool {
+    matches!(
+        status,
+        LayerStatus::Downloading { .. } | LayerStatus::Extracting { .. }
+    )
+}
+
+struct Part {
+    order: Arc<InOrder>,
+    index: usize,
+}
+
+impl Reporter for Part {
+    fn report(&self, event: Event) {
+        self.order.report(self.index, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulling(label: &str) -> Event {
+        Event::PullingFrom {
+            label: label.to_owned(),
+            repository: "r".to_owned(),
+        }
+    }
+
+    fn downloading(current: u64) -> Event {
+        Event::Layer {
+            digest: Digest::sha256_of(b"layer"),
+            status: LayerStatus::Downloading { current, total: 10 },
+        }
+    }
+
+    #[test]
+    fn concurrent_pulls_read_as_if_sequential() {
+        let recorder = Arc::new(Recorder::default());
+        let order = InOrder::new(recorder.clone(), 3);
+        let (a, b, c) = (order.part(0), order.part(1), order.part(2));
+        c.report(pulling("c"));
+        b.report(pulling("b"));
+        a.report(pulling("a"));
+        b.report(downloading(1));
+        b.report(downloading(5));
+        c.report(downloading(9));
+        // The last pull ends first: nothing of it shows before the others.
+        order.finish(2);
+        assert_eq!(recorder.events(), vec![pulling("a")]);
+        a.report(downloading(2));
+        order.finish(0);
+        // b's waiting events come out (progress folded to its latest), then b is live.
+        b.report(downloading(7));
+        order.finish(1);
+        assert_eq!(
+            recorder.events(),
+            vec![
+                pulling("a"),
+                downloading(2),
+                pulling("b"),
+                downloading(5),
+                downloading(7),
+                pulling("c"),
+                downloading(9),
+            ]
+        );
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
 use crate::platform::Platform;
-use crate::progress::{Event, LayerStatus, Reporter};
+use crate::progress::{Event, InOrder, LayerStatus, Reporter};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::space::{self, Size};
@@ -129,6 +129,10 @@ pub struct Puller {
     client: RegistryClient,
     store: Store,
     options: PullOptions,
+    /// `max-concurrent-downloads`, shared by every pull this puller runs at once.
+    download_slots: Arc<Semaphore>,
+    /// Extraction pipelines (two threads each): one per core, shared likewise.
+    extract_slots: Arc<Semaphore>,
 }
 
 /// A manifest document: its exact bytes and how it was served.
@@ -140,10 +144,16 @@ struct Document {
 
 impl Puller {
     pub fn new(client: RegistryClient, store: Store, options: PullOptions) -> Puller {
+        let download_slots = Arc::new(Semaphore::new(options.max_concurrent_downloads.max(1)));
+        let extract_slots = Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ));
         Puller {
             client,
             store,
             options,
+            download_slots,
+            extract_slots,
         }
     }
 
@@ -163,15 +173,35 @@ impl Puller {
             .tags()
             .await
             .map_err(|e| map_name_error(repository, e))?;
-        let mut outcomes = Vec::with_capacity(tags.len());
-        for tag in tags {
-            let Ok(reference) = repository.with_tag(&tag) else {
-                tracing::warn!(%tag, "skipping a tag that is not a valid reference");
-                continue;
-            };
-            outcomes.push(self.pull(&reference, reporter.clone()).await?);
+        let references: Vec<Reference> = tags
+            .iter()
+            .filter_map(|tag| match repository.with_tag(tag) {
+                Ok(reference) => Some(reference),
+                Err(_) => {
+                    tracing::warn!(%tag, "skipping a tag that is not a valid reference");
+                    None
+                }
+            })
+            .collect();
+        // Several tags at once (each small tag is mostly round trips and fsyncs), sharing the
+        // download and extraction slots; their progress still reads one tag after another.
+        let order = InOrder::new(reporter, references.len());
+        let mut pulls = futures_util::stream::iter(references.iter().enumerate())
+            .map(|(index, reference)| {
+                let order = order.clone();
+                async move {
+                    let result = self.pull(reference, order.part(index)).await;
+                    order.finish(index);
+                    (index, result)
+                }
+            })
+            .buffer_unordered(self.options.max_concurrent_downloads.max(1));
+        let mut outcomes: Vec<Option<PullOutcome>> = references.iter().map(|_| None).collect();
+        while let Some((index, result)) = pulls.next().await {
+            // Dropping the others stops them; their partial downloads stay for the next pull.
+            outcomes[index] = Some(result?);
         }
-        Ok(outcomes)
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     pub async fn pull(
@@ -269,11 +299,9 @@ impl Puller {
             repo: repo.clone(),
             store: self.store.clone(),
             reporter: reporter.clone(),
-            slots: Arc::new(Semaphore::new(self.options.max_concurrent_downloads.max(1))),
+            slots: self.download_slots.clone(),
             unpack: self.options.unpack.clone(),
-            extract_slots: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
+            extract_slots: self.extract_slots.clone(),
         });
 
         // The config first: it is small, and unpacking needs its diff_ids to key the layers.

@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{harness, harness_with};
 use haul::config::Config;
@@ -444,6 +445,63 @@ async fn all_tags_follows_link_pagination() {
     assert_eq!(registry.count("GET", "/tags/list"), 3, "pages of 100");
     assert_eq!(registry.count("GET", &img.layers[0].blob.digest), 1);
     assert_eq!(h.store.refs().unwrap().len(), 230);
+}
+
+#[tokio::test]
+async fn all_tags_pulls_tags_at_once_and_reports_them_in_order() {
+    let registry = common::fake_registry(FakeAuth::None).await;
+    let images: Vec<Image> = (0..3).map(|i| image(300 + 10 * i)).collect();
+    for (i, img) in images.iter().enumerate() {
+        registry.add_image("team/tags", &format!("t{i}"), img);
+    }
+    // t0's own layer is answered only once t2's manifest has been asked for: one tag after
+    // another, the pull would wait for it in vain.
+    registry.fault(
+        &images[0].layers[1].blob.digest,
+        Fault::AwaitRequest {
+            matcher: "/manifests/t2".to_owned(),
+            timeout: Duration::from_secs(10),
+        },
+    );
+    let h = harness();
+    let repo = format!("{}/team/tags", registry.host()).parse().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let outcomes = h
+        .puller
+        .pull_all_tags(&repo, recorder.clone())
+        .await
+        .unwrap();
+    let tags: Vec<_> = outcomes.iter().map(|o| o.reference.to_string()).collect();
+    assert_eq!(
+        tags,
+        ["t0", "t1", "t2"].map(|t| format!("{}/team/tags:{t}", registry.host()))
+    );
+    // Each tag's lines come whole, in tag order, as docker prints them one pull after another.
+    let mut seen = Vec::new();
+    for event in recorder.events() {
+        match event {
+            Event::PullingFrom { label, .. } => seen.push(format!("start {label}")),
+            Event::Finished { reference, .. } => seen.push(format!("end {reference}")),
+            Event::Layer { digest, .. } => {
+                let owner = images
+                    .iter()
+                    .position(|img| img.layers[1].blob.digest == digest.to_string());
+                if let Some(i) = owner {
+                    assert_eq!(seen.last(), Some(&format!("start t{i}")), "{seen:?}");
+                }
+            }
+            _ => {}
+        }
+    }
+    let want: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("start t{i}"),
+                format!("end {}/team/tags:t{i}", registry.host()),
+            ]
+        })
+        .collect();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

@@ -65,6 +65,14 @@ pub enum Fault {
         /// Bytes sent before going silent (0: only the headers).
         after_bytes: u64,
     },
+    /// Hold the answer until a request whose path contains `matcher` has arrived, then answer
+    /// normally; 503 when `timeout` passes first. Proves two requests were in flight at once.
+    AwaitRequest {
+        /// What the awaited request's path contains.
+        matcher: String,
+        /// How long to wait for it.
+        timeout: Duration,
+    },
 }
 
 /// One request as received.
@@ -140,6 +148,8 @@ struct FaultRule {
 struct Core {
     requests: Mutex<Vec<RecordedRequest>>,
     faults: Mutex<Vec<FaultRule>>,
+    /// Woken at every request, for [`Fault::AwaitRequest`].
+    arrived: tokio::sync::Notify,
 }
 
 impl Core {
@@ -162,7 +172,30 @@ impl Core {
             headers,
             status: 0,
         });
-        requests.len() - 1
+        let index = requests.len() - 1;
+        drop(requests);
+        self.arrived.notify_waiters();
+        index
+    }
+
+    /// Whether a request whose path contains `matcher` arrives (or had) within `timeout`.
+    async fn await_request(&self, matcher: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a request arriving in between still wakes us.
+            notified.as_mut().enable();
+            if lock(&self.requests)
+                .iter()
+                .any(|r| r.path.contains(matcher))
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     fn set_status(&self, index: usize, status: u16) {
@@ -670,6 +703,17 @@ async fn handle_registry(State(inner): State<Arc<Inner>>, req: Request) -> Respo
     for f in &faults {
         if let Fault::Delay(d) = f {
             tokio::time::sleep(*d).await;
+        }
+        if let Fault::AwaitRequest { matcher, timeout } = f
+            && !inner.core.await_request(matcher, *timeout).await
+        {
+            inner.core.set_status(index, 503);
+            return registry_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the awaited request never came",
+                json!(matcher),
+            );
         }
     }
     let path = parts.uri.path().to_string();
