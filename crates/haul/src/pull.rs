@@ -125,6 +125,9 @@ pub struct PullOutcome {
     pub bytes_downloaded: u64,
 }
 
+/// How many tags `--all-tags` pulls at once.
+const TAGS_AT_ONCE: usize = 8;
+
 pub struct Puller {
     client: RegistryClient,
     store: Store,
@@ -183,8 +186,10 @@ impl Puller {
                 }
             })
             .collect();
-        // Several tags at once (each small tag is mostly round trips and fsyncs), sharing the
-        // download and extraction slots; their progress still reads one tag after another.
+        // Several tags at once: a tag whose layers are mostly shared is round trips and fsyncs, not
+        // bandwidth, and the puller's download and extraction slots still bound the transfers.
+        // Eight measured fastest on tags20 (0.85-0.91 s against 0.98-1.03 s with three, 0.94 s
+        // with sixteen). Progress still reads one tag after another.
         let order = InOrder::new(reporter, references.len());
         let mut pulls = futures_util::stream::iter(references.iter().enumerate())
             .map(|(index, reference)| {
@@ -195,7 +200,7 @@ impl Puller {
                     (index, result)
                 }
             })
-            .buffer_unordered(self.options.max_concurrent_downloads.max(1));
+            .buffer_unordered(TAGS_AT_ONCE);
         let mut outcomes: Vec<Option<PullOutcome>> = references.iter().map(|_| None).collect();
         while let Some((index, result)) = pulls.next().await {
             // Dropping the others stops them; their partial downloads stay for the next pull.
