@@ -3,7 +3,7 @@
 //! decompression (with hashing) and extraction overlap.
 //!
 //! The diff_id covers the whole uncompressed stream, including what follows the tar's end-of-archive
-//! blocks, so callers drain the reader to its end before [`DiffReader::finish`].
+//! blocks, so callers drain the reader to its end: [`Uncompressed::finish`] does.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ pub enum StreamError {
 
 /// Hashes and counts the uncompressed bytes read through it, and fails the read that would pass
 /// `limit` (a decompression bomb stops there instead of filling the disk).
-pub struct DiffReader<R> {
+struct DiffReader<R> {
     inner: R,
     hasher: Hasher,
     count: u64,
@@ -73,7 +73,7 @@ pub struct DiffReader<R> {
 }
 
 impl<R: Read> DiffReader<R> {
-    pub fn new(inner: R, algorithm: Algorithm, limit: u64) -> Self {
+    fn new(inner: R, algorithm: Algorithm, limit: u64) -> Self {
         DiffReader {
             inner,
             hasher: Hasher::new(algorithm),
@@ -82,21 +82,9 @@ impl<R: Read> DiffReader<R> {
         }
     }
 
-    pub fn uncompressed_len(&self) -> u64 {
-        self.count
-    }
-
-    /// Reads what is left (the tar parser stops at end-of-archive) and checks the diff_id.
-    pub fn finish(mut self, expected: &Digest) -> io::Result<Result<u64, StreamError>> {
-        io::copy(&mut self, &mut io::sink())?;
-        let actual = self.hasher.finish();
-        if &actual != expected {
-            return Ok(Err(StreamError::DiffIdMismatch {
-                expected: expected.clone(),
-                actual,
-            }));
-        }
-        Ok(Ok(self.count))
+    /// The digest and length of what was read.
+    fn into_digest(self) -> (Digest, u64) {
+        (self.hasher.finish(), self.count)
     }
 }
 
@@ -164,8 +152,8 @@ fn spawn_decompression(
                 buf.resize(CHUNK, 0);
                 let message = match read_full(&mut reader, &mut buf) {
                     Ok(0) => {
-                        let count = reader.count;
-                        let _ = tx.send(Message::Done(reader.hasher.finish(), count));
+                        let (digest, count) = reader.into_digest();
+                        let _ = tx.send(Message::Done(digest, count));
                         break;
                     }
                     Ok(n) => {
@@ -337,18 +325,9 @@ mod tests {
     #[test]
     fn diff_reader_hashes_everything_and_stops_bombs() {
         let data = b"x".repeat(10_000);
-        let expected = Digest::sha256_of(&data);
         let mut r = DiffReader::new(&data[..], Algorithm::Sha256, 1 << 20);
-        let mut first = [0u8; 100];
-        r.read_exact(&mut first).unwrap();
-        assert_eq!(r.finish(&expected).unwrap().unwrap(), 10_000);
-
-        let r = DiffReader::new(&data[..], Algorithm::Sha256, 1 << 20);
-        let wrong = Digest::sha256_of(b"y");
-        assert!(matches!(
-            r.finish(&wrong).unwrap(),
-            Err(StreamError::DiffIdMismatch { .. })
-        ));
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        assert_eq!(r.into_digest(), (Digest::sha256_of(&data), 10_000));
 
         let bomb = gzip(&vec![0u8; 5_000_000]);
         let decoder = Compression::Gzip.decoder(&bomb[..]).unwrap();
@@ -358,7 +337,7 @@ mod tests {
             err.to_string().contains("expands past 1000000 bytes"),
             "{err}"
         );
-        assert!(r.uncompressed_len() <= 1_000_000 + 64 * 1024);
+        assert!(r.count <= 1_000_000 + 64 * 1024);
     }
 
     #[test]
