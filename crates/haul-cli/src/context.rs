@@ -25,7 +25,7 @@ pub fn store_root(global: &GlobalArgs) -> PathBuf {
     if let Some(root) = std::env::var_os("HAUL_ROOT").filter(|r| !r.is_empty()) {
         return PathBuf::from(root);
     }
-    if rustix_is_root() {
+    if is_root() {
         return PathBuf::from("/var/lib/haul");
     }
     std::env::var_os("XDG_DATA_HOME")
@@ -36,9 +36,9 @@ pub fn store_root(global: &GlobalArgs) -> PathBuf {
         .join("haul")
 }
 
-fn rustix_is_root() -> bool {
-    // The store location only depends on whether we are root; reading the effective uid from
-    // /proc avoids a libc dependency for one number.
+/// Whether the effective uid is root: root gets the system-wide store and trust directories.
+pub(crate) fn is_root() -> bool {
+    // Reading the effective uid from /proc avoids a libc dependency for one number.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

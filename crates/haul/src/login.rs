@@ -9,7 +9,7 @@
 //! that order, so refused credentials are never written.
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 
 use crate::registry::auth::{basic_header, fetch_token};
 use crate::registry::challenge::{self, Challenge};
@@ -158,18 +158,8 @@ pub async fn check(
             )));
         }
     }
-    let values: Vec<&str> = ping
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let challenges = challenge::parse_www_authenticate(&values);
     // Bearer first, as for pulls: the password then goes to the token service only.
-    let chosen = challenges
-        .iter()
-        .find(|c| matches!(c, Challenge::Bearer { .. }))
-        .or_else(|| challenges.first());
+    let chosen = challenge::preferred(ping.headers());
     let http = client.http_client(host).map_err(failed)?;
     let header = match chosen {
         Some(Challenge::Basic { .. }) => match credential {
@@ -181,7 +171,7 @@ pub async fn check(
             }
         },
         Some(Challenge::Bearer { realm, service, .. }) => {
-            fetch_token(http, realm, service.as_deref(), "", Some(credential))
+            fetch_token(http, &realm, service.as_deref(), "", Some(credential))
                 .await
                 .map_err(failed)?
                 .0

@@ -752,10 +752,7 @@ impl BlobContext {
     /// and committed.
     async fn layer(self: Arc<Self>, layer: LayerJob) -> Result<Option<u64>, PullError> {
         let digest = layer.desc.digest.clone();
-        let extract_error = |source| PullError::Extract {
-            digest: digest.clone(),
-            source: Box::new(source),
-        };
+        let extract_error = extract_error(&digest);
         let options = match self.unpack.clone() {
             Some(o) if self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
             // Not unpacking, or already extracted: only the blob is missing.
@@ -827,10 +824,7 @@ impl BlobContext {
         options: &UnpackOptions,
     ) -> Result<(Option<u64>, bool), PullError> {
         let digest = &layer.desc.digest;
-        let extract_error = |source| PullError::Extract {
-            digest: digest.clone(),
-            source: Box::new(source),
-        };
+        let extract_error = extract_error(digest);
         let (tx, rx) = tokio::sync::mpsc::channel(TEE_DEPTH);
         let mut tee = Some(Tee {
             tx: Some(tx),
@@ -1113,6 +1107,14 @@ impl BlobContext {
             }
         }
         Err(registry_error)
+    }
+}
+
+/// Maps a failed extraction of the layer `digest` to the pull's error.
+fn extract_error(digest: &Digest) -> impl Fn(UnpackError) -> PullError + Copy + '_ {
+    move |source| PullError::Extract {
+        digest: digest.clone(),
+        source: Box::new(source),
     }
 }
 

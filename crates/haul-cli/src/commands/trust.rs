@@ -76,20 +76,8 @@ pub async fn run(global: &GlobalArgs, command: &TrustCommand) -> anyhow::Result<
 pub fn keyring(config: &Config) -> Keyring {
     match &config.trust.dir {
         Some(dir) => Keyring::new(dir),
-        None => Keyring::new(Keyring::default_dir(is_root())),
+        None => Keyring::new(Keyring::default_dir(crate::context::is_root())),
     }
-}
-
-fn is_root() -> bool {
-    // Same rule as the store's default location: root gets the system-wide directory.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn credentials() -> Arc<dyn CredentialStore> {

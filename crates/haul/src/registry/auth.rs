@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 
 use super::challenge::{self, Challenge};
 use super::credentials::{Credential, CredentialError, DockerConfig};
@@ -77,21 +77,7 @@ impl Authenticator {
 
     /// Records the challenge of a 401 response (or that `/v2/` needed none).
     pub(crate) fn learn(&self, host: &str, response: Option<&reqwest::Response>) {
-        let challenge = response.and_then(|r| {
-            let values: Vec<&str> = r
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let parsed = challenge::parse_www_authenticate(&values);
-            // Prefer Bearer: it scopes access and keeps passwords away from the registry itself.
-            parsed
-                .iter()
-                .find(|c| matches!(c, Challenge::Bearer { .. }))
-                .or_else(|| parsed.first())
-                .cloned()
-        });
+        let challenge = response.and_then(|r| challenge::preferred(r.headers()));
         if let Ok(mut c) = self.challenges.lock() {
             c.insert(host.to_owned(), challenge);
         }

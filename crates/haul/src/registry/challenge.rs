@@ -27,6 +27,22 @@ pub enum Challenge {
     Basic { realm: Option<String> },
 }
 
+/// The challenge to answer among a 401's `WWW-Authenticate` headers: Bearer when offered (it scopes
+/// access and keeps passwords away from the registry itself), else the first one.
+pub fn preferred(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+    let values: Vec<&str> = headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut challenges = parse_www_authenticate(&values);
+    let bearer = challenges
+        .iter()
+        .position(|c| matches!(c, Challenge::Bearer { .. }))
+        .unwrap_or(0);
+    (bearer < challenges.len()).then(|| challenges.swap_remove(bearer))
+}
+
 /// Parses every `WWW-Authenticate` value of one response into the challenges haul understands, in
 /// the order the server listed them.
 pub fn parse_www_authenticate(header_values: &[&str]) -> Vec<Challenge> {
@@ -412,6 +428,25 @@ fn expires_in_seconds(n: &serde_json::Number) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_is_preferred_wherever_it_is_offered_else_the_first() {
+        use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+        let headers = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(WWW_AUTHENTICATE, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let both = headers(&[r#"Basic realm="r""#, r#"Bearer realm="https://auth/token""#]);
+        assert!(
+            matches!(preferred(&both), Some(Challenge::Bearer { realm, .. }) if realm == "https://auth/token")
+        );
+        let basic = headers(&[r#"Basic realm="r""#]);
+        assert!(matches!(preferred(&basic), Some(Challenge::Basic { .. })));
+        assert_eq!(preferred(&headers(&[])), None);
+    }
+
     use super::*;
 
     fn bearer(realm: &str, service: Option<&str>, scope: Option<&str>) -> Challenge {

@@ -66,18 +66,7 @@ impl Pusher {
         // The challenge is read afresh: a 401 may mean the registry wants another realm now.
         let (v2, resp) = self.client.ping(host).await?;
         let header = if resp.status() == StatusCode::UNAUTHORIZED {
-            let values: Vec<&str> = resp
-                .headers()
-                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let challenges = challenge::parse_www_authenticate(&values);
-            let chosen = challenges
-                .iter()
-                .find(|c| matches!(c, Challenge::Bearer { .. }))
-                .or_else(|| challenges.first())
-                .cloned();
+            let chosen = challenge::preferred(resp.headers());
             let credential = self.credential(reference.registry()).await?;
             match chosen {
                 Some(Challenge::Bearer { realm, service, .. }) => {
