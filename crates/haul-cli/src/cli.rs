@@ -289,6 +289,9 @@ pub struct UnpackArgs {
     /// Print only the directory's path
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Skip image verification by signature (content trust is off unless DOCKER_CONTENT_TRUST=1)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub disable_content_trust: Option<bool>,
     /// How to show progress
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,

@@ -75,6 +75,16 @@ impl Reporter for Progress {
         let Ok(mut mode) = self.mode.lock() else {
             return;
         };
+        // The policy's warning about an unsigned image is never silenced.
+        if matches!(&*mode, Mode::Quiet | Mode::Json)
+            && let Event::Trusted {
+                warning: Some(warning),
+                scope,
+                ..
+            } = &event
+        {
+            eprintln!("{}", trust_warning(warning, scope));
+        }
         match &mut *mode {
             Mode::Quiet => {}
             Mode::Json => {
@@ -110,6 +120,25 @@ fn plain_line(event: &Event) -> Option<String> {
             ..
         } if *current > 0 => return None,
         Event::Layer { digest, status } => format!("{}: {}", digest.short(), status.label()),
+        Event::Trusted {
+            image,
+            repository,
+            digest,
+            signers,
+            warning,
+            scope,
+        } => match warning {
+            Some(warning) => trust_warning(warning, scope),
+            None if signers.is_empty() => format!(
+                "Content trust: {image} has no accepted signature; allowed by the trust policy \
+                 for {scope}"
+            ),
+            None => signers
+                .iter()
+                .map(|signer| format!("Content trust: {repository}@{digest} is signed by {signer}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
         Event::Resolved { digest } => format!("Digest: {digest}"),
         Event::Finished {
             up_to_date,
@@ -117,6 +146,10 @@ fn plain_line(event: &Event) -> Option<String> {
             ..
         } => status_line(*up_to_date, familiar),
     })
+}
+
+fn trust_warning(warning: &str, scope: &str) -> String {
+    format!("WARNING: {warning}; pulling it anyway (trust policy for {scope}: unsigned = warn)")
 }
 
 fn status_line(up_to_date: bool, familiar: &str) -> String {

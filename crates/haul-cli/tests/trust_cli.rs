@@ -73,6 +73,25 @@ fn blob_files(env: &Env) -> usize {
         .unwrap_or(0)
 }
 
+/// The names in the store's index.json (none when there is no store).
+fn stored_names(env: &Env) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(std::path::Path::new(&env.root()).join("index.json")) else {
+        return Vec::new();
+    };
+    let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn signed_image_pulls_with_content_trust_and_says_who_signed() {
     let img = image("signed");
@@ -145,12 +164,7 @@ async fn content_trust_refuses_unsigned_and_untrusted_images_and_stores_nothing(
     assert!(out.stderr.contains(img.digest()), "{}", out.stderr);
     assert!(out.stderr.contains("hint:"), "{}", out.stderr);
     assert_eq!(blob_files(&env), 0);
-    assert!(
-        !std::path::Path::new(&env.root())
-            .join("index.json")
-            .exists(),
-        "a refused pull must not even create the store"
-    );
+    assert_eq!(stored_names(&env), Vec::<String>::new());
 
     // Signed, but by a key nobody trusts.
     let (mallory, _) = key_pair(&env, "mallory");
@@ -297,4 +311,121 @@ async fn trusted_pull_stores_the_checked_digest_when_the_tag_moves_after_the_che
     assert!(images.stdout.contains(v1.digest()), "{}", images.stdout);
     assert!(!images.stdout.contains(v2.digest()), "{}", images.stdout);
     assert_eq!(registry.count("GET", &v2.layers[0].blob.digest), 0);
+}
+
+/// Issue 12: `unpack` and `bundle` pulled unsigned images with content trust on (only `pull`
+/// checked).
+#[tokio::test]
+async fn unpack_and_bundle_cannot_bypass_content_trust() {
+    let img = image("bypass");
+    let registry = registry_with("team/app", "1.0", &img).await;
+    let env = Env::new();
+    let (_, alice_pub) = key_pair(&env, "alice");
+    ok(haul_run(
+        &env,
+        &["trust", "key", "add", "alice", &alice_pub],
+    ));
+    let name = format!("{}/team/app:1.0", registry.host());
+
+    for command in ["unpack", "bundle"] {
+        let dir = env.dir.path().join(command);
+        let out = run(haul(&env).env("DOCKER_CONTENT_TRUST", "1").args([
+            command,
+            "--progress",
+            "plain",
+            &name,
+            &dir.display().to_string(),
+        ]));
+        assert_eq!(out.code, 1, "{command}: {}", out.stderr);
+        assert!(out.stderr.contains("no signature found"), "{}", out.stderr);
+        assert!(!dir.exists(), "{command} made {}", dir.display());
+        assert_eq!(stored_names(&env), Vec::<String>::new(), "{command}");
+        assert_eq!(blob_files(&env), 0, "{command}");
+    }
+    assert_eq!(registry.count("GET", &img.layers[0].blob.digest), 0);
+}
+
+/// Issue 12: a name already in the store (pulled without trust, or loaded from an archive) was
+/// unpacked with content trust on without any check. Like `docker run`, the name is checked
+/// against the registry, and the stored image is used only when it is the signed digest.
+#[tokio::test]
+async fn a_stored_unsigned_image_is_not_unpacked_with_content_trust() {
+    let img = image("stored");
+    let registry = registry_with("team/app", "1.0", &img).await;
+    let env = Env::new();
+    let (key, alice_pub) = key_pair(&env, "alice");
+    ok(haul_run(
+        &env,
+        &["trust", "key", "add", "alice", &alice_pub],
+    ));
+    let name = format!("{}/team/app:1.0", registry.host());
+    ok(haul_run(&env, &["pull", "-q", &name]));
+    let layer_gets = registry.count("GET", &img.layers[0].blob.digest);
+
+    let dir = env.dir.path().join("rootfs");
+    let dir_arg = dir.display().to_string();
+    let out = run(haul(&env)
+        .env("DOCKER_CONTENT_TRUST", "1")
+        .args(["unpack", "-q", &name, &dir_arg]));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("no signature found"), "{}", out.stderr);
+    assert!(!dir.exists());
+
+    // Once signed by a trusted key, the stored image is the checked digest: used as it is.
+    ok(haul_run(&env, &["trust", "sign", "--key", &key, &name]));
+    let out = ok(run(haul(&env)
+        .env("DOCKER_CONTENT_TRUST", "1")
+        .args(["unpack", &name, &dir_arg])));
+    assert!(
+        out.stderr.contains("is signed by key alice"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(dir.join("hello.txt")).unwrap(), b"stored");
+    assert_eq!(
+        registry.count("GET", &img.layers[0].blob.digest),
+        layer_gets
+    );
+}
+
+/// Issue 12: without HOME or XDG_CONFIG_HOME, a user's keyring was `/tmp/haul/trust`, where any
+/// local user can plant a key that the next trusted pull accepts.
+#[tokio::test]
+async fn a_key_planted_in_a_shared_tmp_dir_is_never_trusted() {
+    if !running_as_root() {
+        println!("SKIPPED: needs root to run haul as another user");
+        return;
+    }
+    let env = Env::new();
+    let (_, public) = key_pair(&env, "mallory");
+    let planted = std::env::temp_dir().join("haul/trust/keys");
+    std::fs::create_dir_all(&planted).unwrap();
+    let planted_key = planted.join("mallory-planted.pub");
+    std::fs::copy(&public, &planted_key).unwrap();
+
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("haul"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["trust", "key", "list"])
+        .uid(65534)
+        .gid(65534);
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_file(&planted_key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("mallory-planted"),
+        "a planted key is listed as trusted:\n{stdout}"
+    );
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
 }

@@ -16,10 +16,11 @@
 //!     Default::default(),
 //! )?;
 //! let store = haul::store::Store::open("/tmp/haul-store")?;
+//! // Content trust follows the config file (and DOCKER_CONTENT_TRUST): when it is on, every pull
+//! // checks the image's signatures before downloading anything.
 //! let puller = haul::pull::Puller::new(client, store, haul::pull::PullOptions {
-//!     platform: None,
 //!     max_concurrent_downloads: config.max_concurrent_downloads,
-//!     unpack: Some(haul::unpack::image::UnpackOptions::for_current_user()),
+//!     ..Default::default()
 //! });
 //! let outcome = puller.pull(&"alpine".parse()?, Arc::new(haul::progress::Silent)).await?;
 //! println!("{} is {}", outcome.reference, outcome.resolved);

@@ -77,6 +77,18 @@ pub enum Event {
         #[serde(flatten)]
         status: LayerStatus,
     },
+    /// Content trust accepted `digest` for `image` before anything was downloaded: `signers` are
+    /// the accepted signers; `warning` is set instead when the policy for `scope` lets an image
+    /// without an accepted signature through (`unsigned: warn`). With `unsigned: allow` both are
+    /// empty.
+    Trusted {
+        image: String,
+        repository: String,
+        digest: Digest,
+        signers: Vec<String>,
+        warning: Option<String>,
+        scope: String,
+    },
     /// What the reference resolved to (`Digest: sha256:…`).
     Resolved { digest: Digest },
     /// The pull is done; `up_to_date` when nothing had to be fetched.

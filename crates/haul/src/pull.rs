@@ -25,6 +25,7 @@ use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::space::{self, Size};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
+use crate::trust::{self, Keyring, TrustError, TrustVerifier};
 use crate::unpack::cache::{Extracted, LayerJob as CacheJob, chain_ids};
 use crate::unpack::image::{UnpackError, UnpackOptions};
 
@@ -93,6 +94,11 @@ pub enum PullError {
         free: u64,
         root: PathBuf,
     },
+    #[error("{name} was removed from the store while it was being pulled")]
+    RefVanished { name: String },
+    /// Content trust refused the image; nothing was downloaded.
+    #[error(transparent)]
+    Trust(TrustError),
     #[error("{reference} names digest {named}, but the pull was pinned to {pinned}")]
     PinMismatch {
         reference: String,
@@ -109,6 +115,23 @@ pub struct PullOptions {
     /// Extract every layer into the layer cache as part of the pull (docker's behaviour);
     /// `None` only downloads.
     pub unpack: Option<UnpackOptions>,
+    /// Content trust: `None` follows the registry client's configuration (the config file's
+    /// `trust.enabled`, overridden by `DOCKER_CONTENT_TRUST`; see [`trust::enabled`]);
+    /// `Some` is an explicit choice (docker's `--disable-content-trust`).
+    pub content_trust: Option<bool>,
+}
+
+impl Default for PullOptions {
+    /// docker's defaults: the host's platform, three downloads at once, layers extracted, content
+    /// trust as configured.
+    fn default() -> Self {
+        PullOptions {
+            platform: None,
+            max_concurrent_downloads: crate::config::DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+            unpack: Some(UnpackOptions::for_current_user()),
+            content_trust: None,
+        }
+    }
 }
 
 /// What a pull did.
@@ -136,6 +159,8 @@ pub struct Puller {
     download_slots: Arc<Semaphore>,
     /// Extraction pipelines (two threads each): one per core, shared likewise.
     extract_slots: Arc<Semaphore>,
+    /// Set when content trust is on: every pull checks signatures here first.
+    trust: Option<Arc<TrustVerifier>>,
 }
 
 /// A manifest document: its exact bytes and how it was served.
@@ -146,22 +171,79 @@ struct Document {
 }
 
 impl Puller {
+    /// A puller for `store`. Content trust comes from the client's configuration unless
+    /// `options.content_trust` says otherwise: when it is on, every pull this puller makes (by tag,
+    /// by digest, every tag, or [`Puller::stored_or_pull`]) checks the image's signatures against
+    /// the configured keyring and policy before anything is downloaded.
     pub fn new(client: RegistryClient, store: Store, options: PullOptions) -> Puller {
         let download_slots = Arc::new(Semaphore::new(options.max_concurrent_downloads.max(1)));
         let extract_slots = Arc::new(Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ));
+        let config = client.config();
+        let trust = trust::enabled(options.content_trust, config.trust.enabled).then(|| {
+            Arc::new(TrustVerifier::new(
+                client.clone(),
+                Keyring::configured(config),
+                config.trust.clone(),
+            ))
+        });
         Puller {
             client,
             store,
             options,
             download_slots,
             extract_slots,
+            trust,
         }
+    }
+
+    /// Checks content trust with `verifier` (its own keyring, policy or clock) instead of the
+    /// configured one, whatever the configuration says.
+    pub fn with_trust(mut self, verifier: TrustVerifier) -> Puller {
+        self.trust = Some(Arc::new(verifier));
+        self
+    }
+
+    /// Whether pulls check content trust.
+    pub fn verifies_trust(&self) -> bool {
+        self.trust.is_some()
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The image `reference` names, ready to unpack: the stored one when it fits the wanted
+    /// platform, else pulled. With content trust on, the name is checked against the registry's
+    /// signatures first, as `docker run` does, and a stored image is used only when it is the
+    /// digest that was checked; otherwise that digest is pulled.
+    pub async fn stored_or_pull(
+        &self,
+        reference: &Reference,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<RefEntry, PullError> {
+        let name = reference.to_string();
+        let wanted = self.options.platform.clone().unwrap_or_else(Platform::host);
+        let usable = |entry: &RefEntry, checked: Option<&Digest>| {
+            entry
+                .manifest
+                .platform
+                .as_ref()
+                .is_none_or(|p| crate::platform::matches(&wanted, p))
+                && checked.is_none_or(|d| &entry.resolved == d)
+        };
+        let checked = self.check_trust(reference, None, &reporter).await?;
+        if let Some(entry) = self.store.find_ref(&name)?
+            && usable(&entry, checked.as_ref())
+        {
+            return Ok(entry);
+        }
+        self.pull_checked(reference, checked.as_ref(), reporter)
+            .await?;
+        self.store
+            .find_ref(&name)?
+            .ok_or(PullError::RefVanished { name })
     }
 
     /// Pulls every tag of `repository` (a reference without tag or digest), one after another so
@@ -209,41 +291,75 @@ impl Puller {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
+    /// Pulls the image `reference` names. With content trust on, a tag is resolved and its
+    /// digest checked first, and then exactly that digest is pulled, so the tag cannot move
+    /// between the check and the pull.
     pub async fn pull(
         &self,
         reference: &Reference,
         reporter: Arc<dyn Reporter>,
     ) -> Result<PullOutcome, PullError> {
-        self.pull_resolved(reference, None, reporter).await
+        let checked = self.check_trust(reference, None, &reporter).await?;
+        self.pull_checked(reference, checked.as_ref(), reporter)
+            .await
     }
 
     /// Pulls exactly `digest` (an index or an image manifest) and stores it under `reference`'s
-    /// name. Content trust checks a tag's digest first and then pulls that digest, so the tag
-    /// cannot move between the check and the pull.
+    /// name. With content trust on, `digest` must carry an accepted signature.
     pub async fn pull_pinned(
         &self,
         reference: &Reference,
         digest: &Digest,
         reporter: Arc<dyn Reporter>,
     ) -> Result<PullOutcome, PullError> {
-        self.pull_resolved(reference, Some(digest), reporter).await
+        if let Some(named) = reference.digest()
+            && named != digest
+        {
+            return Err(PullError::PinMismatch {
+                reference: reference.to_string(),
+                named: named.clone(),
+                pinned: digest.clone(),
+            });
+        }
+        self.check_trust(reference, Some(digest), &reporter).await?;
+        self.pull_checked(reference, Some(digest), reporter).await
     }
 
-    async fn pull_resolved(
+    /// The one place content trust is decided: `None` when trust is off, else the digest whose
+    /// signatures were accepted (what `pinned`, or else the reference, names), reported to the
+    /// caller as [`Event::Trusted`].
+    async fn check_trust(
+        &self,
+        reference: &Reference,
+        pinned: Option<&Digest>,
+        reporter: &Arc<dyn Reporter>,
+    ) -> Result<Option<Digest>, PullError> {
+        let Some(verifier) = &self.trust else {
+            return Ok(None);
+        };
+        let target = match pinned {
+            Some(d) => reference.with_digest(d.clone()),
+            None => reference.clone(),
+        };
+        let verdict = verifier.verify(&target).await.map_err(PullError::Trust)?;
+        reporter.report(Event::Trusted {
+            image: reference.familiar_string(),
+            repository: reference.familiar_name(),
+            digest: verdict.digest.clone(),
+            signers: verdict.signers.iter().map(ToString::to_string).collect(),
+            warning: verdict.warning.as_ref().map(ToString::to_string),
+            scope: verdict.rule.scope.clone(),
+        });
+        Ok(Some(verdict.digest))
+    }
+
+    /// Pulls `reference`, or exactly `pinned` under its name; trust, if on, has been checked.
+    async fn pull_checked(
         &self,
         reference: &Reference,
         pinned: Option<&Digest>,
         reporter: Arc<dyn Reporter>,
     ) -> Result<PullOutcome, PullError> {
-        if let (Some(named), Some(pinned)) = (reference.digest(), pinned)
-            && named != pinned
-        {
-            return Err(PullError::PinMismatch {
-                reference: reference.to_string(),
-                named: named.clone(),
-                pinned: pinned.clone(),
-            });
-        }
         let free_at_start = AtomicU64::new(0);
         match self
             .pull_inner(reference, pinned, reporter, &free_at_start)

@@ -65,6 +65,7 @@ fn harness_resolving(registry: &RealRegistry, config: Config) -> Harness {
             platform: None,
             max_concurrent_downloads: 3,
             unpack: None,
+            content_trust: None,
         },
     );
     Harness { dir, store, puller }

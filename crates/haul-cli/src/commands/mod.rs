@@ -48,7 +48,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A line telling the user what to do about `err`, where there is something to do.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<haul::trust::TrustError>()
+        let trust_error = cause.downcast_ref::<haul::trust::TrustError>().or_else(|| {
+            match cause.downcast_ref() {
+                Some(haul::pull::PullError::Trust(e)) => Some(e),
+                _ => None,
+            }
+        });
+        if let Some(e) = trust_error
             && let Some(hint) = trust::hint(e)
         {
             return Some(hint);

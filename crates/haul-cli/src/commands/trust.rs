@@ -9,7 +9,7 @@ use haul::config::Config;
 use haul::reference::Reference;
 use haul::registry::{Anonymous, CredentialStore, DockerConfig, Pusher, RegistryClient};
 use haul::trust::{
-    Inspection, Keyring, PrivateKey, SignatureFailure, Signer, TrustError, TrustVerifier, Verdict,
+    Inspection, Keyring, PrivateKey, SignatureFailure, Signer, TrustError, TrustVerifier,
 };
 use serde_json::json;
 
@@ -74,10 +74,7 @@ pub async fn run(global: &GlobalArgs, command: &TrustCommand) -> anyhow::Result<
 
 /// The keyring the config file names, else the default one.
 pub fn keyring(config: &Config) -> Keyring {
-    match &config.trust.dir {
-        Some(dir) => Keyring::new(dir),
-        None => Keyring::new(Keyring::default_dir(crate::context::is_root())),
-    }
+    Keyring::configured(config)
 }
 
 fn credentials() -> Arc<dyn CredentialStore> {
@@ -232,71 +229,6 @@ async fn sign(global: &GlobalArgs, args: &TrustSignArgs) -> anyhow::Result<ExitC
     );
     println!("{}", outcome.digest);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The checks before `pull` with content trust: each name (every tag of the repository with
-/// `all_tags`) resolved and verified, with the digest to pull. Any refusal stops them all.
-pub async fn check_names(
-    config: Config,
-    reference: &Reference,
-    all_tags: bool,
-    quiet: bool,
-) -> anyhow::Result<Vec<(Reference, haul::digest::Digest)>> {
-    let (config, client, _) = client(config)?;
-    let names = if all_tags {
-        let tags = client
-            .repository(reference)
-            .tags()
-            .await
-            .with_context(|| format!("listing the tags of {}", reference.familiar_string()))?;
-        tags.iter()
-            .filter_map(|t| reference.with_tag(t).ok())
-            .collect()
-    } else {
-        vec![reference.clone()]
-    };
-    let mut checked = Vec::with_capacity(names.len());
-    for name in names {
-        let verdict = check_before_pull(client.clone(), &config, &name, quiet).await?;
-        checked.push((name, verdict.digest));
-    }
-    Ok(checked)
-}
-
-/// The check before a pull with content trust: the digest to pull, after printing who signed it
-/// (or the policy's warning) to stderr.
-async fn check_before_pull(
-    client: RegistryClient,
-    config: &Config,
-    reference: &Reference,
-    quiet: bool,
-) -> anyhow::Result<Verdict> {
-    let verdict = verifier(client, config)
-        .verify(reference)
-        .await
-        .with_context(|| format!("content trust refused {}", reference.familiar_string()))?;
-    if let Some(warning) = &verdict.warning {
-        eprintln!(
-            "WARNING: {warning}; pulling it anyway (trust policy for {}: unsigned = warn)",
-            verdict.rule.scope
-        );
-    } else if !quiet {
-        for signer in &verdict.signers {
-            eprintln!(
-                "Content trust: {}@{} is signed by {signer}",
-                reference.familiar_name(),
-                verdict.digest
-            );
-        }
-        if verdict.signers.is_empty() {
-            eprintln!(
-                "Content trust: {} has no accepted signature; allowed by the trust policy for {}",
-                reference.familiar_string(),
-                verdict.rule.scope
-            );
-        }
-    }
-    Ok(verdict)
 }
 
 /// A hint for a content-trust failure.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use haul::platform::{self, Platform};
+use haul::platform::Platform;
 use haul::pull::{PullOptions, Puller};
 use haul::reference::Reference;
 use haul::store::RefEntry;
@@ -37,7 +37,9 @@ pub async fn run(
         .transpose()?;
     let ctx = context::load(global)?;
     let progress = Arc::new(Progress::new(args.progress, args.quiet));
-    let entry = stored_or_pulled(&ctx, &reference, platform, progress.clone()).await?;
+    let content_trust = args.disable_content_trust.map(|disable| !disable);
+    let entry =
+        stored_or_pulled(&ctx, &reference, platform, content_trust, progress.clone()).await?;
 
     let store = ctx.store.clone();
     let target = args.dir.clone();
@@ -74,25 +76,14 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The stored ref for `reference` when it matches the wanted platform, else pulls it first.
+/// The stored image when it fits (and, with content trust on, is the checked digest), else pulled.
 async fn stored_or_pulled(
     ctx: &Context,
     reference: &Reference,
     platform: Option<Platform>,
+    content_trust: Option<bool>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<RefEntry> {
-    let name = reference.to_string();
-    let wanted = platform.clone().unwrap_or_else(Platform::host);
-    if let Some(entry) = ctx.store.find_ref(&name)? {
-        let fits = entry
-            .manifest
-            .platform
-            .as_ref()
-            .is_none_or(|p| platform::matches(&wanted, p));
-        if fits {
-            return Ok(entry);
-        }
-    }
     let puller = Puller::new(
         ctx.client.clone(),
         ctx.store.clone(),
@@ -100,15 +91,13 @@ async fn stored_or_pulled(
             platform,
             max_concurrent_downloads: ctx.config.max_concurrent_downloads,
             unpack: Some(UnpackOptions::for_current_user()),
+            content_trust,
         },
     );
     puller
-        .pull(reference, progress)
+        .stored_or_pull(reference, progress)
         .await
-        .with_context(|| format!("pulling {}", reference.familiar_string()))?;
-    ctx.store
-        .find_ref(&name)?
-        .with_context(|| format!("{name} is not in the store after pulling it"))
+        .with_context(|| format!("pulling {}", reference.familiar_string()))
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {

@@ -18,6 +18,9 @@ const OID_P384: &str = "1.3.132.0.34";
 const OID_ED25519: &str = "1.3.101.112";
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 
+/// root's keyring, and the one users without a home directory share (only root can change it).
+const SYSTEM_KEYRING: &str = "/etc/haul/trust";
+
 /// Public keys and root certificates are small; anything bigger is not one.
 const MAX_KEY_FILE: u64 = 1 << 20;
 
@@ -51,6 +54,13 @@ pub enum KeyError {
     NotFound { name: String, dir: PathBuf },
     #[error("signing failed: {detail}")]
     Sign { detail: String },
+    /// Key material another user could have put there is never trusted (like ssh's
+    /// `authorized_keys` check): it must belong to this user or root and be writable by no one else.
+    #[error(
+        "{path} is not trusted as keyring material: {detail}; it must be owned by you or root \
+         and not writable by group or others"
+    )]
+    Unsafe { path: PathBuf, detail: String },
 }
 
 /// The kind of a key, as shown to users.
@@ -547,6 +557,39 @@ pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, KeyError> {
     Ok(out)
 }
 
+/// Reads a trusted key or root, refusing a file (or a directory holding it) that another user
+/// could have written.
+fn read_trusted(path: &Path) -> Result<Vec<u8>, KeyError> {
+    check_owned(path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        check_owned(parent)?;
+    }
+    read_small(path)
+}
+
+fn check_owned(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let unsafe_because = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("owned by uid {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!("mode {:o}", meta.mode() & 0o7777))
+    } else {
+        None
+    };
+    match unsafe_because {
+        Some(detail) => Err(KeyError::Unsafe {
+            path: path.to_owned(),
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Every certificate in a PEM file.
 pub fn certificates_from_pem(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>, KeyError> {
     let blocks = pem::parse_many(bytes).map_err(|e| KeyError::NotPem {
@@ -572,22 +615,38 @@ impl Keyring {
         Keyring { dir: dir.into() }
     }
 
+    /// The keyring the configuration names (`trust.dir`), else [`Keyring::default_dir`] for the
+    /// effective user.
+    pub fn configured(config: &crate::config::Config) -> Keyring {
+        match &config.trust.dir {
+            Some(dir) => Keyring::new(dir),
+            None => Keyring::new(Keyring::default_dir(rustix::process::geteuid().is_root())),
+        }
+    }
+
     /// `$HAUL_TRUST_DIR`, else `/etc/haul/trust` for root, else `$XDG_CONFIG_HOME/haul/trust`
-    /// (`~/.config/haul/trust`): beside the config file, since trust is configuration.
+    /// (`~/.config/haul/trust`): beside the config file, since trust is configuration. A user with
+    /// neither HOME nor XDG_CONFIG_HOME gets the system keyring, which only root can change, never
+    /// a directory under /tmp that another user could have filled with keys.
     pub fn default_dir(is_root: bool) -> PathBuf {
         if let Some(d) = std::env::var_os("HAUL_TRUST_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(d);
         }
         if is_root {
-            return PathBuf::from("/etc/haul/trust");
+            return PathBuf::from(SYSTEM_KEYRING);
         }
         std::env::var_os("XDG_CONFIG_HOME")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("haul")
-            .join("trust")
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".config"))
+            })
+            .map_or_else(
+                || PathBuf::from(SYSTEM_KEYRING),
+                |config| config.join("haul").join("trust"),
+            )
     }
 
     pub fn dir(&self) -> &Path {
@@ -663,7 +722,7 @@ impl Keyring {
     pub fn keys(&self) -> Result<Vec<NamedKey>, KeyError> {
         let mut out = Vec::new();
         for (name, path) in list(&self.dir.join("keys"), "pub")? {
-            let key = PublicKey::from_pem(&read_small(&path)?, &path.display().to_string())?;
+            let key = PublicKey::from_pem(&read_trusted(&path)?, &path.display().to_string())?;
             out.push(NamedKey { name, key });
         }
         Ok(out)
@@ -673,7 +732,7 @@ impl Keyring {
     pub fn roots(&self) -> Result<Vec<NamedRoot>, KeyError> {
         let mut out = Vec::new();
         for (name, path) in list(&self.dir.join("roots"), "pem")? {
-            let certs = certificates_from_pem(&read_small(&path)?, &path.display().to_string())?;
+            let certs = certificates_from_pem(&read_trusted(&path)?, &path.display().to_string())?;
             out.push(NamedRoot { name, certs });
         }
         Ok(out)
@@ -682,7 +741,7 @@ impl Keyring {
     /// A key by keyring name, or from a file when `spec` is a path (contains `/`).
     pub fn key(&self, spec: &str) -> Result<NamedKey, KeyError> {
         if spec.contains('/') {
-            let key = PublicKey::from_pem(&read_small(Path::new(spec))?, spec)?;
+            let key = PublicKey::from_pem(&read_trusted(Path::new(spec))?, spec)?;
             return Ok(NamedKey {
                 name: spec.to_owned(),
                 key,
@@ -696,7 +755,7 @@ impl Keyring {
                 dir: self.dir.clone(),
             });
         }
-        let key = PublicKey::from_pem(&read_small(&path)?, spec)?;
+        let key = PublicKey::from_pem(&read_trusted(&path)?, spec)?;
         Ok(NamedKey {
             name: spec.to_owned(),
             key,
@@ -717,7 +776,7 @@ impl Keyring {
                 dir: self.dir.clone(),
             });
         }
-        let certs = certificates_from_pem(&read_small(&path)?, spec)?;
+        let certs = certificates_from_pem(&read_trusted(&path)?, spec)?;
         Ok(NamedRoot {
             name: spec.to_owned(),
             certs,

@@ -7,9 +7,10 @@
 //! signatures an image needs and what to do with unsigned ones. Nothing here talks to a
 //! transparency log or a timestamp authority: trust comes only from the keyring.
 //!
-//! [`TrustVerifier::verify`] resolves a tag to a digest once and judges that digest; the caller
-//! then pulls exactly that digest (`Puller::pull_pinned`), so a tag moved after the check does not
-//! change what is pulled. [`sign`] makes cosign-compatible signatures.
+//! [`TrustVerifier::verify`] resolves a tag to a digest once and judges that digest. Pulls never
+//! call it themselves: a [`crate::pull::Puller`] whose configuration turns trust on checks every
+//! image it fetches here first and then pulls exactly the checked digest, so a tag moved after the
+//! check does not change what is pulled. [`sign`] makes cosign-compatible signatures.
 
 pub mod certs;
 pub mod cosign;
@@ -27,7 +28,7 @@ use crate::registry::{RegistryClient, RegistryError};
 
 pub use discovery::Source;
 pub use keys::{KeyError, Keyring, NamedKey, NamedRoot, PrivateKey, PublicKey};
-pub use policy::{Require, Rule, TrustConfig, Unsigned};
+pub use policy::{Require, Rule, TrustConfig, Unsigned, enabled};
 
 /// Why one signature does not count.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -119,6 +119,16 @@ impl TrustConfig {
     }
 }
 
+/// Whether content trust is on, by docker's rule: an explicit choice (`--disable-content-trust`)
+/// wins, then `DOCKER_CONTENT_TRUST` when set to a value, then the config file's `trust.enabled`;
+/// off when none says.
+pub fn enabled(explicit: Option<bool>, config_default: Option<bool>) -> bool {
+    explicit.unwrap_or_else(|| match std::env::var("DOCKER_CONTENT_TRUST") {
+        Ok(v) if !v.is_empty() => matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"),
+        _ => config_default.unwrap_or(false),
+    })
+}
+
 fn covers(scope: &str, name: &str) -> bool {
     let scope = scope.trim_end_matches('/');
     name == scope || name.strip_prefix(scope).is_some_and(|r| r.starts_with('/'))

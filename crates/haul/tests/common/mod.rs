@@ -65,6 +65,7 @@ pub fn puller_for(
             platform: platform.map(|p| p.parse().expect("platform")),
             max_concurrent_downloads: concurrency,
             unpack: None,
+            content_trust: None,
         },
     )
 }
@@ -129,6 +130,7 @@ pub fn unpacking_harness() -> Harness {
             platform: None,
             max_concurrent_downloads: 3,
             unpack: Some(UnpackOptions::for_current_user()),
+            content_trust: None,
         },
     );
     Harness { dir, store, puller }
