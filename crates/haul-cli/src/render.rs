@@ -75,15 +75,11 @@ impl Reporter for Progress {
         let Ok(mut mode) = self.mode.lock() else {
             return;
         };
-        // The policy's warning about an unsigned image is never silenced.
+        // Warnings are never silenced.
         if matches!(&*mode, Mode::Quiet | Mode::Json)
-            && let Event::Trusted {
-                warning: Some(warning),
-                scope,
-                ..
-            } = &event
+            && let Some(line) = warning_line(&event)
         {
-            eprintln!("{}", trust_warning(warning, scope));
+            eprintln!("{line}");
         }
         match &mut *mode {
             Mode::Quiet => {}
@@ -139,6 +135,8 @@ fn plain_line(event: &Event) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         },
+        Event::TagSkipped { reference, reason } => format!("Skipping {reference}: {reason}"),
+        Event::PlatformMismatch { .. } => return warning_line(event),
         Event::Resolved { digest } => format!("Digest: {digest}"),
         Event::Finished {
             up_to_date,
@@ -146,6 +144,22 @@ fn plain_line(event: &Event) -> Option<String> {
             ..
         } => status_line(*up_to_date, familiar),
     })
+}
+
+/// The lines of events that warn, which even `-q` shows.
+fn warning_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Trusted {
+            warning: Some(warning),
+            scope,
+            ..
+        } => Some(trust_warning(warning, scope)),
+        Event::PlatformMismatch { wanted, actual } => Some(format!(
+            "WARNING: The requested image's platform ({actual}) does not match the detected host \
+             platform ({wanted}) and no specific platform was requested"
+        )),
+        _ => None,
+    }
 }
 
 fn trust_warning(warning: &str, scope: &str) -> String {

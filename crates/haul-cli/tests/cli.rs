@@ -434,3 +434,59 @@ async fn unpack_and_bundle_pull_what_is_missing() {
     };
     assert_eq!(dests(&spec), dests(&runc));
 }
+
+/// Issue 13: `pull --platform linux/arm64` of an image built only for amd64 (a single manifest, no
+/// index) succeeded silently, and `unpack` then made an amd64 rootfs. The config's platform is
+/// checked: refused when a platform was asked for, docker's warning when the host's was assumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_platform_mismatch_is_refused_when_asked_for_and_warned_about_otherwise() {
+    let host = if cfg!(target_arch = "aarch64") {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let foreign = ImageBuilder::new(Format::Oci)
+        .platform("linux", host, None)
+        .layer(random_layer(70, 1_000))
+        .build();
+    let registry = registry_with("team/foreign", "1", &foreign).await;
+    let env = Env::new();
+    let name = format!("{}/team/foreign:1", registry.host());
+    let other = if host == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+
+    for command in [vec!["pull"], vec!["unpack"]] {
+        let mut args = command.clone();
+        args.extend(["--platform", other, &name]);
+        let dir = env.dir.path().join("rootfs");
+        let dir = dir.display().to_string();
+        if command[0] == "unpack" {
+            args.push(&dir);
+        }
+        let out = env.run(&args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "does not match the specified platform: wanted {other}, actual: linux/{host}"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert!(!Path::new(&dir).exists());
+    }
+    let images = env.run(&["images", "-q"]);
+    assert_eq!(images.stdout.trim(), "", "nothing named");
+
+    let out = env.run(&["pull", "-q", &name]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "WARNING: The requested image's platform (linux/{host}"
+        )),
+        "{}",
+        out.stderr
+    );
+}

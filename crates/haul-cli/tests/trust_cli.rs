@@ -429,3 +429,102 @@ fn running_as_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Issue 13: `--all-tags` failed on a repository holding the `sha256-….sig` tag that `haul trust
+/// sign` pushes, blaming another tag, and one bad tag sank the others. Signature and artifact tags
+/// are skipped with a note; each failure is reported under its own tag; what could be pulled is.
+#[tokio::test]
+async fn all_tags_skips_signature_and_artifact_tags_and_one_bad_tag_sinks_nothing() {
+    let one = image("one");
+    let registry = registry_with("team/app", "1", &one).await;
+    let pusher = Pusher::new(&registry.url());
+    let two = image("two");
+    pusher.push_image("team/app", "2", &two).await.unwrap();
+    let arm = ImageBuilder::new(Format::Oci)
+        .platform("linux", "arm64", None)
+        .layer(
+            LayerBuilder::new()
+                .add_file("arm.txt", b"arm", 0o644)
+                .finish_gzip(),
+        )
+        .build();
+    pusher.push_image("team/app", "arm", &arm).await.unwrap();
+    // A helm chart: an OCI artifact, not an image.
+    let chart_config = test_registry::Blob::new("application/vnd.cncf.helm.config.v1+json", "{}");
+    let chart_layer = test_registry::Blob::new(
+        "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+        test_registry::gzip(b"chart"),
+    );
+    pusher.push_blob("team/app", &chart_config).await.unwrap();
+    pusher.push_blob("team/app", &chart_layer).await.unwrap();
+    let chart = test_registry::Blob::new(
+        "application/vnd.oci.image.manifest.v1+json",
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": chart_config.descriptor(),
+            "layers": [chart_layer.descriptor()],
+        }))
+        .unwrap(),
+    );
+    pusher
+        .push_manifest("team/app", "chart", &chart)
+        .await
+        .unwrap();
+
+    let env = Env::new();
+    let (key, _) = key_pair(&env, "alice");
+    let repo = format!("{}/team/app", registry.host());
+    ok(haul_run(
+        &env,
+        &["trust", "sign", "--key", &key, &format!("{repo}:1")],
+    ));
+    let sig_tag = format!("sha256-{}.sig", &one.digest()["sha256:".len()..]);
+    assert!(
+        pusher.tags("team/app").await.unwrap().contains(&sig_tag),
+        "the signature tag is in the repository"
+    );
+
+    let out = haul_run(
+        &env,
+        &[
+            "pull",
+            "--all-tags",
+            "--platform",
+            "linux/amd64",
+            "--progress",
+            "plain",
+            &repo,
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "Skipping {repo}:{sig_tag}: a cosign signature tag"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("Skipping {repo}:chart: "))
+            && out.stderr.contains("not a container image config"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "Error: pulling {repo}:arm: image with reference {repo}:arm was found but does not \
+             match the specified platform: wanted linux/amd64, actual: linux/arm64"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("1 of 3 tags could not be pulled"),
+        "{}",
+        out.stderr
+    );
+    let mut names = stored_names(&env);
+    names.sort();
+    assert_eq!(names, [format!("{repo}:1"), format!("{repo}:2")]);
+}

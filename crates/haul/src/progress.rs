@@ -89,6 +89,11 @@ pub enum Event {
         warning: Option<String>,
         scope: String,
     },
+    /// `--all-tags` left a tag alone: it names a signature, an attestation or another artifact.
+    TagSkipped { reference: String, reason: String },
+    /// The image (not from an index) was built for another platform than the host's, and no
+    /// platform was asked for; docker warns and pulls it.
+    PlatformMismatch { wanted: String, actual: String },
     /// What the reference resolved to (`Digest: sha256:…`).
     Resolved { digest: Digest },
     /// The pull is done; `up_to_date` when nothing had to be fetched.

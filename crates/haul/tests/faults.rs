@@ -440,7 +440,8 @@ async fn all_tags_follows_link_pagination() {
         .puller
         .pull_all_tags(&repo, Arc::new(Recorder::default()))
         .await
-        .unwrap();
+        .unwrap()
+        .pulled;
     assert_eq!(outcomes.len(), 230);
     assert_eq!(registry.count("GET", "/tags/list"), 3, "pages of 100");
     assert_eq!(registry.count("GET", &img.layers[0].blob.digest), 1);
@@ -470,7 +471,8 @@ async fn all_tags_pulls_tags_at_once_and_reports_them_in_order() {
         .puller
         .pull_all_tags(&repo, recorder.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .pulled;
     let tags: Vec<_> = outcomes.iter().map(|o| o.reference.to_string()).collect();
     assert_eq!(
         tags,

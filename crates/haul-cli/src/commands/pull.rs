@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use haul::platform::Platform;
-use haul::pull::{PullOptions, Puller};
+use haul::pull::{AllTags, PullOptions, Puller};
 use haul::reference::Reference;
 use haul::unpack::image::UnpackOptions;
 
@@ -53,20 +53,48 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
         },
     );
     let result = if args.all_tags {
-        puller
-            .pull_all_tags(&reference, progress.clone())
-            .await
-            .map(|_| reference.name())
+        match puller.pull_all_tags(&reference, progress.clone()).await {
+            Ok(all) => {
+                progress.finish();
+                all_tags_result(&reference, all)
+            }
+            Err(e) => {
+                progress.finish();
+                Err(e.into())
+            }
+        }
     } else {
-        puller
+        let result = puller
             .pull(&reference, progress.clone())
             .await
             .map(|o| o.reference.to_string())
+            .map_err(anyhow::Error::from);
+        progress.finish();
+        result
     };
-    progress.finish();
     let name = result.with_context(|| format!("pulling {}", reference.familiar_string()))?;
     if !progress.is_json() {
         println!("{name}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each failed tag's error as it happened; the others were pulled. The command fails at the end
+/// when any tag did.
+fn all_tags_result(reference: &Reference, all: AllTags) -> anyhow::Result<String> {
+    let tried = all.pulled.len() + all.failed.len();
+    let failed = all.failed.len();
+    for (tag, error) in all.failed {
+        crate::report(
+            &anyhow::Error::new(error).context(format!("pulling {}", tag.familiar_string())),
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {tried} tags could not be pulled (the others were, and {} were skipped \
+             as signatures or other artifacts)",
+            all.skipped.len()
+        );
+    }
+    Ok(reference.name())
 }
