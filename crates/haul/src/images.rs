@@ -1,8 +1,10 @@
 //! Listing what the store holds, in the shape of `docker images`.
 //!
-//! One row per ref. The image ID is the config digest (as in docker); the digest is what the name
+//! One row per image and name (see [`list`]). The image ID is the config digest (as in docker); the digest is what the name
 //! resolved to at the registry (docker's "repo digest"); the size is the content the image needs in
 //! the store: config plus compressed layers. Rows come newest first by the config's `created`.
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
@@ -80,6 +82,20 @@ pub fn list(store: &Store, filter: Option<&Reference>) -> Result<Vec<ImageSummar
             reference: entry.name,
         });
     }
+    // One row per image and name, as docker shows it: `name:tag@digest` (pulled by digest, the tag
+    // kept as a label) adds nothing to `name:tag` of the same image, and `name@digest` shows as
+    // `<none>` only while no tag of that repository names the image.
+    rows.sort_by_key(|r| r.reference.contains('@'));
+    let mut seen = HashSet::new();
+    rows.retain(|r| seen.insert((r.repository.clone(), r.tag.clone(), r.image_id.clone())));
+    let tagged: HashSet<(String, Digest)> = rows
+        .iter()
+        .filter(|r| r.tag.is_some())
+        .map(|r| (r.repository.clone(), r.image_id.clone()))
+        .collect();
+    rows.retain(|r| {
+        r.tag.is_some() || !tagged.contains(&(r.repository.clone(), r.image_id.clone()))
+    });
     rows.sort_by_key(|r| std::cmp::Reverse(r.created));
     Ok(rows)
 }

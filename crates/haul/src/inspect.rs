@@ -82,6 +82,15 @@ pub fn find(store: &Store, image: &str) -> Result<StoredImage, InspectError> {
         .parse::<Reference>()
         .map(|r| name_matches(&catalogue, &r))
         .unwrap_or_default();
+    if matched.is_empty() {
+        // A name another OCI tool wrote as it is (skopeo's `oci:STORE:mytag` makes `mytag`),
+        // found before docker's normalisation sends it elsewhere.
+        matched = catalogue
+            .iter()
+            .position(|(e, _)| e.name == image)
+            .into_iter()
+            .collect();
+    }
     let by_id = matched.is_empty();
     if by_id && let Some(prefix) = id_prefix(image) {
         matched = (0..catalogue.len())

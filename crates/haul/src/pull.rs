@@ -103,6 +103,8 @@ pub enum PullError {
         wanted: String,
         actual: String,
     },
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
     #[error("{name} was removed from the store while it was being pulled")]
     RefVanished { name: String },
     /// Content trust refused the image; nothing was downloaded.
@@ -259,15 +261,27 @@ impl Puller {
         &self.store
     }
 
-    /// The image `reference` names, ready to unpack: the stored one when it fits the wanted
-    /// platform, else pulled. With content trust on, the name is checked against the registry's
-    /// signatures first, as `docker run` does, and a stored image is used only when it is the
-    /// digest that was checked; otherwise that digest is pulled.
+    /// The image `image` names (as a user types it), ready to unpack: the stored one when it
+    /// fits the wanted platform, else pulled. With content trust on, the name is checked against
+    /// the registry's signatures first, as `docker run` does, and a stored image is used only when
+    /// it is the digest that was checked; otherwise that digest is pulled. With trust off, a name
+    /// another OCI tool wrote into the store as it is (skopeo's `oci:STORE:mytag`) is used when
+    /// docker's normalisation of it (`docker.io/library/mytag:latest`) is not stored.
     pub async fn stored_or_pull(
         &self,
-        reference: &Reference,
+        image: &str,
         reporter: Arc<dyn Reporter>,
     ) -> Result<RefEntry, PullError> {
+        let parsed = image.parse::<Reference>();
+        let reference = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                return match self.foreign_name(image)? {
+                    Some(entry) => Ok(entry),
+                    None => Err(PullError::Reference(e)),
+                };
+            }
+        };
         let name = reference.to_string();
         let wanted = self.options.platform.clone().unwrap_or_else(Platform::host);
         let usable = |entry: &RefEntry, checked: Option<&Digest>| {
@@ -278,17 +292,32 @@ impl Puller {
                 .is_none_or(|p| crate::platform::matches(&wanted, p))
                 && checked.is_none_or(|d| &entry.resolved == d)
         };
-        let checked = self.check_trust(reference, None, &reporter).await?;
+        let checked = self.check_trust(&reference, None, &reporter).await?;
         if let Some(entry) = self.store.find_ref(&name)?
             && usable(&entry, checked.as_ref())
         {
             return Ok(entry);
         }
-        self.pull_checked(reference, checked.as_ref(), reporter)
+        if checked.is_none()
+            && let Some(entry) = self.foreign_name(image)?
+            && usable(&entry, None)
+        {
+            return Ok(entry);
+        }
+        self.pull_checked(&reference, checked.as_ref(), reporter)
             .await?;
         self.store
             .find_ref(&name)?
             .ok_or(PullError::RefVanished { name })
+    }
+
+    /// A ref stored under exactly `image`, when that is not what haul itself would name it.
+    fn foreign_name(&self, image: &str) -> Result<Option<RefEntry>, PullError> {
+        if self.trust.is_some() {
+            // A local name has no registry whose signatures could be checked.
+            return Ok(None);
+        }
+        Ok(self.store.find_ref(image)?)
     }
 
     /// Pulls every image tag of `repository` (a reference without tag or digest), several at once

@@ -1316,7 +1316,9 @@ async fn every_pull_path_checks_trust_when_the_config_enables_it() {
         puller.pull_pinned(&name, &digest, Arc::new(Silent)).await
     ));
     assert!(refused(
-        puller.stored_or_pull(&name, Arc::new(Silent)).await
+        puller
+            .stored_or_pull(&name.to_string(), Arc::new(Silent))
+            .await
     ));
     let all = puller
         .pull_all_tags(
@@ -1341,7 +1343,10 @@ async fn every_pull_path_checks_trust_when_the_config_enables_it() {
     let sig = alice.sign_b64(&payload);
     push_cosign(&registry, "team/app", image.digest(), &[(payload, sig)]).await;
     let events = Arc::new(Recorder::default());
-    let entry = puller.stored_or_pull(&name, events.clone()).await.unwrap();
+    let entry = puller
+        .stored_or_pull(&name.to_string(), events.clone())
+        .await
+        .unwrap();
     assert_eq!(entry.resolved, digest);
     assert!(
         events.events().iter().any(|e| matches!(

@@ -28,7 +28,6 @@ pub async fn run(
     args: &UnpackArgs,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let reference: Reference = args.image.parse()?;
     let platform = args
         .platform
         .as_deref()
@@ -39,7 +38,12 @@ pub async fn run(
     let progress = Arc::new(Progress::new(args.progress, args.quiet));
     let content_trust = args.disable_content_trust.map(|disable| !disable);
     let entry =
-        stored_or_pulled(&ctx, &reference, platform, content_trust, progress.clone()).await?;
+        stored_or_pulled(&ctx, &args.image, platform, content_trust, progress.clone()).await?;
+    // What the store calls it: docker's full name, or the name another tool wrote.
+    let shown = match entry.name.parse::<Reference>() {
+        Ok(r) if r.to_string() == entry.name => r.familiar_string(),
+        _ => entry.name.clone(),
+    };
 
     let store = ctx.store.clone();
     let target = args.dir.clone();
@@ -58,7 +62,7 @@ pub async fn run(
     })
     .await
     .context("the unpack task failed")?
-    .with_context(|| format!("unpacking {} into {}", reference, args.dir.display()))?;
+    .with_context(|| format!("unpacking {} into {}", shown, args.dir.display()))?;
     progress.finish();
     for warning in &stats.warnings {
         eprintln!("WARNING: {warning}");
@@ -69,7 +73,7 @@ pub async fn run(
             stats.layers,
             human_size(stats.uncompressed_bytes),
             stats.entries,
-            reference.familiar_string()
+            shown
         );
     }
     println!("{}", absolute(&args.dir).display());
@@ -79,7 +83,7 @@ pub async fn run(
 /// The stored image when it fits (and, with content trust on, is the checked digest), else pulled.
 async fn stored_or_pulled(
     ctx: &Context,
-    reference: &Reference,
+    image: &str,
     platform: Option<Platform>,
     content_trust: Option<bool>,
     progress: Arc<Progress>,
@@ -95,9 +99,9 @@ async fn stored_or_pulled(
         },
     );
     puller
-        .stored_or_pull(reference, progress)
+        .stored_or_pull(image, progress)
         .await
-        .with_context(|| format!("pulling {}", reference.familiar_string()))
+        .with_context(|| format!("pulling {image}"))
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {
