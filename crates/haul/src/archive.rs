@@ -184,13 +184,7 @@ pub fn save<W: Write>(
                 continue;
             }
             let path = store.blob_path(&d.digest);
-            let file = std::fs::File::open(&path).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    ArchiveError::Store(StoreError::Missing(d.digest.clone()))
-                } else {
-                    io_err(&path)(e)
-                }
-            })?;
+            let file = store.open_blob(&d.digest)?;
             let len = file.metadata().map_err(io_err(&path))?.len();
             if len != d.size {
                 return Err(ArchiveError::SizeMismatch {
@@ -699,9 +693,9 @@ fn synthesise(
             })?;
         let gzip = {
             let mut magic = [0u8; 2];
-            std::fs::File::open(store.blob_path(&digest))
-                .and_then(|mut f| f.read_exact(&mut magic))
-                .is_ok()
+            store
+                .open_blob(&digest)
+                .is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
                 && magic == [0x1f, 0x8b]
         };
         let mt = if gzip {

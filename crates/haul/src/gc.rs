@@ -12,7 +12,6 @@
 //! stops the prune before anything is deleted: what it reaches is unknown.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -23,12 +22,11 @@ use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, ImageConfig, Manifest, ManifestError};
 use crate::reference::Reference;
 use crate::store::refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, SOURCE_ANNOTATION};
-use crate::store::{Store, StoreError};
+use crate::store::{Entry, Store, StoreError, TRASH_DIR};
 use crate::unpack::cache::chain_ids;
 
 /// Partial downloads and temp files younger than this may belong to a running operation.
 pub const DEFAULT_PARTIAL_AGE: Duration = Duration::from_secs(24 * 60 * 60);
-const TRASH_DIR: &str = "trash";
 /// Nested indexes deeper than this are not followed (nothing real nests more than once).
 const MAX_DEPTH: usize = 4;
 
@@ -172,16 +170,7 @@ struct Root {
 
 fn read_roots(store: &Store) -> Result<Vec<Root>, GcError> {
     let path = store.root().join("index.json");
-    let bytes = std::fs::read(&path).map_err(|source| GcError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let index: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        GcError::Store(StoreError::BadLayout {
-            path: path.clone(),
-            reason: format!("index.json is not valid JSON: {e}"),
-        })
-    })?;
+    let index: Value = store.read_index()?;
     let entries = index
         .get("manifests")
         .and_then(Value::as_array)
@@ -273,16 +262,19 @@ fn mark_document(
 }
 
 fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneReport, GcError> {
-    let trash = store.root().join(TRASH_DIR);
+    let dir = store.dir();
+    let trash = Path::new(TRASH_DIR);
     if !options.dry_run {
         // What an interrupted prune had already moved aside.
-        remove_tree_quietly(&trash);
+        remove_tree_quietly(&store.root().join(trash));
     }
     let mut deleted = Vec::new();
 
-    for (algo_dir, name) in entries_two_deep(&store.root().join("blobs"))? {
-        let path = algo_dir.join(&name);
-        let algo = algo_dir.file_name().and_then(|a| a.to_str()).unwrap_or("");
+    for (algo_dir, entry) in entries_two_deep(store, Path::new("blobs"))? {
+        let rel = algo_dir.join(&entry.name);
+        let (Some(algo), Some(name)) = (file_name(&algo_dir), entry.name.to_str()) else {
+            continue;
+        };
         // A file that is not named like a digest is not haul's to judge.
         let Ok(digest) = format!("{algo}:{name}").parse::<Digest>() else {
             continue;
@@ -290,40 +282,33 @@ fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneRe
         if marks.blobs.contains(&digest) {
             continue;
         }
-        let bytes = size_of(&path);
         if !options.dry_run {
-            remove_file(&path)?;
+            dir.remove_file(&rel)?;
         }
         deleted.push(Deleted {
             what: Swept::Blob(digest),
-            path,
-            bytes,
+            path: store.root().join(&rel),
+            bytes: entry.len(),
         });
     }
 
     let now = SystemTime::now();
-    let old = |path: &Path| {
-        std::fs::symlink_metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age >= options.partial_age)
+    let old = |entry: &Entry| {
+        now.duration_since(entry.modified())
+            .is_ok_and(|age| age >= options.partial_age)
     };
 
-    for (algo_dir, name) in entries_two_deep(&store.root().join("layers"))? {
-        let path = algo_dir.join(&name);
-        let algo = algo_dir.file_name().and_then(|a| a.to_str()).unwrap_or("");
+    for (algo_dir, entry) in entries_two_deep(store, Path::new("layers"))? {
+        let rel = algo_dir.join(&entry.name);
+        let (Some(algo), Some(name)) = (file_name(&algo_dir), entry.name.to_str()) else {
+            continue;
+        };
         let what = if let Some(rest) = name.strip_prefix(".tmp-") {
             // `.tmp-<chain hex>-<pid>-<random>`: leftover unless an extraction of that chain ID
             // holds its lock right now.
             let chain_hex = rest.split('-').next().unwrap_or("");
-            let idle = is_idle(
-                &store
-                    .root()
-                    .join("locks")
-                    .join(format!("layer-{algo}-{chain_hex}.lock")),
-            );
-            if !(idle || old(&path)) {
+            let idle = is_idle(store, &format!("layer-{algo}-{chain_hex}.lock"));
+            if !(idle || old(&entry)) {
                 continue;
             }
             Swept::Staging
@@ -336,33 +321,36 @@ fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneRe
             }
             Swept::Layer(chain_id)
         };
+        let path = store.root().join(&rel);
         let bytes = size_of(&path);
         if !options.dry_run {
-            discard_tree(&path, &trash)?;
+            discard_tree(store, &rel, trash)?;
         }
         deleted.push(Deleted { what, path, bytes });
     }
 
-    let ingest = store.root().join("ingest");
-    for name in list(&ingest)? {
-        let path = ingest.join(&name);
-        if !old(&path) {
+    let ingest = Path::new("ingest");
+    for entry in dir.list(ingest)? {
+        if !old(&entry) {
             continue;
         }
+        let Some(name) = entry.name.to_str() else {
+            continue;
+        };
         // `<algo>-<hex>.partial` belongs to an ingest holding `locks/<algo>-<hex>.lock`.
         if let Some(stem) = name.strip_suffix(".partial")
-            && !is_idle(&store.root().join("locks").join(format!("{stem}.lock")))
+            && !is_idle(store, &format!("{stem}.lock"))
         {
             continue;
         }
-        let bytes = size_of(&path);
+        let rel = ingest.join(&entry.name);
         if !options.dry_run {
-            remove_file(&path)?;
+            dir.remove_file(&rel)?;
         }
         deleted.push(Deleted {
             what: Swept::Partial,
-            path,
-            bytes,
+            path: store.root().join(&rel),
+            bytes: entry.len(),
         });
     }
 
@@ -375,49 +363,33 @@ fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneRe
     })
 }
 
-/// Whether nobody holds the lock at `path` (an absent lock file is idle too). Never creates one.
-fn is_idle(path: &Path) -> bool {
-    match File::open(path) {
-        Ok(f) => f.try_lock().is_ok(),
-        Err(e) => e.kind() == io::ErrorKind::NotFound,
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name().and_then(|n| n.to_str())
+}
+
+/// Whether nobody holds the lock `locks/<name>` (an absent lock file is idle too). Never creates
+/// one; one that is not a plain file (planted) counts as held, so nothing is swept on its word.
+fn is_idle(store: &Store, name: &str) -> bool {
+    match store.dir().open_file(&Path::new("locks").join(name)) {
+        Ok(Some(f)) => f.try_lock().is_ok(),
+        Ok(None) => true,
+        Err(_) => false,
     }
 }
 
-/// `(dir/<a>, <b>)` for every `dir/<a>/<b>`, sorted.
-fn entries_two_deep(dir: &Path) -> Result<Vec<(PathBuf, String)>, GcError> {
+/// `(dir/<a>, entry <b>)` for every `dir/<a>/<b>` where `<a>` is a real directory, sorted.
+fn entries_two_deep(store: &Store, dir: &Path) -> Result<Vec<(PathBuf, Entry)>, GcError> {
     let mut out = Vec::new();
-    for a in list(dir)? {
-        let sub = dir.join(&a);
-        if !sub.is_dir() {
+    for a in store.dir().list(dir)? {
+        if !a.is_dir() {
             continue;
         }
-        for b in list(&sub)? {
+        let sub = dir.join(&a.name);
+        for b in store.dir().list(&sub)? {
             out.push((sub.clone(), b));
         }
     }
     Ok(out)
-}
-
-/// File names in `dir`, sorted; none when it does not exist.
-fn list(dir: &Path) -> Result<Vec<String>, GcError> {
-    let io_err = |source| GcError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err)?;
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// Bytes in the files of a tree (or of one file); symlinks count as themselves.
@@ -438,31 +410,22 @@ pub fn size_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn remove_file(path: &Path) -> Result<(), GcError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(GcError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Moves a tree out of sight in one rename, then deletes it.
-fn discard_tree(path: &Path, trash: &Path) -> Result<(), GcError> {
-    let io_err = |path: &Path, source| GcError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(trash).map_err(|e| io_err(trash, e))?;
+/// Moves the tree `rel` out of sight into `trash/` in one rename, then deletes it.
+fn discard_tree(store: &Store, rel: &Path, trash: &Path) -> Result<(), GcError> {
+    store.create_private_dir(&store.root().join(trash))?;
     let aside = trash.join(format!("{}-{:016x}", std::process::id(), fastrand::u64(..)));
-    match std::fs::rename(path, &aside) {
+    match store.dir().rename(rel, &aside) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path, e)),
+        Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
     }
-    crate::unpack::image::remove_tree(&aside).map_err(|e| io_err(&aside, e))
+    let aside = store.root().join(aside);
+    crate::unpack::image::remove_tree(&aside).map_err(|source| GcError::Io {
+        path: aside.clone(),
+        source,
+    })
 }
 
 fn remove_tree_quietly(path: &Path) {

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::config::{self, Config};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreDir, StoreError};
 
 /// The settings a pull uses, ready to print: from the config file, else built-in defaults (and
 /// the environment for proxies). Proxy URLs have their user and password shown as `xxxxx`.
@@ -92,36 +93,38 @@ pub struct StoreUsage {
     pub extracted_bytes: u64,
 }
 
-/// Counts what `store` holds.
+/// Counts what `store` holds. Nothing is followed: a symlink in the store counts as itself.
 pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
-    let root = store.root();
+    let dir = store.dir();
     let mut blobs = 0;
     let mut blob_bytes = 0;
     // One directory per digest algorithm (`blobs/sha256`, `blobs/sha512`).
-    for algorithm in read_dir(&root.join("blobs"))? {
-        if algorithm.is_dir {
-            let (n, bytes) = files_in(&algorithm.path)?;
+    for algorithm in dir.list(Path::new("blobs"))? {
+        if algorithm.is_dir() {
+            let (n, bytes) = files_in(dir, &Path::new("blobs").join(&algorithm.name))?;
             blobs += n;
             blob_bytes += bytes;
         }
     }
-    let (partial_files, partial_bytes) = files_in(&root.join("ingest"))?;
+    let (partial_files, partial_bytes) = files_in(dir, Path::new("ingest"))?;
     let (mut extracted_layers, mut extracted_bytes) = (0, 0);
-    for algorithm in read_dir(&root.join("layers"))? {
-        for layer in read_dir(&algorithm.path)? {
+    for algorithm in dir.list(Path::new("layers"))? {
+        if !algorithm.is_dir() {
+            continue;
+        }
+        let algorithm_dir = Path::new("layers").join(&algorithm.name);
+        for layer in dir.list(&algorithm_dir)? {
             // Staging directories of extractions in progress start with a dot.
-            let staging = layer
-                .path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if layer.is_dir && !staging {
+            let staging = layer.name.as_bytes().starts_with(b".");
+            if layer.is_dir() && !staging {
                 extracted_layers += 1;
-                extracted_bytes += tree_bytes(&layer.path)?;
+                extracted_bytes +=
+                    tree_bytes(&store.root().join(&algorithm_dir).join(&layer.name))?;
             }
         }
     }
     Ok(StoreUsage {
-        root: root.to_owned(),
+        root: store.root().to_owned(),
         images: store.refs()?.len(),
         blobs,
         blob_bytes,
@@ -134,15 +137,21 @@ pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
 
 /// The bytes of every regular file below `dir` (symlinks not followed).
 fn tree_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let iter = match std::fs::read_dir(dir) {
+        Ok(i) => i,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
     let mut total = 0;
-    for entry in read_dir(dir)? {
-        let meta = match std::fs::symlink_metadata(&entry.path) {
+    for entry in iter {
+        let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io(&entry.path, e)),
+            Err(e) => return Err(StoreError::io(&path, e)),
         };
         if meta.is_dir() {
-            total += tree_bytes(&entry.path)?;
+            total += tree_bytes(&path)?;
         } else if meta.is_file() {
             total += meta.len();
         }
@@ -150,42 +159,11 @@ fn tree_bytes(dir: &Path) -> Result<u64, StoreError> {
     Ok(total)
 }
 
-struct Entry {
-    path: PathBuf,
-    is_dir: bool,
-    len: u64,
-}
-
-/// The entries of `dir`; a missing directory is empty. Entries that vanish while being read
-/// (a download committing) are left out.
-fn read_dir(dir: &Path) -> Result<Vec<Entry>, StoreError> {
-    let iter = match std::fs::read_dir(dir) {
-        Ok(i) => i,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in iter {
-        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        let path = entry.path();
-        match entry.metadata() {
-            Ok(meta) => out.push(Entry {
-                is_dir: meta.is_dir(),
-                len: meta.len(),
-                path,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(&path, e)),
-        }
-    }
-    Ok(out)
-}
-
-/// Number and total size of the regular files directly in `dir`.
-fn files_in(dir: &Path) -> Result<(u64, u64), StoreError> {
-    let files = read_dir(dir)?;
-    Ok(files
+/// Number and total size of the regular files directly in `rel`.
+fn files_in(dir: &StoreDir, rel: &Path) -> Result<(u64, u64), StoreError> {
+    Ok(dir
+        .list(rel)?
         .iter()
-        .filter(|e| !e.is_dir)
-        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.len)))
+        .filter(|e| e.is_file())
+        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.len())))
 }

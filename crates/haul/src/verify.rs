@@ -271,10 +271,10 @@ fn hash_file(store: &Store, digest: &Digest) -> Result<Option<Digest>, VerifyErr
         path: path.clone(),
         source,
     };
-    let mut file = match std::fs::File::open(&path) {
+    let mut file = match store.open_blob(digest) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(e)),
+        Err(StoreError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let mut hasher = Hasher::new(digest.algorithm());
     let mut buf = vec![0u8; 1 << 20];
@@ -343,12 +343,7 @@ async fn mend(
 ) -> Result<(), VerifyError> {
     let digest = &problem.digest;
     if matches!(problem.fault, Fault::Corrupt { .. }) {
-        let path = store.blob_path(digest);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(VerifyError::Io { path, source }),
-        }
+        store.remove_blob(digest)?;
     }
     let reference: Reference = problem
         .image

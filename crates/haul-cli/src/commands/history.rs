@@ -3,8 +3,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use haul::store::Store;
-
 use crate::cli::{GlobalArgs, HistoryArgs, ListFormat};
 use crate::context;
 use crate::render::{Table, human_size, time_ago};
@@ -14,7 +12,7 @@ const CREATED_BY_WIDTH: usize = 45;
 
 pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let image = haul::inspect::find(&store, &args.image)?;
     let rows = haul::inspect::history(&image);
     let mut out = std::io::stdout().lock();

@@ -16,8 +16,7 @@ pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
         .map(str::parse::<Reference>)
         .transpose()?;
     context::load_config(global)?;
-    let root = context::store_root(global);
-    let store = haul::store::Store::open(&root)?;
+    let store = context::open_store(global)?;
     // A filter without a tag matches every tag, so drop the implied `latest`.
     let filter = match (&filter, args.repository.as_deref()) {
         (Some(f), Some(raw)) if f.tag().is_none() => {

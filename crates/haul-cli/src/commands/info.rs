@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use haul::registry::DockerConfig;
-use haul::store::Store;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, InfoArgs, ListFormat};
@@ -13,7 +12,7 @@ use crate::render::human_size;
 
 pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let config = context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let usage = haul::info::usage(&store)?;
     let credentials = DockerConfig::default_dir().map(|d| d.join("config.json"));
     let effective = haul::info::effective_config(&config);

@@ -3,14 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use haul::store::Store;
-
 use crate::cli::{GlobalArgs, InspectArgs};
 use crate::context;
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &args.images {

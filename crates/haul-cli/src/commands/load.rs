@@ -4,14 +4,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use haul::store::Store;
 
 use crate::cli::{GlobalArgs, LoadArgs};
 use crate::context;
 
 pub async fn run(global: &GlobalArgs, args: &LoadArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let loaded = match args.input.as_deref() {
         Some(path) if path.as_os_str() != "-" => {
             let file =

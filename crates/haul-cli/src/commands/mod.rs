@@ -48,6 +48,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A line telling the user what to do about `err`, where there is something to do.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     for cause in err.chain() {
+        if let Some(hint) = crate::context::store_hint(cause) {
+            return Some(hint);
+        }
         let trust_error = cause.downcast_ref::<haul::trust::TrustError>().or_else(|| {
             match cause.downcast_ref() {
                 Some(haul::pull::PullError::Trust(e)) => Some(e),

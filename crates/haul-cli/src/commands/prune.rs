@@ -23,7 +23,7 @@ pub async fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<
 
 async fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     if !args.force && !args.dry_run && !confirm(if args.all { WARNING_ALL } else { WARNING })? {
         anyhow::bail!("image prune has been cancelled; nothing was removed");
     }

@@ -5,14 +5,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use haul::reference::Reference;
-use haul::store::Store;
 
 use crate::cli::{GlobalArgs, RmiArgs};
 use crate::context;
 
 pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let mut errors = Vec::new();
     for image in &args.images {
         match haul::tag::untag(&store, image, args.force).await {

@@ -4,14 +4,13 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use haul::archive::{self, ArchiveFormat};
-use haul::store::Store;
 
 use crate::cli::{GlobalArgs, SaveArgs, SaveFormat};
 use crate::context;
 
 pub async fn run(global: &GlobalArgs, args: &SaveArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     let format = match args.format {
         SaveFormat::DockerArchive => ArchiveFormat::DockerArchive,
         SaveFormat::OciArchive => ArchiveFormat::OciArchive,

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use haul::reference::Reference;
-use haul::store::Store;
 
 use crate::cli::{GlobalArgs, TagArgs};
 use crate::context;
@@ -11,7 +10,7 @@ use crate::context;
 pub async fn run(global: &GlobalArgs, args: &TagArgs) -> anyhow::Result<ExitCode> {
     let target: Reference = args.target.parse()?;
     context::load_config(global)?;
-    let store = Store::open(context::store_root(global))?;
+    let store = context::open_store(global)?;
     haul::tag::tag(&store, &args.source, &target).await?;
     Ok(ExitCode::SUCCESS)
 }

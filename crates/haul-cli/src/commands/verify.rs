@@ -25,7 +25,7 @@ pub async fn run(global: &GlobalArgs, args: &VerifyArgs) -> anyhow::Result<ExitC
         report.after
     } else {
         context::load_config(global)?;
-        let store = haul::store::Store::open(context::store_root(global))?;
+        let store = context::open_store(global)?;
         let images = args.images.clone();
         let report = tokio::task::spawn_blocking(move || {
             haul::verify::verify(&store, &images).map_err(anyhow::Error::from)

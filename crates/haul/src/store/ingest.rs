@@ -10,12 +10,12 @@
 //! interrupted at 90% fetches only the last 10%. Content that turns out wrong is removed: a partial
 //! longer than the blob, and any partial whose finished digest does not match.
 
-use std::io::Read;
+use std::io::{Read, Seek as _};
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::{FileLock, Store, StoreError, sync_parent};
+use super::{FileLock, INGEST_DIR, Store, StoreError};
 use crate::digest::{Digest, Verifier};
 
 const WRITE_BUFFER: usize = 1 << 20;
@@ -30,9 +30,10 @@ pub enum IngestStart {
 }
 
 pub struct Ingest {
+    store: Store,
     digest: Digest,
+    /// `ingest/<algo>-<hex>.partial`, relative to the store root.
     partial: PathBuf,
-    dest: PathBuf,
     file: Option<BufWriter<tokio::fs::File>>,
     verifier: Verifier,
     size: u64,
@@ -53,37 +54,27 @@ impl Store {
             return Ok(IngestStart::Present);
         }
         let stem = format!("{}-{}", digest.algorithm().name(), digest.hex());
-        let lock = FileLock::exclusive_async(self.lock_path(&format!("{stem}.lock"))).await?;
+        let lock = FileLock::exclusive_async(self, format!("{stem}.lock")).await?;
         if self.has_blob(digest) {
             return Ok(IngestStart::Present);
         }
-        let partial = self.ingest_dir().join(format!("{stem}.partial"));
-        let (verifier, resumed) = {
-            let (path, digest) = (partial.clone(), digest.clone());
-            tokio::task::spawn_blocking(move || rehash_partial(&path, digest, size))
+        let partial = Path::new(INGEST_DIR).join(format!("{stem}.partial"));
+        let (file, verifier, resumed) = {
+            let (store, rel, digest) = (self.clone(), partial.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || open_partial(&store, &rel, digest, size))
                 .await
-                .map_err(|e| StoreError::io(&partial, std::io::Error::other(e)))??
+                .map_err(|e| {
+                    StoreError::io(&self.root().join(&partial), std::io::Error::other(e))
+                })??
         };
-        // Positioned writes rather than O_APPEND: whatever lies past the hashed prefix goes, and a
-        // late write from an abandoned attempt can only land where its (identical) bytes belong.
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&partial)
-            .await
-            .map_err(|e| StoreError::io(&partial, e))?;
-        file.set_len(resumed)
-            .await
-            .map_err(|e| StoreError::io(&partial, e))?;
-        file.seek(std::io::SeekFrom::Start(resumed))
-            .await
-            .map_err(|e| StoreError::io(&partial, e))?;
         Ok(IngestStart::Writer(Ingest {
+            store: self.clone(),
             digest: digest.clone(),
-            dest: self.blob_path(digest),
             partial,
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(BufWriter::with_capacity(
+                WRITE_BUFFER,
+                tokio::fs::File::from_std(file),
+            )),
             verifier,
             size,
             resumed,
@@ -92,39 +83,44 @@ impl Store {
     }
 }
 
-/// Hashes what an earlier attempt left in `path`, so the ingest can continue after it. A partial
+/// Opens the partial file `rel` (created when absent, never through a symlink) and hashes what an
+/// earlier attempt left in it, positioned after that prefix so the ingest can continue. A partial
 /// longer than the blob cannot be a prefix of it and is emptied.
-fn rehash_partial(path: &Path, digest: Digest, size: u64) -> Result<(Verifier, u64), StoreError> {
+fn open_partial(
+    store: &Store,
+    rel: &Path,
+    digest: Digest,
+    size: u64,
+) -> Result<(std::fs::File, Verifier, u64), StoreError> {
+    let path = store.root().join(rel);
+    let io_err = |e| StoreError::io(&path, e);
+    let mut file = store.dir().open_writable(rel)?;
     let mut verifier = Verifier::new(digest.clone(), size);
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((verifier, 0)),
-        Err(e) => return Err(StoreError::io(path, e)),
-    };
-    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
-    if len > size {
-        drop(file);
-        std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
-        return Ok((verifier, 0));
-    }
-    let mut buf = vec![0u8; WRITE_BUFFER];
+    let len = file.metadata().map_err(io_err)?.len();
     let mut seen = 0u64;
-    while seen < len {
-        let n = file.read(&mut buf).map_err(|e| StoreError::io(path, e))?;
-        if n == 0 {
-            break;
+    if len <= size {
+        let mut buf = vec![0u8; WRITE_BUFFER];
+        while seen < len {
+            let n = file.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            let n = n.min((len - seen) as usize);
+            // Cannot fail: `len <= size` was checked above.
+            verifier
+                .update(&buf[..n])
+                .map_err(|source| StoreError::Verify {
+                    digest: digest.clone(),
+                    source,
+                })?;
+            seen += n as u64;
         }
-        let n = n.min((len - seen) as usize);
-        // Cannot fail: `len <= size` was checked above.
-        verifier
-            .update(&buf[..n])
-            .map_err(|source| StoreError::Verify {
-                digest: digest.clone(),
-                source,
-            })?;
-        seen += n as u64;
     }
-    Ok((verifier, seen))
+    // Positioned writes rather than O_APPEND: whatever lies past the hashed prefix goes, and a
+    // late write from an abandoned attempt can only land where its (identical) bytes belong.
+    file.set_len(seen).map_err(io_err)?;
+    file.seek(std::io::SeekFrom::Start(seen)).map_err(io_err)?;
+    Ok((file, verifier, seen))
 }
 
 impl Ingest {
@@ -157,17 +153,27 @@ impl Ingest {
         let Some(file) = self.file.as_mut() else {
             return Err(self.closed());
         };
-        file.write_all(bytes)
-            .await
-            .map_err(|e| StoreError::io(&self.partial, e))
+        match file.write_all(bytes).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::io(&self.path(), e)),
+        }
     }
 
     /// Drops what was written so far (a retry that could not resume starts over).
     pub async fn restart(&mut self) -> Result<(), StoreError> {
-        self.file = None;
-        let file = tokio::fs::File::create(&self.partial)
+        // Buffered bytes go with the writer; the file is emptied in place (same inode, still
+        // ours), so nothing is reopened by name.
+        let Some(writer) = self.file.take() else {
+            return Err(self.closed());
+        };
+        let mut file = writer.into_inner();
+        let path = self.path();
+        file.set_len(0)
             .await
-            .map_err(|e| StoreError::io(&self.partial, e))?;
+            .map_err(|e| StoreError::io(&path, e))?;
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| StoreError::io(&path, e))?;
         self.file = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
         self.verifier = Verifier::new(self.digest.clone(), self.size);
         self.resumed = 0;
@@ -190,7 +196,8 @@ impl Ingest {
     /// back.
     pub async fn discard(mut self) {
         self.file = None;
-        let _ = tokio::fs::remove_file(&self.partial).await;
+        let (store, rel) = (self.store.clone(), self.partial.clone());
+        let _ = tokio::task::spawn_blocking(move || store.dir().remove_file(&rel)).await;
     }
 
     /// Verifies size and digest, then makes the blob visible. On a mismatch the partial file is
@@ -200,27 +207,32 @@ impl Ingest {
             self.discard().await;
             return Err(e);
         }
+        let path = self.path();
         let mut file = self.file.take().ok_or_else(|| self.closed())?;
-        file.flush()
-            .await
-            .map_err(|e| StoreError::io(&self.partial, e))?;
+        file.flush().await.map_err(|e| StoreError::io(&path, e))?;
         let file = file.into_inner();
         file.sync_all()
             .await
-            .map_err(|e| StoreError::io(&self.partial, e))?;
+            .map_err(|e| StoreError::io(&path, e))?;
         drop(file);
-        tokio::fs::rename(&self.partial, &self.dest)
-            .await
-            .map_err(|e| StoreError::io(&self.dest, e))?;
-        let dest = self.dest.clone();
-        tokio::task::spawn_blocking(move || sync_parent(&dest))
-            .await
-            .map_err(|e| StoreError::io(&self.dest, std::io::Error::other(e)))?
+        let (store, from) = (self.store.clone(), self.partial.clone());
+        let to = Store::blob_rel(&self.digest);
+        tokio::task::spawn_blocking(move || {
+            store.dir().rename(&from, &to)?;
+            store.dir().sync_dir(to.parent().unwrap_or(Path::new("")))
+        })
+        .await
+        .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
+    }
+
+    /// The partial file's full path, for messages.
+    fn path(&self) -> PathBuf {
+        self.store.root().join(&self.partial)
     }
 
     fn closed(&self) -> StoreError {
         StoreError::io(
-            &self.partial,
+            &self.path(),
             std::io::Error::other("ingest used after it was closed"),
         )
     }

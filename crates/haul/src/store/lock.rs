@@ -1,13 +1,14 @@
 //! Advisory file locks (flock) that serialise haul processes sharing one store.
 //!
 //! A lock is held for as long as its [`FileLock`] lives, and the kernel drops it if the process dies,
-//! so a killed pull never leaves the store locked. Lock files are never deleted: removing a lock file
-//! while another process waits on it would let two processes hold "the" lock at once.
+//! so a killed pull never leaves the store locked. Lock files live in `locks/`, are opened without
+//! following symlinks (one planted there is refused, not followed) and are never deleted: removing a
+//! lock file while another process waits on it would let two processes hold "the" lock at once.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use super::{LOCKS_DIR, Store, StoreError};
 
 #[derive(Debug)]
 pub struct FileLock {
@@ -16,34 +17,37 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Blocks until the exclusive lock on `path` is held. Run it off the async runtime.
-    pub fn exclusive(path: &Path) -> Result<FileLock, StoreError> {
-        FileLock::take(path, File::lock)
+    /// Blocks until the exclusive lock `locks/<name>` of `store` is held. Run it off the async
+    /// runtime.
+    pub(crate) fn exclusive(store: &Store, name: &str) -> Result<FileLock, StoreError> {
+        FileLock::take(store, name, File::lock)
     }
 
-    /// Blocks until a shared lock on `path` is held (any number of holders, no exclusive one).
-    pub fn shared(path: &Path) -> Result<FileLock, StoreError> {
-        FileLock::take(path, File::lock_shared)
+    /// Blocks until a shared lock is held (any number of holders, no exclusive one).
+    pub(crate) fn shared(store: &Store, name: &str) -> Result<FileLock, StoreError> {
+        FileLock::take(store, name, File::lock_shared)
     }
 
-    fn take(path: &Path, lock: fn(&File) -> std::io::Result<()>) -> Result<FileLock, StoreError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| StoreError::io(path, e))?;
-        lock(&file).map_err(|e| StoreError::io(path, e))?;
-        Ok(FileLock {
-            _file: file,
-            path: path.to_owned(),
-        })
+    fn take(
+        store: &Store,
+        name: &str,
+        lock: fn(&File) -> std::io::Result<()>,
+    ) -> Result<FileLock, StoreError> {
+        let rel = Path::new(LOCKS_DIR).join(name);
+        let path = store.root().join(&rel);
+        let file = store.dir().open_writable(&rel)?;
+        lock(&file).map_err(|e| StoreError::io(&path, e))?;
+        Ok(FileLock { _file: file, path })
     }
 
     /// Like [`FileLock::exclusive`], waiting on a blocking thread so the runtime keeps going.
-    pub async fn exclusive_async(path: PathBuf) -> Result<FileLock, StoreError> {
-        let for_error = path.clone();
-        tokio::task::spawn_blocking(move || FileLock::exclusive(&path))
+    pub(crate) async fn exclusive_async(
+        store: &Store,
+        name: String,
+    ) -> Result<FileLock, StoreError> {
+        let for_error = store.lock_path(&name);
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || FileLock::exclusive(&store, &name))
             .await
             .map_err(|e| StoreError::io(&for_error, std::io::Error::other(e)))?
     }

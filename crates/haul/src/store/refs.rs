@@ -8,10 +8,11 @@
 //! `locks/index.lock`; unknown entries and fields written by other tools are preserved.
 
 use std::io;
+use std::path::Path;
 
 use serde_json::Value;
 
-use super::{FileLock, Store, StoreError};
+use super::{FileLock, INDEX_FILE, Store, StoreError};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, media_type};
 
@@ -96,10 +97,10 @@ impl Store {
     pub async fn set_ref(&self, entry: RefEntry) -> Result<(), StoreError> {
         let store = self.clone();
         run_blocking(move || {
-            let _lock = FileLock::exclusive(&store.lock_path(INDEX_LOCK))?;
+            let _lock = FileLock::exclusive(&store, INDEX_LOCK)?;
             let mut index = store.read_index()?;
             let new = serde_json::to_value(entry.to_descriptor())
-                .map_err(|e| StoreError::io(&store.index_path(), io::Error::other(e)))?;
+                .map_err(|e| StoreError::io(&store.root().join(INDEX_FILE), io::Error::other(e)))?;
             let entries = manifest_entries_mut(&mut index);
             entries.retain(|v| ref_name(v) != Some(entry.name.as_str()));
             entries.push(new);
@@ -113,7 +114,7 @@ impl Store {
         let store = self.clone();
         let name = name.to_owned();
         run_blocking(move || {
-            let _lock = FileLock::exclusive(&store.lock_path(INDEX_LOCK))?;
+            let _lock = FileLock::exclusive(&store, INDEX_LOCK)?;
             let mut index = store.read_index()?;
             let entries = manifest_entries_mut(&mut index);
             let before = entries.len();
@@ -128,22 +129,25 @@ impl Store {
     }
 
     pub(super) fn ensure_index(&self) -> Result<(), StoreError> {
-        let path = self.index_path();
-        if path.exists() {
+        let exists = || Ok::<_, StoreError>(self.dir().stat(Path::new(INDEX_FILE))?.is_some());
+        if exists()? {
             // Parse once so a corrupt index is reported at open, not halfway through a pull.
             self.read_index().map(drop)
         } else {
-            let _lock = FileLock::exclusive(&self.lock_path(INDEX_LOCK))?;
-            if path.exists() {
+            let _lock = FileLock::exclusive(self, INDEX_LOCK)?;
+            if exists()? {
                 return Ok(());
             }
             self.write_index(&empty_index())
         }
     }
 
-    fn read_index(&self) -> Result<Value, StoreError> {
-        let path = self.index_path();
-        let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+    /// `index.json` as JSON: an object, never read through a symlink.
+    pub(crate) fn read_index(&self) -> Result<Value, StoreError> {
+        let path = self.root().join(INDEX_FILE);
+        let bytes = self
+            .read_private_file(&path, u64::MAX)?
+            .ok_or_else(|| StoreError::io(&path, io::ErrorKind::NotFound.into()))?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadLayout {
             path: path.clone(),
             reason: format!("index.json is not valid JSON: {e}"),
@@ -158,10 +162,9 @@ impl Store {
     }
 
     fn write_index(&self, index: &Value) -> Result<(), StoreError> {
-        let path = self.index_path();
         let bytes = serde_json::to_vec_pretty(index)
-            .map_err(|e| StoreError::io(&path, io::Error::other(e)))?;
-        self.write_atomically(&path, &bytes)
+            .map_err(|e| StoreError::io(&self.root().join(INDEX_FILE), io::Error::other(e)))?;
+        self.write_atomically(Path::new(INDEX_FILE), &bytes)
     }
 }
 

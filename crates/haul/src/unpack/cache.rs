@@ -37,6 +37,8 @@ const META_FILE: &str = "meta.json";
 /// How often extraction progress is reported, at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const DIFF_DIR: &str = "diff";
+/// `meta.json` is a few hundred bytes plus one line per deferred hardlink.
+const MAX_META_BYTES: u64 = 64 << 20;
 
 /// What is known about a cached layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +86,7 @@ pub enum Extracted {
 
 /// An extracted, verified layer in its staging directory, holding the layer's lock.
 pub struct PendingLayer {
+    store: Store,
     staging: PathBuf,
     final_dir: PathBuf,
     meta: Option<LayerMeta>,
@@ -98,12 +101,8 @@ impl PendingLayer {
             path: self.staging.clone(),
             source: std::io::Error::other("layer entry published twice"),
         })?;
-        std::fs::rename(&self.staging, &self.final_dir).map_err(|source| UnpackError::Io {
-            path: self.final_dir.clone(),
-            source,
-        })?;
+        self.store.rename_durably(&self.staging, &self.final_dir)?;
         self.published = true;
-        crate::store::sync_parent(&self.final_dir)?;
         Ok(CachedLayer {
             dir: self.final_dir.clone(),
             meta,
@@ -151,7 +150,9 @@ impl Store {
     /// privileges `options` needs (a cache built rootless lacks ownership a root unpack wants).
     pub fn cached_layer(&self, chain_id: &Digest, options: &ApplyOptions) -> Option<CachedLayer> {
         let dir = self.layer_dir(chain_id);
-        let bytes = std::fs::read(dir.join(META_FILE)).ok()?;
+        let bytes = self
+            .read_private_file(&dir.join(META_FILE), MAX_META_BYTES)
+            .ok()??;
         let meta: LayerMeta = serde_json::from_slice(&bytes).ok()?;
         let wants_privilege = options.preserve_ownership || options.allow_devices;
         if &meta.chain_id != chain_id || (wants_privilege && !meta.privileged) {
@@ -170,11 +171,7 @@ impl Store {
         options: &UnpackOptions,
         reporter: &dyn Reporter,
     ) -> Result<CachedLayer, UnpackError> {
-        let blob = self.blob_path(&layer.digest);
-        let file = std::fs::File::open(&blob).map_err(|source| UnpackError::Io {
-            path: blob.clone(),
-            source,
-        })?;
+        let file = self.open_blob(&layer.digest)?;
         let job = LayerJob {
             index,
             layer,
@@ -208,15 +205,12 @@ impl Store {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.layers_dir());
-        std::fs::create_dir_all(&parent).map_err(|source| UnpackError::Io {
-            path: parent.clone(),
-            source,
-        })?;
-        let lock = FileLock::exclusive(&self.lock_path(&format!(
+        self.create_private_dir(&parent)?;
+        let lock = self.lock_exclusive(&format!(
             "layer-{}-{}.lock",
             chain_id.algorithm().name(),
             chain_id.hex()
-        )))?;
+        ))?;
         if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
@@ -246,12 +240,15 @@ impl Store {
             fastrand::u32(..)
         ));
         let mut pending = PendingLayer {
+            store: self.clone(),
             staging,
             final_dir,
             meta: None,
             published: false,
             _lock: lock,
         };
+        // 0700 until the layer's own `.` entry, if any, gives it a mode.
+        self.create_private_dir(&pending.staging.join(DIFF_DIR))?;
         let meta = self.build_entry(&pending.staging, job, options, reporter, compressed)?;
         pending.meta = Some(meta);
         Ok(Extracted::Pending(pending))
@@ -267,10 +264,6 @@ impl Store {
     ) -> Result<LayerMeta, UnpackError> {
         let (index, layer, diff_id) = (job.index, job.layer, job.diff_id);
         let diff = staging.join(DIFF_DIR);
-        std::fs::create_dir_all(&diff).map_err(|source| UnpackError::Io {
-            path: diff.clone(),
-            source,
-        })?;
         let digest = &layer.digest;
         let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
             UnpackError::UnsupportedCompression {
@@ -342,10 +335,7 @@ impl Store {
             path: meta_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&meta_path, bytes).map_err(|source| UnpackError::Io {
-            path: meta_path.clone(),
-            source,
-        })?;
+        self.write_private_file(&meta_path, &bytes)?;
         report(layer.size);
         for w in applied.warnings {
             tracing::warn!(layer = %digest, "{w}");
