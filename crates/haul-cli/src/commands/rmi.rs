@@ -9,6 +9,7 @@ use haul::store::Store;
 
 use crate::cli::{GlobalArgs, RmiArgs};
 use crate::context;
+use crate::terminal;
 
 pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
@@ -22,7 +23,7 @@ pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode
                         .parse::<Reference>()
                         .map(|r| r.familiar_string())
                         .unwrap_or(name);
-                    writeln!(std::io::stdout(), "Untagged: {shown}")?;
+                    writeln!(std::io::stdout(), "Untagged: {}", terminal::escape(&shown))?;
                 }
             }
             Err(e) => errors.push(anyhow::Error::new(e)),
