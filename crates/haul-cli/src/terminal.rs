@@ -179,6 +179,9 @@ mod tests {
         assert_eq!(back, value);
         let line = json_line(&value).unwrap();
         assert!(!line.chars().any(char::is_control), "{line:?}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&line).unwrap(), value);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            value
+        );
     }
 }

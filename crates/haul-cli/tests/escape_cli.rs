@@ -28,7 +28,9 @@ fn image(seed: u64) -> Image {
 
 /// Every control character in `text` except the newlines that end lines of output.
 fn raw_controls(text: &str) -> Vec<char> {
-    text.chars().filter(|c| c.is_control() && *c != '\n').collect()
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
 }
 
 fn assert_no_forged_line(text: &str) {
@@ -56,7 +58,10 @@ async fn a_registry_error_cannot_forge_a_status_line() {
         "detail": hostile(FORGED),
     }]});
     // A blob GET, so the body is read (a manifest is resolved with HEAD first, which has none).
-    fake.fault(&img.layers[0].blob.digest, Fault::Status(403, body.to_string()));
+    fake.fault(
+        &img.layers[0].blob.digest,
+        Fault::Status(403, body.to_string()),
+    );
     let env = Env::new();
     let name = format!("{}/app:1", fake.host());
 
@@ -86,7 +91,14 @@ async fn debug_logs_escape_what_the_registry_sent() {
     let env = Env::new();
     let repository = format!("{}/app", fake.host());
 
-    let out = ok(env.run(&["-D", "pull", "--all-tags", "--progress", "plain", &repository]));
+    let out = ok(env.run(&[
+        "-D",
+        "pull",
+        "--all-tags",
+        "--progress",
+        "plain",
+        &repository,
+    ]));
 
     assert!(
         out.stderr.contains(r"\r\x1b[2KStatus: Image is up to date"),
@@ -110,7 +122,8 @@ async fn a_tag_name_in_a_warning_is_escaped() {
     let out = ok(env.run(&["pull", "--all-tags", "--progress", "plain", &repository]));
 
     assert!(
-        out.stderr.contains("skipping a tag that is not a valid reference"),
+        out.stderr
+            .contains("skipping a tag that is not a valid reference"),
         "{}",
         out.stderr
     );
@@ -151,12 +164,24 @@ async fn history_escapes_created_by() {
             out.stdout
         );
         assert_eq!(out.stdout.lines().count(), 2, "{args:?}: {}", out.stdout);
-        assert!(out.stdout.contains(r"RUN true \x1b]0;owned\x07"), "{}", out.stdout);
-        assert!(out.stdout.contains(r"\x1b[31mred\x1b[0m \u0085"), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(r"RUN true \x1b]0;owned\x07"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(r"\x1b[31mred\x1b[0m \u0085"),
+            "{}",
+            out.stdout
+        );
     }
     let out = ok(env.run(&["history", "--no-trunc", &name]));
     assert!(
-        out.stdout.contains(r"\r{FORGED}\u009b2J\x7f".replace("{FORGED}", FORGED).as_str()),
+        out.stdout.contains(
+            r"\r{FORGED}\u009b2J\x7f"
+                .replace("{FORGED}", FORGED)
+                .as_str()
+        ),
         "{}",
         out.stdout
     );
