@@ -81,6 +81,19 @@ pub enum Command {
     Trust(TrustCommand),
 }
 
+/// A command line clap accepts but the command refuses (docker's own checks, in docker's words):
+/// exit code 2, like clap's own errors.
+#[derive(Debug)]
+pub struct UsageError(pub &'static str);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
     /// Bars on a terminal, plain lines otherwise
@@ -256,9 +269,9 @@ pub struct LoginArgs {
     #[arg(long, short = 'u')]
     pub username: Option<String>,
     /// Password (visible to other users of this machine: prefer --password-stdin)
-    #[arg(long, short = 'p', conflicts_with = "password_stdin")]
+    #[arg(long, short = 'p')]
     pub password: Option<String>,
-    /// Take the password from stdin
+    /// Take the password from stdin (one trailing newline is dropped); needs --username
     #[arg(long)]
     pub password_stdin: bool,
 }

@@ -10,6 +10,7 @@ use haul::registry::{Anonymous, CredentialStore, DockerConfig, RegistryClient};
 use haul::store::{Store, StoreError};
 
 use crate::cli::GlobalArgs;
+use crate::terminal;
 
 pub struct Context {
     pub config: Arc<Config>,
@@ -112,7 +113,7 @@ pub(crate) fn is_root() -> bool {
 pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
     let config = Config::load(global.config.as_deref()).context("cannot load the configuration")?;
     for warning in &config.warnings {
-        eprintln!("WARNING: {warning}");
+        eprintln!("WARNING: {}", terminal::escape(warning));
     }
     Ok(config)
 }
@@ -124,7 +125,10 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Context> {
         Ok(c) => Arc::new(c),
         Err(e) => {
             // Like docker: a broken credentials file should not stop anonymous pulls.
-            eprintln!("WARNING: Error loading docker config file: {e}");
+            eprintln!(
+                "WARNING: Error loading docker config file: {}",
+                terminal::escape(&e.to_string())
+            );
             Arc::new(Anonymous)
         }
     };

@@ -5,8 +5,9 @@ mod cli;
 mod commands;
 mod context;
 mod render;
+mod terminal;
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -34,17 +35,25 @@ fn main() -> ExitCode {
     );
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = commands::run(cli) => Ok(result),
+            // The signal handlers are installed before the command runs, so Ctrl-C at a prompt
+            // comes here (and gives the terminal back) instead of killing the process.
+            biased;
             signal = interrupted() => Err(signal),
+            result = commands::run(cli) => Ok(result),
         }
     });
     match outcome {
         Ok(Ok(code)) => code,
         Ok(Err(err)) => {
             report(&err);
-            ExitCode::FAILURE
+            if err.downcast_ref::<cli::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(exit_code) => {
+            terminal::restore();
             // Nothing to wait for: every blob and ref write is atomic, partial downloads are
             // resumed by the next pull, and leftover staging directories are swept by the next
             // extraction. Exiting now (not dropping the runtime, which would wait for extraction
@@ -91,10 +100,14 @@ fn init_tracing(debug: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colour codes only for a terminal: a log file gets none, so any ESC in it is an attack.
+        .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(terminal::log_fields())
         .init();
 }
 
-/// Prints the whole error chain, then a hint where the user can act.
+/// Prints the whole error chain, then a hint where the user can act. Registries' messages are in
+/// the chain, so it is escaped: one error, one line, no control character.
 fn report(err: &anyhow::Error) {
     // A closed stdout (`haul images | head`) is not worth a message.
     if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -111,8 +124,8 @@ fn report(err: &anyhow::Error) {
             text.push_str(&c);
         }
     }
-    let _ = writeln!(stderr, "Error: {text}");
+    let _ = writeln!(stderr, "Error: {}", terminal::escape(&text));
     if let Some(hint) = commands::hint_for(err) {
-        let _ = writeln!(stderr, "hint: {hint}");
+        let _ = writeln!(stderr, "hint: {}", terminal::escape(&hint));
     }
 }

@@ -11,6 +11,7 @@ use haul::progress::{Event, LayerStatus, Reporter};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::ProgressMode;
+use crate::terminal;
 
 enum Mode {
     Quiet,
@@ -84,7 +85,7 @@ impl Reporter for Progress {
         match &mut *mode {
             Mode::Quiet => {}
             Mode::Json => {
-                if let Ok(line) = serde_json::to_string(&event) {
+                if let Ok(line) = terminal::json_line(&event) {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                 }
@@ -101,8 +102,9 @@ impl Reporter for Progress {
 }
 
 /// docker's line for an event in non-terminal output; byte-level progress is left out of logs.
+/// Tags, repositories and reasons may come from a registry, so the line is escaped.
 fn plain_line(event: &Event) -> Option<String> {
-    Some(match event {
+    let line = match event {
         Event::UsingDefaultTag { tag } => format!("Using default tag: {tag}"),
         Event::PullingFrom { label, repository } => format!("{label}: Pulling from {repository}"),
         Event::Plan { .. } => return None,
@@ -143,7 +145,8 @@ fn plain_line(event: &Event) -> Option<String> {
             familiar,
             ..
         } => status_line(*up_to_date, familiar),
-    })
+    };
+    Some(terminal::escape(&line).into_owned())
 }
 
 /// The lines of events that warn, which even `-q` shows.
@@ -316,8 +319,14 @@ impl Table {
         }
     }
 
+    /// Adds a row; cells are escaped (tags, comments, `created_by` come from images), so one
+    /// row stays one line and the widths count what is shown.
     pub fn push(&mut self, row: Vec<String>) {
-        self.rows.push(row);
+        self.rows.push(
+            row.into_iter()
+                .map(|cell| terminal::escape(&cell).into_owned())
+                .collect(),
+        );
     }
 
     pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {

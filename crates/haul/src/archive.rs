@@ -33,6 +33,10 @@ const REF_NAME_ANNOTATION: &str = crate::store::refs::REF_NAME_ANNOTATION;
 /// The most haul reads whole from an archive's metadata files (`manifest.json`, `index.json`, …).
 const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
 const COPY_BUFFER: usize = 1 << 20;
+/// How many indexes within indexes `load` follows to reach an image. Real archives nest one or
+/// two (an index naming a multi-platform index); a hostile one nesting 100 000 overflowed the
+/// stack.
+const MAX_INDEX_DEPTH: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ArchiveFormat {
@@ -87,6 +91,8 @@ pub enum ArchiveError {
     UnsupportedLegacyLayout { path: String },
     #[error("image name {name:?} in the archive: {reason}")]
     BadName { name: String, reason: String },
+    #[error("index {digest} in the archive nests indexes more than {limit} deep; refusing it")]
+    NestedTooDeep { digest: Digest, limit: usize },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
@@ -510,7 +516,7 @@ fn plan(store: &Store, meta: &Metadata) -> Result<Vec<(RefEntry, LoadedImage)>, 
     // Every image manifest the OCI layout names, resolved through nested indexes.
     let mut manifests: Vec<(Descriptor, manifest::ImageManifest, Vec<Reference>)> = Vec::new();
     for d in &index_entries {
-        let (desc, image) = resolve_image(store, meta, d)?;
+        let (desc, image) = resolve_image(store, meta, d, 0)?;
         let names = index_names(d)?;
         match manifests
             .iter_mut()
@@ -608,6 +614,7 @@ fn resolve_image(
     store: &Store,
     meta: &Metadata,
     d: &Descriptor,
+    depth: usize,
 ) -> Result<(Descriptor, manifest::ImageManifest), ArchiveError> {
     let bytes = read_archived(store, meta, d, "index.json")?;
     let what = || format!("manifest {}", d.digest);
@@ -616,6 +623,10 @@ fn resolve_image(
         source,
     })? {
         Manifest::Image(m) => Ok((d.clone(), m)),
+        Manifest::Index(_) if depth >= MAX_INDEX_DEPTH => Err(ArchiveError::NestedTooDeep {
+            digest: d.digest.clone(),
+            limit: MAX_INDEX_DEPTH,
+        }),
         Manifest::Index(index) => {
             let child = index
                 .manifests
@@ -625,7 +636,7 @@ fn resolve_image(
                     digest: d.digest.clone(),
                     what: "an image of the index".to_owned(),
                 })?;
-            resolve_image(store, meta, child)
+            resolve_image(store, meta, child, depth + 1)
         }
     }
 }
@@ -799,6 +810,75 @@ mod tests {
         ] {
             assert_eq!(member_path(raw).ok().as_deref(), want, "{raw}");
         }
+    }
+
+    /// An archive whose `index.json` reaches its image through `depth` indexes, each the only
+    /// entry of the one above.
+    fn nested_archive(depth: usize) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, path, data).unwrap();
+        };
+        let mut blob = |data: Vec<u8>, media_type: &str| {
+            let digest = Digest::sha256_of(&data);
+            add(&format!("blobs/sha256/{}", digest.hex()), &data);
+            json!({"mediaType": media_type, "digest": digest.to_string(), "size": data.len()})
+        };
+        let config = blob(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec(),
+            media_type::OCI_CONFIG,
+        );
+        let image = json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST, "config": config, "layers": []});
+        let mut child = blob(
+            serde_json::to_vec(&image).unwrap(),
+            media_type::OCI_MANIFEST,
+        );
+        for _ in 0..depth {
+            let index = json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [child]});
+            child = blob(serde_json::to_vec(&index).unwrap(), media_type::OCI_INDEX);
+        }
+        let mut tar = {
+            let index = json!({"schemaVersion": 2, "manifests": [child]});
+            add("index.json", &serde_json::to_vec(&index).unwrap());
+            tar
+        };
+        tar.finish().unwrap();
+        tar.into_inner().unwrap()
+    }
+
+    /// A hostile archive nesting 100 000 indexes overflowed the stack of `haul load` (an abort,
+    /// not an error): nesting is followed only so deep.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn indexes_nested_deeper_than_the_limit_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let loaded = load(&store, io::Cursor::new(nested_archive(2)))
+            .await
+            .unwrap();
+        assert_eq!(
+            loaded.len(),
+            1,
+            "an index of an index is an ordinary archive"
+        );
+
+        let err = load(&store, io::Cursor::new(nested_archive(MAX_INDEX_DEPTH + 1)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ArchiveError::NestedTooDeep {
+                    limit: MAX_INDEX_DEPTH,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

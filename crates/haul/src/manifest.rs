@@ -354,8 +354,10 @@ pub fn docker_to_oci(bytes: &[u8]) -> Result<Option<Vec<u8>>, ManifestError> {
         return Ok(None);
     }
     doc["mediaType"] = media_type::OCI_MANIFEST.into();
-    if let Some(config) = doc.get_mut("config") {
-        config["mediaType"] = media_type::OCI_CONFIG.into();
+    // Indexing a non-object `Value` mutably panics; a document whose config is not an object is
+    // left for `parse` to refuse.
+    if let Some(config) = doc.get_mut("config").and_then(|c| c.as_object_mut()) {
+        config.insert("mediaType".to_owned(), media_type::OCI_CONFIG.into());
     }
     if let Some(layers) = doc.get_mut("layers").and_then(|l| l.as_array_mut()) {
         for layer in layers {
@@ -434,6 +436,21 @@ impl ImageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `parsers_prop`: `config["mediaType"] = …` on a non-object config panicked.
+    #[test]
+    fn docker_to_oci_of_a_manifest_whose_config_is_not_an_object_does_not_panic() {
+        for config in ["false", "[]", "\"x\"", "7"] {
+            let body = format!(
+                r#"{{"mediaType":"{}","config":{config}}}"#,
+                media_type::DOCKER_MANIFEST
+            );
+            let oci = docker_to_oci(body.as_bytes()).unwrap().unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&oci).unwrap();
+            assert_eq!(doc["mediaType"], media_type::OCI_MANIFEST, "{body}");
+            assert!(parse(None, body.as_bytes()).is_err(), "{body}");
+        }
+    }
 
     fn d(n: u8) -> String {
         format!("sha256:{}", hex::encode([n; 32]))

@@ -184,9 +184,14 @@ impl Reference {
         }
         // Only a single component after `library/` is shortened; docker keeps a nested
         // `library/a/b` as it is, since `a/b` would name a different repository.
-        match self.repository.strip_prefix(OFFICIAL_PREFIX) {
-            Some(rest) if !rest.contains('/') => rest.to_owned(),
-            _ => self.repository.clone(),
+        let short = match self.repository.strip_prefix(OFFICIAL_PREFIX) {
+            Some(rest) if !rest.contains('/') => rest,
+            _ => &self.repository,
+        };
+        // `docker.io/a.b/c` shortened to `a.b/c` would name the registry `a.b`: keep the host.
+        match short.split_once('/') {
+            Some((first, _)) if first == "localhost" || first.contains(['.', ':']) => self.name(),
+            _ => short.to_owned(),
         }
     }
 
@@ -386,6 +391,24 @@ mod tests {
 
     fn sha(hex: &str) -> String {
         format!("sha256:{hex}")
+    }
+
+    /// Found by `parsers_prop`: a Docker Hub repository whose first component looks like a host
+    /// had a familiar form naming that host (`haul save` writes familiar names into archives).
+    #[test]
+    fn a_familiar_name_never_names_another_registry() {
+        for (full, familiar) in [
+            ("docker.io/a.0/a", "docker.io/a.0/a:latest"),
+            ("docker.io/localhost/app:1", "docker.io/localhost/app:1"),
+            ("docker.io/library/a.b", "a.b:latest"),
+            ("docker.io/a.b", "a.b:latest"),
+            ("docker.io/user/a.b", "user/a.b:latest"),
+        ] {
+            let r: Reference = full.parse().unwrap();
+            assert_eq!(r.familiar_string(), familiar, "{full}");
+            let back: Reference = familiar.parse().unwrap();
+            assert_eq!(back.name(), r.name(), "{full}");
+        }
     }
 
     #[test]

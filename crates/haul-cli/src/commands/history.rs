@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::cli::{GlobalArgs, HistoryArgs, ListFormat};
 use crate::context;
 use crate::render::{Table, human_size, time_ago};
+use crate::terminal;
 
 /// docker's width for CREATED BY unless `--no-trunc`.
 const CREATED_BY_WIDTH: usize = 45;
@@ -17,8 +18,7 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> 
     let rows = haul::inspect::history(&image);
     let mut out = std::io::stdout().lock();
     if args.format == ListFormat::Json {
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
+        terminal::write_json(&mut out, &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     let id = |row: &haul::inspect::HistoryEntry| match &row.id {
@@ -35,7 +35,9 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> 
     let mut table = Table::new(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]);
     let now = jiff::Timestamp::now();
     for row in &rows {
-        let created_by = row.created_by.replace(['\t', '\n'], " ");
+        // docker shows tabs as spaces; haul shows newlines (heredoc RUNs) so too. What else is a
+        // control character is escaped before cutting, so the width counts what is shown.
+        let created_by = terminal::escape(&row.created_by.replace(['\t', '\n'], " ")).into_owned();
         table.push(vec![
             id(row),
             row.created

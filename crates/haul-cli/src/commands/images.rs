@@ -8,6 +8,7 @@ use haul::reference::Reference;
 use crate::cli::{GlobalArgs, ImagesArgs, ListFormat};
 use crate::context;
 use crate::render::{Table, human_size, time_ago};
+use crate::terminal;
 
 pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
     let filter = args
@@ -27,8 +28,7 @@ pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
     let rows = haul::images::list(&store, filter.as_ref())?;
     let mut out = std::io::stdout().lock();
     if args.format == ListFormat::Json {
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
+        terminal::write_json(&mut out, &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.quiet {

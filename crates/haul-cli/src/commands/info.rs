@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::cli::{GlobalArgs, InfoArgs, ListFormat};
 use crate::context;
 use crate::render::human_size;
+use crate::terminal;
 
 pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let config = context::load_config(global)?;
@@ -25,8 +26,7 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
             "config": effective,
             "credentials_file": credentials,
         });
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)?;
+        terminal::write_json(&mut out, &value)?;
         return Ok(ExitCode::SUCCESS);
     }
     let none = || "none".to_owned();

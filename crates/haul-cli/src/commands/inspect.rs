@@ -1,10 +1,10 @@
 //! `haul inspect`: docker's `image inspect` for images in the store.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::{GlobalArgs, InspectArgs};
 use crate::context;
+use crate::terminal;
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
@@ -19,8 +19,7 @@ pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> 
     }
     // Like docker: what was found is printed even when some names were not.
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &found)?;
-    writeln!(out)?;
+    terminal::write_json(&mut out, &found)?;
     last_error(errors)
 }
 
@@ -31,7 +30,7 @@ pub(super) fn last_error(mut errors: Vec<anyhow::Error>) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     };
     for e in errors {
-        eprintln!("Error: {e:#}");
+        eprintln!("Error: {}", terminal::escape(&format!("{e:#}")));
     }
     Err(last)
 }

@@ -1,7 +1,7 @@
 //! `haul login` and `haul logout`: docker's commands, writing docker's `config.json` (or its
 //! credential helper), so docker and haul share logins.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,14 +9,24 @@ use anyhow::{Context as _, bail};
 use haul::login::Server;
 use haul::registry::{Anonymous, Credential, DockerConfig, RegistryClient};
 
-use crate::cli::{GlobalArgs, LoginArgs, LogoutArgs};
+use crate::cli::{GlobalArgs, LoginArgs, LogoutArgs, UsageError};
 use crate::context;
+use crate::terminal;
 
 pub async fn login(global: &GlobalArgs, args: &LoginArgs) -> anyhow::Result<ExitCode> {
-    let server = server(args.server.as_deref())?;
-    if args.password_stdin && args.username.is_none() {
-        bail!("Must provide --username with --password-stdin");
+    // docker's checks, in docker's order and words.
+    if args.password.is_some() {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+        if args.password_stdin {
+            return Err(
+                UsageError("--password and --password-stdin are mutually exclusive").into(),
+            );
+        }
     }
+    if args.password_stdin && args.username.is_none() {
+        return Err(UsageError("Must provide --username with --password-stdin").into());
+    }
+    let server = server(args.server.as_deref())?;
     let config = Arc::new(context::load_config(global)?);
     let client = RegistryClient::new(config, Arc::new(Anonymous), Default::default())
         .context("cannot set up the HTTP client")?;
@@ -37,16 +47,17 @@ pub async fn login(global: &GlobalArgs, args: &LoginArgs) -> anyhow::Result<Exit
                 writeln!(std::io::stdout(), "Login Succeeded")?;
                 return Ok(ExitCode::SUCCESS);
             }
-            Err(e) if interactive => {
-                eprintln!("Login did not succeed, error: {:#}", anyhow::Error::new(e))
-            }
+            Err(e) if interactive => eprintln!(
+                "Login did not succeed, error: {}",
+                terminal::escape(&format!("{:#}", anyhow::Error::new(e)))
+            ),
             Err(e) => return Err(e.into()),
         }
     }
 
     let username = match &args.username {
         Some(u) => u.clone(),
-        None if interactive => prompt("Username: ")?,
+        None if interactive => prompt(false, "Username: ").await?,
         None => bail!("Cannot perform an interactive login from a non TTY device"),
     };
     let password = if args.password_stdin {
@@ -54,13 +65,11 @@ pub async fn login(global: &GlobalArgs, args: &LoginArgs) -> anyhow::Result<Exit
         std::io::stdin()
             .read_to_string(&mut text)
             .context("reading the password from stdin")?;
-        text.trim_end_matches(['\n', '\r']).to_owned()
+        password_from_stdin(text)
     } else if let Some(p) = &args.password {
-        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
         p.clone()
     } else if interactive {
-        // Echo is not turned off: prefer --password-stdin where others can see the terminal.
-        prompt("Password: ")?
+        prompt(true, "Password: ").await?
     } else {
         bail!("Cannot perform an interactive login from a non TTY device");
     };
@@ -100,14 +109,51 @@ fn server(arg: Option<&str>) -> anyhow::Result<Server> {
     })
 }
 
-/// Asks on stderr (stdout carries results) and reads one line from stdin.
-fn prompt(label: &str) -> anyhow::Result<String> {
-    eprint!("{label}");
-    std::io::stderr().flush()?;
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading from stdin")?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+/// Asks on the terminal and reads one line, with echo off when `hidden`. The read blocks, so it
+/// runs off the runtime: Ctrl-C still reaches `main`, which gives the terminal its echo back.
+async fn prompt(hidden: bool, label: &'static str) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        if hidden {
+            terminal::read_hidden_line(label)
+        } else {
+            terminal::prompt_line(label)
+        }
+    })
+    .await
+    .context("reading from the terminal")?
+    .context("reading from the terminal")
+}
+
+/// docker's reading of `--password-stdin`: everything, less one trailing `\n` and then one `\r`
+/// (a password may itself end in spaces or hold more lines).
+fn password_from_stdin(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    if text.ends_with('\r') {
+        text.pop();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::password_from_stdin;
+
+    #[test]
+    fn password_stdin_drops_one_line_ending_like_docker() {
+        let cases = [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            ("s3cret \n", "s3cret "),
+            ("s3cret\n\n", "s3cret\n"),
+            ("s3cret\r", "s3cret"),
+            ("s3cret\n\r", "s3cret\n"),
+            ("\n", ""),
+        ];
+        for (stdin, password) in cases {
+            assert_eq!(password_from_stdin(stdin.to_owned()), password, "{stdin:?}");
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! `haul manifest inspect`: a manifest or index as the registry serves it, like
 //! `docker manifest inspect`. Reads nothing from the store and writes nothing to it.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use haul::registry::{Anonymous, CredentialStore, DockerConfig, RegistryClient};
 
 use crate::cli::{GlobalArgs, ManifestCommand, ManifestInspectArgs};
 use crate::context;
+use crate::terminal;
 
 pub async fn run(global: &GlobalArgs, command: &ManifestCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -35,8 +35,7 @@ async fn inspect(global: &GlobalArgs, args: &ManifestInspectArgs) -> anyhow::Res
         serde_json::to_value(fetched.verbose()?)?
     };
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &value)?;
-    writeln!(out)?;
+    terminal::write_json(&mut out, &value)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -47,7 +46,10 @@ fn client(global: &GlobalArgs) -> anyhow::Result<RegistryClient> {
     let credentials: Arc<dyn CredentialStore> = match DockerConfig::load_default() {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            eprintln!("WARNING: Error loading docker config file: {e}");
+            eprintln!(
+                "WARNING: Error loading docker config file: {}",
+                terminal::escape(&e.to_string())
+            );
             Arc::new(Anonymous)
         }
     };

@@ -10,6 +10,7 @@ use haul::store::Store;
 use crate::cli::{GlobalArgs, ImageCommand, PruneArgs};
 use crate::context;
 use crate::render::human_size;
+use crate::terminal;
 
 const WARNING: &str = "WARNING! This will remove all dangling images.";
 const WARNING_ALL: &str =
@@ -55,7 +56,8 @@ pub fn print_report(store: &Store, report: &haul::gc::PruneReport) -> anyhow::Re
             .parse::<Reference>()
             .map(|r| r.familiar_string())
             .unwrap_or_else(|_| name.clone());
-        writeln!(out, "{untag_verb}: {shown}")?;
+        // A ref that is not a valid name came from some other tool's index.json: shown escaped.
+        writeln!(out, "{untag_verb}: {}", terminal::escape(&shown))?;
     }
     for deleted in &report.deleted {
         match &deleted.what {
@@ -65,7 +67,11 @@ pub fn print_report(store: &Store, report: &haul::gc::PruneReport) -> anyhow::Re
                     .path
                     .strip_prefix(store.root())
                     .unwrap_or(&deleted.path);
-                writeln!(out, "{verb}: {}", shown.display())?
+                writeln!(
+                    out,
+                    "{verb}: {}",
+                    terminal::escape(&shown.display().to_string())
+                )?
             }
         }
     }

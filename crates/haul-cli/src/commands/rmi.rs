@@ -8,6 +8,7 @@ use haul::reference::Reference;
 
 use crate::cli::{GlobalArgs, RmiArgs};
 use crate::context;
+use crate::terminal;
 
 pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
@@ -21,7 +22,7 @@ pub async fn run(global: &GlobalArgs, args: &RmiArgs) -> anyhow::Result<ExitCode
                         .parse::<Reference>()
                         .map(|r| r.familiar_string())
                         .unwrap_or(name);
-                    writeln!(std::io::stdout(), "Untagged: {shown}")?;
+                    writeln!(std::io::stdout(), "Untagged: {}", terminal::escape(&shown))?;
                 }
             }
             Err(e) => errors.push(anyhow::Error::new(e)),

@@ -324,6 +324,9 @@ impl fmt::Debug for TokenResponse {
 
 /// docker distribution treats anything shorter, including a missing `expires_in`, as 60 seconds.
 const MINIMUM_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A day: longer claims are honoured for a day, then a new token is asked for. Without a cap a
+/// server's `"expires_in": 1e300` overflowed `Instant + lifetime` in the token cache (a panic).
+const MAXIMUM_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl TokenResponse {
     /// How long the token may be used from `issued_at` (or from when it was received).
@@ -331,7 +334,7 @@ impl TokenResponse {
         self.expires_in
             .map(Duration::from_secs)
             .unwrap_or(MINIMUM_TOKEN_LIFETIME)
-            .max(MINIMUM_TOKEN_LIFETIME)
+            .clamp(MINIMUM_TOKEN_LIFETIME, MAXIMUM_TOKEN_LIFETIME)
     }
 }
 
@@ -730,6 +733,19 @@ mod tests {
             };
             let shown = format!("{err} {err:?}");
             assert!(!shown.contains("secret-value"), "{body}: {shown}");
+        }
+    }
+
+    /// Found by `parsers_prop`: the token cache computes `Instant::now() + lifetime`.
+    #[test]
+    fn a_token_lifetime_beyond_the_clock_is_capped() {
+        for body in [
+            r#"{"access_token":"a","expires_in":1e+300}"#,
+            r#"{"token":"a","expires_in":18446744073709551615}"#,
+        ] {
+            let lifetime = parse_token_response(body.as_bytes()).unwrap().lifetime();
+            assert_eq!(lifetime, MAXIMUM_TOKEN_LIFETIME, "{body}");
+            assert!(std::time::Instant::now().checked_add(lifetime).is_some());
         }
     }
 

@@ -180,4 +180,77 @@ mod tests {
             assert_eq!(parse_pax_time(text.as_bytes()), *want, "{text}");
         }
     }
+
+    /// Properties over arbitrary names and times, a fixed number of cases each (see
+    /// `tests/parsers_prop.rs` for the whole-layer ones).
+    mod properties {
+        use std::path::Component;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Bytes a tar name is made of, with the separators and dots the cleaning is about.
+        fn raw_name() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(&b"/./.a"[..]),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_cleaned_name_is_plain_components_below_the_root(raw in raw_name()) {
+                let climbs = raw.split(|&b| b == b'/').any(|c| c == b"..");
+                match clean(&raw) {
+                    Some(path) => {
+                        prop_assert!(
+                            path.components().all(|c| matches!(c, Component::Normal(_))),
+                            "{:?}", path
+                        );
+                        prop_assert_eq!(clean(path.as_os_str().as_bytes()), Some(path.clone()));
+                        let _ = role(&path);
+                    }
+                    None => prop_assert!(climbs, "{:?} refused without a `..`", raw),
+                }
+            }
+
+            #[test]
+            fn pax_times_are_the_decimal_value_as_a_timespec(
+                negative in any::<bool>(),
+                int in "[0-9]{1,19}",
+                frac in prop::option::of("[0-9]{0,14}"),
+            ) {
+                let text = format!(
+                    "{}{int}{}",
+                    if negative { "-" } else { "" },
+                    frac.as_deref().map(|f| format!(".{f}")).unwrap_or_default()
+                );
+                let Some((secs, nanos)) = parse_pax_time(text.as_bytes()) else {
+                    // Only a number of seconds beyond i64 is refused.
+                    prop_assert!(int.parse::<i64>().is_err(), "{} refused", text);
+                    return Ok(());
+                };
+                prop_assert!((0..1_000_000_000).contains(&nanos), "{}", text);
+                // Digits past the ninth are dropped (toward zero), as GNU tar does.
+                let digits = format!("{:0<9}", frac.unwrap_or_default());
+                let magnitude = i128::from(int.parse::<i64>().unwrap_or(i64::MAX)) * 1_000_000_000
+                    + digits[..9].parse::<i128>().unwrap_or(0);
+                let want = if negative { -magnitude } else { magnitude };
+                prop_assert_eq!(i128::from(secs) * 1_000_000_000 + i128::from(nanos), want, "{}", text);
+            }
+
+            #[test]
+            fn any_pax_time_text_is_a_timespec_or_nothing(text in prop::collection::vec(any::<u8>(), 0..24)) {
+                if let Some((_, nanos)) = parse_pax_time(&text) {
+                    prop_assert!((0..1_000_000_000).contains(&nanos));
+                }
+            }
+        }
+    }
 }
