@@ -56,9 +56,8 @@ fn puller(store: &Store, unpack: bool) -> Puller {
         fast_client(Config::default(), Arc::new(Anonymous)),
         store.clone(),
         PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
             unpack: unpack.then(UnpackOptions::for_current_user),
+            ..PullOptions::default()
         },
     )
 }
