@@ -131,11 +131,21 @@ fn plain_line(event: &Event) -> Option<String> {
                 "Content trust: {image} has no accepted signature; allowed by the trust policy \
                  for {scope}"
             ),
-            None => signers
-                .iter()
-                .map(|signer| format!("Content trust: {repository}@{digest} is signed by {signer}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            // One line per signer, each escaped on its own.
+            None => {
+                return Some(
+                    signers
+                        .iter()
+                        .map(|signer| {
+                            terminal::escape(&format!(
+                                "Content trust: {repository}@{digest} is signed by {signer}"
+                            ))
+                            .into_owned()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
         },
         Event::TagSkipped { reference, reason } => format!("Skipping {reference}: {reason}"),
         Event::PlatformMismatch { .. } => return warning_line(event),
@@ -149,9 +159,9 @@ fn plain_line(event: &Event) -> Option<String> {
     Some(terminal::escape(&line).into_owned())
 }
 
-/// The lines of events that warn, which even `-q` shows.
+/// The lines of events that warn, which even `-q` shows (escaped: they quote registries).
 fn warning_line(event: &Event) -> Option<String> {
-    match event {
+    let line = match event {
         Event::Trusted {
             warning: Some(warning),
             scope,
@@ -162,7 +172,8 @@ fn warning_line(event: &Event) -> Option<String> {
              platform ({wanted}) and no specific platform was requested"
         )),
         _ => None,
-    }
+    };
+    line.map(|l| terminal::escape(&l).into_owned())
 }
 
 fn trust_warning(warning: &str, scope: &str) -> String {

@@ -342,10 +342,17 @@ impl Puller {
                 Ok(reference) => references.push(reference),
                 // The registry's list is not ours to trust: a name that is not a valid tag is
                 // reported (escaped by whoever prints it), never used in a URL.
-                Err(_) => result.skipped.push(SkippedTag {
-                    tag: tag.clone(),
-                    reason: "not a valid tag name".to_owned(),
-                }),
+                Err(_) => {
+                    let reason = "not a valid tag name".to_owned();
+                    reporter.report(Event::TagSkipped {
+                        reference: format!("{}:{tag}", repository.name()),
+                        reason: reason.clone(),
+                    });
+                    result.skipped.push(SkippedTag {
+                        tag: tag.clone(),
+                        reason,
+                    });
+                }
             }
         }
         // Several tags at once: a tag whose layers are mostly shared is round trips and fsyncs, not

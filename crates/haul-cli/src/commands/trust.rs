@@ -125,7 +125,7 @@ async fn inspect(global: &GlobalArgs, args: &TrustInspectArgs) -> anyhow::Result
         }
     } else {
         let value: Vec<_> = inspections.iter().map(inspection_json).collect();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::terminal::write_json(&mut std::io::stdout().lock(), &value)?;
     }
     Ok(ExitCode::SUCCESS)
 }

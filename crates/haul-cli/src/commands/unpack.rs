@@ -65,7 +65,7 @@ pub async fn run(
     .with_context(|| format!("unpacking {} into {}", shown, args.dir.display()))?;
     progress.finish();
     for warning in &stats.warnings {
-        eprintln!("WARNING: {warning}");
+        eprintln!("WARNING: {}", crate::terminal::escape(warning));
     }
     if !args.quiet {
         eprintln!(

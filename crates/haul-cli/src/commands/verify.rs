@@ -20,7 +20,10 @@ pub async fn run(global: &GlobalArgs, args: &VerifyArgs) -> anyhow::Result<ExitC
             writeln!(out, "Repaired: {digest}")?;
         }
         for (digest, error) in &report.failed {
-            eprintln!("Error: cannot repair {digest}: {error}");
+            eprintln!(
+                "Error: cannot repair {digest}: {}",
+                crate::terminal::escape(&error.to_string())
+            );
         }
         report.after
     } else {
