@@ -415,6 +415,48 @@ mod tests {
         assert_eq!(resolve_user(root.path(), "0").unwrap().uid, 0);
     }
 
+    /// Runs `resolve_user` on its own thread and gives up on it after a minute: a hang is a
+    /// failure of the test, not of the test run.
+    fn resolve_within_a_minute(root: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (root, spec) = (root.to_owned(), spec.to_owned());
+        std::thread::spawn(move || {
+            let _ = tx.send(resolve_user(&root, &spec));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("resolve_user hung")
+    }
+
+    #[test]
+    fn bundle_with_a_fifo_as_etc_passwd_does_not_hang() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        for name in ["etc/passwd", "etc/group"] {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &root.path().join(name),
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        }
+        // As for a missing file: numeric users resolve, names do not.
+        assert_eq!(resolve_within_a_minute(root.path(), "0").unwrap().uid, 0);
+        assert_eq!(
+            resolve_within_a_minute(root.path(), "1000:1000").unwrap(),
+            ProcessUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![]
+            }
+        );
+        assert!(matches!(
+            resolve_within_a_minute(root.path(), "nginx"),
+            Err(BundleError::UnknownUser { .. })
+        ));
+    }
+
     #[test]
     fn spec_comes_from_the_image_config() {
         let root = rootfs_with("app:x:1000:1000::/home/app:/bin/sh\n", "app:x:1000:\n");
