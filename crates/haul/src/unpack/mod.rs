@@ -3,6 +3,7 @@
 //! extracted once into the layer cache and merged from there.
 
 pub mod apply;
+pub mod budget;
 pub mod cache;
 pub mod dirtar;
 pub mod image;
