@@ -251,7 +251,7 @@ pub enum ApplyError {
         problem: SparseProblem,
     },
     /// Writing the entry would pass the extraction budget; nothing of it was written.
-    #[error("{}: refused before writing it: {size} bytes ({}) would pass the limit, as {reason}",
+    #[error("{}: refused before writing it: with its {size} bytes ({}), {reason}",
         path.display(), crate::space::Size(*size))]
     TooLarge {
         /// The entry.

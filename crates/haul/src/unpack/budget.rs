@@ -27,9 +27,16 @@ pub const ENTRY_OVERHEAD: u64 = 512;
 /// The limit an entry would have passed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Exceeded {
-    #[error("the layer may expand to {} ({limit} bytes)", Size(*limit))]
+    #[error(
+        "the layer expands past {} ({limit} bytes), the most one layer may expand to",
+        Size(*limit)
+    )]
     Layer { limit: u64 },
-    #[error("the image's layers may expand to {} together ({limit} bytes)", Size(*limit))]
+    #[error(
+        "the image's layers together expand past {} ({limit} bytes), the most an image may \
+         expand to",
+        Size(*limit)
+    )]
     Image { limit: u64 },
     #[error(
         "the pull needs more than {} and {} was free under {} when it started",
@@ -62,20 +69,31 @@ impl ImageBudget {
     /// to the filesystem holding `root`, where `reserved` bytes are still to be downloaded.
     /// A filesystem that cannot tell its free space does not limit.
     pub fn new(options: &UnpackOptions, compressed: u64, root: &Path, reserved: u64) -> Self {
-        let space = match space::free_bytes(root) {
-            Ok(free) => Some(Space {
-                free,
-                reserved,
-                root: root.to_owned(),
-            }),
+        let free = match space::free_bytes(root) {
+            Ok(free) => Some(free),
             Err(e) => {
                 tracing::debug!(root = %root.display(), error = %e, "free space unknown");
                 None
             }
         };
+        ImageBudget::with_free(options, compressed, free, reserved, root)
+    }
+
+    /// [`ImageBudget::new`] with the free space already measured (`None`: unknown).
+    pub fn with_free(
+        options: &UnpackOptions,
+        compressed: u64,
+        free: Option<u64>,
+        reserved: u64,
+        root: &Path,
+    ) -> Self {
         ImageBudget {
             limit: options.limit_for(compressed),
-            space,
+            space: free.map(|free| Space {
+                free,
+                reserved,
+                root: root.to_owned(),
+            }),
             charged: AtomicU64::new(0),
         }
     }

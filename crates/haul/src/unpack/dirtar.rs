@@ -63,7 +63,10 @@ const OCTAL_7: u64 = 0o7_777_777;
 ///
 /// A complete stream ends with the end-of-archive blocks, which is all
 /// [`apply_layer`](super::apply::apply_layer) reads.
-pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Read + Send> {
+pub fn tar_dir(
+    dir: &Path,
+    extra_links: Vec<DeferredLink>,
+) -> io::Result<impl Read + Send + use<>> {
     tar_cached(dir, extra_links, Vec::new())
 }
 
@@ -74,7 +77,7 @@ pub fn tar_cached(
     dir: &Path,
     extra_links: Vec<DeferredLink>,
     modes: Vec<(PathBuf, u32)>,
-) -> io::Result<impl Read + Send> {
+) -> io::Result<impl Read + Send + use<>> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -493,14 +496,7 @@ impl<'t> Walker<'t> {
         map.resize(map.len().div_ceil(512) * 512, 0);
         let data: u64 = runs.iter().map(|(_, len)| len).sum();
         let size = map.len() as u64 + data;
-        let mut meta = Meta {
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime: meta.mtime,
-            xattrs: meta.xattrs.clone(),
-        };
-        // The sparse records go first, ahead of the xattrs `append_with` adds.
+        // The sparse records go first, ahead of the xattrs `append_full` adds.
         let records: [(&[u8], Vec<u8>); 4] = [
             (b"GNU.sparse.major", b"1".to_vec()),
             (b"GNU.sparse.minor", b"0".to_vec()),
@@ -519,7 +515,7 @@ impl<'t> Walker<'t> {
             },
             left: data,
         });
-        self.append_full(EntryType::Regular, path, None, &meta, None, size, content, extra)
+        self.append_full(EntryType::Regular, path, None, meta, None, size, content, extra)
     }
 
     fn deferred(&mut self, link: &DeferredLink) -> io::Result<()> {
