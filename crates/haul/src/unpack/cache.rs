@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{
     ApplyOptions, ApplyStats, DeferredLink, apply_layer, apply_layer_for_cache_within,
 };
+use super::compare::{Alteration, Change, Compare, first_difference};
 use super::budget::{ImageBudget, LayerBudget};
 use super::dirtar::tar_cached;
 use super::image::{UnpackError, UnpackOptions, remove_tree};
@@ -380,6 +381,82 @@ impl Store {
         Ok(true)
     }
 
+    /// Compares `cached` (the entry of `job.chain_id`, which the caller holds with
+    /// [`read_lock`](Store::read_lock)) with a fresh extraction of the layer's blob, which the
+    /// caller has verified. Returns the first difference. The extraction runs beside the entry
+    /// with the privileges the entry was built with (the caller skips a privileged entry when it
+    /// has none) and is removed after.
+    pub(crate) fn check_cached_layer(
+        &self,
+        job: &LayerJob<'_>,
+        cached: &CachedLayer,
+    ) -> Result<Option<Alteration>, UnpackError> {
+        let privileged = cached.meta.privileged;
+        let options = UnpackOptions {
+            apply: ApplyOptions {
+                preserve_ownership: privileged,
+                allow_devices: privileged,
+                xattrs: true,
+            },
+            ..UnpackOptions::for_current_user()
+        };
+        let final_dir = self.layer_dir(job.chain_id);
+        let staging = final_dir.with_file_name(format!(
+            ".tmp-{}-{}-{:08x}",
+            job.chain_id.hex(),
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _cleanup = RemoveOnDrop(staging.clone());
+        let blob = self.blob_path(&job.layer.digest);
+        let file = std::fs::File::open(&blob).map_err(|source| UnpackError::Io {
+            path: blob.clone(),
+            source,
+        })?;
+        let session = Session::new(ImageBudget::new(&options, job.layer.size, self.root(), 0));
+        let meta = match self.build_entry(&staging, job, &options, None, &session, Box::new(file)) {
+            Ok(meta) => meta,
+            Err(e) => {
+                return Ok(Some(Alteration {
+                    path: PathBuf::new(),
+                    change: Change::Unverifiable(e.to_string()),
+                }));
+            }
+        };
+        if meta.diff_id != cached.meta.diff_id || meta.deferred_links != cached.meta.deferred_links
+        {
+            return Ok(Some(Alteration {
+                path: PathBuf::new(),
+                change: Change::Metadata,
+            }));
+        }
+        let fresh = CachedLayer {
+            dir: staging.clone(),
+            meta,
+        };
+        let layer = fresh.tar().map_err(|source| UnpackError::Io {
+            path: staging.clone(),
+            source,
+        })?;
+        let found = match cached.tar() {
+            Ok(stream) => stream,
+            Err(e) => {
+                return Ok(Some(Alteration {
+                    path: PathBuf::new(),
+                    change: Change::Unreadable(e.to_string()),
+                }));
+            }
+        };
+        let how = Compare {
+            owners: privileged,
+            all_xattrs: privileged == rustix::process::geteuid().is_root(),
+        };
+        first_difference(layer, found, how).map_err(|source| UnpackError::Io {
+            path: staging.clone(),
+            source,
+        })
+    }
+
     /// Takes back entries a failed pull published (`chain_ids`): each one no ref reaches and
     /// nobody holds is removed; the others stay (another pull or an unpack may be using them, and
     /// a prune collects them once unused). Nothing is removed when the refs cannot be read.
@@ -681,6 +758,15 @@ impl<R: Read> Read for Reporting<'_, R> {
             });
         }
         Ok(n)
+    }
+}
+
+/// Removes a directory tree when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
     }
 }
 

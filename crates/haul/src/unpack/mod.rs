@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod budget;
 pub mod cache;
+pub mod compare;
 pub mod dirtar;
 pub mod image;
 pub mod stream;
