@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use test_registry::{Format, ImageBuilder, LayerBuilder};
+use test_registry::{Format, ImageBuilder, LayerBuilder, RawEntry};
 
 const NOBODY: u32 = 65534;
 
@@ -51,7 +51,13 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
         }
         layer = layer
             .add_file(&format!("locked{d}/drop/box"), b"b", 0o200)
-            .add_dir(&format!("locked{d}/drop"), 0o300);
+            .add_dir(&format!("locked{d}/drop"), 0o300)
+            // Sorts before its target: the mode is the inode's, whichever name comes first.
+            .add_hardlink(&format!("locked{d}/alias"), &format!("locked{d}/secret0"))
+            .raw_entry(RawEntry {
+                mode: 0o000,
+                ..RawEntry::hardlink(&format!("locked{d}/a0"), &format!("locked{d}/secret1"))
+            });
     }
     let image = ImageBuilder::new(Format::Oci)
         .platform("linux", "amd64", None)
@@ -114,6 +120,18 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
         assert_eq!(mode("locked7/secret3"), 0o000);
         assert_eq!(mode("locked7/drop"), 0o300);
         assert_eq!(mode("locked7/drop/box"), 0o200);
+        assert_eq!(mode("locked7/alias"), 0o644, "the link's header gave the inode 0644");
+        assert_eq!(mode("locked7/secret0"), 0o644);
+        assert_eq!(mode("locked7/a0"), 0o000);
+        assert_eq!(mode("locked7/secret1"), 0o000);
+        assert_eq!(
+            std::fs::symlink_metadata(target.join("locked7/alias"))
+                .unwrap()
+                .ino(),
+            std::fs::symlink_metadata(target.join("locked7/secret0"))
+                .unwrap()
+                .ino()
+        );
         assert_eq!(
             std::fs::symlink_metadata(target.join("etc/shadow"))
                 .unwrap()
@@ -128,4 +146,11 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
         .output()
         .unwrap();
     assert!(again.status.success());
+    let verify = haul_as_nobody(&home)
+        .args(["--root", store.to_str().unwrap(), "verify"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{stdout}");
+    assert!(stdout.contains("1 cached layer"), "{stdout}");
 }

@@ -1314,11 +1314,11 @@ impl Applier<'_> {
     /// Directory modes and times, deepest first: a parent's restrictive mode must not block
     /// reaching its children, and setting a child's times does not touch its parent's.
     fn finish(mut self) -> Result<ApplyStats, ApplyError> {
-        // Before directory modes are restored: the markers go into directories of the layer, and
-        // the restricted files are found through them.
-        self.mark_implicit_dirs()?;
-        self.name_restricted_files()?;
+        // Before directory modes are restored: the restricted files are found through the
+        // directories of the layer, and the markers go into them.
         let readable_dirs = self.keep.as_ref().is_some_and(|k| k.unprivileged);
+        self.name_restricted_files()?;
+        self.mark_implicit_dirs()?;
         let dirs = std::mem::take(&mut self.dirs);
         for (path, pending) in dirs.iter().rev() {
             let Some(name) = path.file_name() else {
