@@ -89,7 +89,13 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
         .map(|i| {
             let target = work.join(format!("rootfs{i}"));
             let child = haul_as_nobody(&home)
-                .args(["--root", store.to_str().unwrap(), "unpack", "-q", &reference])
+                .args([
+                    "--root",
+                    store.to_str().unwrap(),
+                    "unpack",
+                    "-q",
+                    &reference,
+                ])
                 .arg(&target)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -120,7 +126,11 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
         assert_eq!(mode("locked7/secret3"), 0o000);
         assert_eq!(mode("locked7/drop"), 0o300);
         assert_eq!(mode("locked7/drop/box"), 0o200);
-        assert_eq!(mode("locked7/alias"), 0o644, "the link's header gave the inode 0644");
+        assert_eq!(
+            mode("locked7/alias"),
+            0o644,
+            "the link's header gave the inode 0644"
+        );
         assert_eq!(mode("locked7/secret0"), 0o644);
         assert_eq!(mode("locked7/a0"), 0o000);
         assert_eq!(mode("locked7/secret1"), 0o000);
@@ -141,7 +151,13 @@ async fn ten_parallel_unprivileged_unpacks_of_one_image_all_succeed() {
     }
     // The cache itself was left as it was built: nothing in it changed mode under the readers.
     let again = haul_as_nobody(&home)
-        .args(["--root", store.to_str().unwrap(), "unpack", "-q", &reference])
+        .args([
+            "--root",
+            store.to_str().unwrap(),
+            "unpack",
+            "-q",
+            &reference,
+        ])
         .arg(work.join("again"))
         .output()
         .unwrap();

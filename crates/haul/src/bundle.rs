@@ -507,7 +507,7 @@ mod tests {
         for name in ["etc/passwd", "etc/group"] {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &root.path().join(name),
+                root.path().join(name),
                 rustix::fs::FileType::Fifo,
                 Mode::from_raw_mode(0o644),
                 0,

@@ -795,9 +795,7 @@ impl BlobContext {
         let digest = layer.desc.digest.clone();
         let extract_error = extract_error(&digest);
         let options = match self.unpack.clone() {
-            Some(o) if extract && self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => {
-                o
-            }
+            Some(o) if extract && self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
             // Not unpacking, extracted already or by another job: only the blob is missing.
             _ => {
                 let downloaded = self

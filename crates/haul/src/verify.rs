@@ -105,7 +105,7 @@ pub enum Role {
     /// A layer-cache entry (the problem's digest is its chain ID) of the layer `index`.
     LayerCache {
         index: usize,
-        layer: Descriptor,
+        layer: Box<Descriptor>,
         diff_id: Digest,
     },
 }
@@ -335,7 +335,7 @@ impl Checker<'_> {
                     fault: Fault::Altered(alteration),
                     role: Role::LayerCache {
                         index,
-                        layer: layer.clone(),
+                        layer: Box::new(layer.clone()),
                         diff_id: diff_id.clone(),
                     },
                     image: name.to_owned(),

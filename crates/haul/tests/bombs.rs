@@ -18,8 +18,8 @@ use haul::registry::Anonymous;
 use haul::store::Store;
 use haul::unpack::image::{UnpackOptions, unpack};
 use test_registry::{
-    Blob, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry,
-    RegistryOptions, media_types, random_layer, sha256_digest,
+    Blob, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
+    media_types, random_layer, sha256_digest,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -209,7 +209,10 @@ async fn a_sparse_entry_declaring_an_exabyte_is_refused_before_writing() {
         "{err:?}"
     );
     assert!(text.contains("bomb/sparse"), "names the entry: {text}");
-    assert!(text.contains("1152921504606846976"), "says its size: {text}");
+    assert!(
+        text.contains("1152921504606846976"),
+        "says its size: {text}"
+    );
     assert!(store.refs().unwrap().is_empty());
     assert_eq!(cache_names(&store), Vec::<String>::new(), "nothing left");
     assert!(
@@ -243,7 +246,10 @@ async fn a_gzip_bomb_stops_at_the_image_budget() {
         .unwrap_err();
     let text = chain(&err);
     eprintln!("{text}");
-    assert!(text.contains("image"), "says it is the image's budget: {text}");
+    assert!(
+        text.contains("image"),
+        "says it is the image's budget: {text}"
+    );
     assert!(store.refs().unwrap().is_empty());
     assert_eq!(cache_names(&store), Vec::<String>::new(), "nothing left");
 
@@ -255,13 +261,19 @@ async fn a_gzip_bomb_stops_at_the_image_budget() {
     let target = dir.path().join("rootfs");
     let err = unpack(&store, &entry, &target, &options, &haul::progress::Silent).unwrap_err();
     let text = chain(&err);
-    assert!(text.contains("image"), "says it is the image's budget: {text}");
+    assert!(
+        text.contains("image"),
+        "says it is the image's budget: {text}"
+    );
     assert!(!target.exists());
     let cached: u64 = cache_names(&store)
         .iter()
         .map(|n| haul::gc::size_of(&store.root().join("layers/sha256").join(n)))
         .sum();
-    assert!(cached <= 10 << 20, "{cached} bytes extracted, over the budget");
+    assert!(
+        cached <= 10 << 20,
+        "{cached} bytes extracted, over the budget"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

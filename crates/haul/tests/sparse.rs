@@ -84,8 +84,7 @@ fn blocks(path: &Path) -> u64 {
 fn compare(what: &str, oracle: &Path, ours: &Path) {
     for (name, _, _) in files() {
         let want = fs::read(oracle.join(name)).unwrap();
-        let got = fs::read(ours.join(name))
-            .unwrap_or_else(|e| panic!("{what}: {name}: {e}"));
+        let got = fs::read(ours.join(name)).unwrap_or_else(|e| panic!("{what}: {name}: {e}"));
         assert_eq!(got.len(), want.len(), "{what}: {name}: size");
         assert!(got == want, "{what}: {name}: content differs");
         // Holes stay holes: no more blocks than GNU tar allocates, give or take a page or two.

@@ -14,7 +14,9 @@ use haul::progress::Silent;
 use haul::registry::Anonymous;
 use haul::unpack::image::{UnpackOptions, unpack};
 use haul::verify;
-use test_registry::{Format, Image, ImageBuilder, LayerBuilder, Pusher, RealRegistry, RegistryOptions};
+use test_registry::{
+    Format, Image, ImageBuilder, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
+};
 
 struct Pulled {
     h: common::Harness,
@@ -140,7 +142,10 @@ async fn a_file_modified_in_the_layer_cache_is_repaired() {
     assert!(repaired.after.is_clean(), "{:?}", repaired.after.problems);
     assert!(p.cache_problems().is_empty());
     let rootfs = p.unpacked("rootfs");
-    assert_eq!(std::fs::read(rootfs.join("etc/motd")).unwrap(), b"welcome\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/motd")).unwrap(),
+        b"welcome\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

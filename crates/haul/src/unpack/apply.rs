@@ -705,10 +705,10 @@ impl Applier<'_> {
                         tv_sec: secs,
                         tv_nsec: nanos,
                     };
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if self.opts.xattrs {
-                        xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
-                    }
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                    && self.opts.xattrs
+                {
+                    xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
                 }
             }
         }
@@ -1341,8 +1341,13 @@ impl Applier<'_> {
             }
             if let Some(mode) = pending.mode {
                 let applied = self.cache_dir_mode(readable_dirs, path, mode);
-                rustix::fs::chmodat(&parent, name, Mode::from_raw_mode(applied), AtFlags::empty())
-                    .map_err(io_err(path, "set directory mode"))?;
+                rustix::fs::chmodat(
+                    &parent,
+                    name,
+                    Mode::from_raw_mode(applied),
+                    AtFlags::empty(),
+                )
+                .map_err(io_err(path, "set directory mode"))?;
             }
             if let Some(time) = pending.time {
                 let times = Timestamps {
@@ -1392,7 +1397,8 @@ impl Applier<'_> {
                 let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
                     continue;
                 };
-                let Ok(dir) = fsops::open_in_root(self.root.as_fd(), parent, ResolveFlags::NO_SYMLINKS)
+                let Ok(dir) =
+                    fsops::open_in_root(self.root.as_fd(), parent, ResolveFlags::NO_SYMLINKS)
                 else {
                     continue;
                 };

@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use super::apply::{
     ApplyOptions, ApplyStats, DeferredLink, apply_layer, apply_layer_for_cache_within,
 };
-use super::compare::{Alteration, Change, Compare, first_difference};
 use super::budget::{ImageBudget, LayerBudget};
+use super::compare::{Alteration, Change, Compare, first_difference};
 use super::dirtar::tar_cached;
 use super::image::{UnpackError, UnpackOptions, remove_tree};
 use super::stream::{Compression, StreamError, decompress};
@@ -237,7 +237,10 @@ impl Session {
         while *active > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(extractions = *active, "extractions still running after the pull failed");
+                tracing::warn!(
+                    extractions = *active,
+                    "extractions still running after the pull failed"
+                );
                 return;
             }
             active = match self.state.idle.wait_timeout(active, left) {
@@ -475,7 +478,9 @@ impl Store {
         let reachable = match self.reachable_layers() {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("cannot tell which layer-cache entries refs reach, keeping them: {e}");
+                tracing::warn!(
+                    "cannot tell which layer-cache entries refs reach, keeping them: {e}"
+                );
                 return Vec::new();
             }
         };
@@ -497,22 +502,19 @@ impl Store {
     fn reachable_layers(&self) -> Result<HashSet<Digest>, UnpackError> {
         let mut out = HashSet::new();
         let mut seen = HashSet::new();
-        let mut todo: Vec<(Descriptor, usize)> = self
-            .refs()?
-            .into_iter()
-            .map(|r| (r.manifest, 0))
-            .collect();
+        let mut todo: Vec<(Descriptor, usize)> =
+            self.refs()?.into_iter().map(|r| (r.manifest, 0)).collect();
         while let Some((descriptor, depth)) = todo.pop() {
             if depth > 4 || !seen.insert(descriptor.digest.clone()) {
                 continue;
             }
-            let bytes = match self.read_blob(&descriptor.digest, manifest::MAX_MANIFEST_BYTES as u64)
-            {
-                Ok(b) => b,
-                // An index child another tool did not store.
-                Err(StoreError::Missing(_)) if depth > 0 => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let bytes =
+                match self.read_blob(&descriptor.digest, manifest::MAX_MANIFEST_BYTES as u64) {
+                    Ok(b) => b,
+                    // An index child another tool did not store.
+                    Err(StoreError::Missing(_)) if depth > 0 => continue,
+                    Err(e) => return Err(e.into()),
+                };
             let bad = |source| UnpackError::Manifest {
                 reference: descriptor.digest.to_string(),
                 source,
@@ -522,7 +524,8 @@ impl Store {
                     todo.extend(index.manifests.into_iter().map(|m| (m, depth + 1)));
                 }
                 Manifest::Image(image) => {
-                    let config = self.read_blob(&image.config.digest, manifest::MAX_CONFIG_BYTES)?;
+                    let config =
+                        self.read_blob(&image.config.digest, manifest::MAX_CONFIG_BYTES)?;
                     let config = ImageConfig::parse(&config).map_err(bad)?;
                     out.extend(chain_ids(&config.rootfs.diff_ids));
                     out.extend(cache_keys(&config.rootfs.diff_ids));
@@ -595,7 +598,14 @@ impl Store {
             _lock: lock,
             _active: session.enter(),
         };
-        let meta = self.build_entry(&pending.staging, job, options, reporter, session, compressed)?;
+        let meta = self.build_entry(
+            &pending.staging,
+            job,
+            options,
+            reporter,
+            session,
+            compressed,
+        )?;
         pending.meta = Some(meta);
         Ok(Extracted::Pending(pending))
     }

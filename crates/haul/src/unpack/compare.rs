@@ -305,7 +305,10 @@ mod tests {
                 Change::Added,
             ),
             (
-                tar_of(&[("a/", Directory, 0o755, b""), ("a/f", Regular, 0o644, b"hello")]),
+                tar_of(&[
+                    ("a/", Directory, 0o755, b""),
+                    ("a/f", Regular, 0o644, b"hello"),
+                ]),
                 "a/g",
                 Change::Removed,
             ),

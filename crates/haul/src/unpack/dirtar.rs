@@ -63,10 +63,7 @@ const OCTAL_7: u64 = 0o7_777_777;
 ///
 /// A complete stream ends with the end-of-archive blocks, which is all
 /// [`apply_layer`](super::apply::apply_layer) reads.
-pub fn tar_dir(
-    dir: &Path,
-    extra_links: Vec<DeferredLink>,
-) -> io::Result<impl Read + Send + use<>> {
+pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Read + Send + use<>> {
     tar_cached(dir, extra_links, Vec::new())
 }
 
@@ -515,7 +512,16 @@ impl<'t> Walker<'t> {
             },
             left: data,
         });
-        self.append_full(EntryType::Regular, path, None, meta, None, size, content, extra)
+        self.append_full(
+            EntryType::Regular,
+            path,
+            None,
+            meta,
+            None,
+            size,
+            content,
+            extra,
+        )
     }
 
     fn deferred(&mut self, link: &DeferredLink) -> io::Result<()> {
@@ -677,7 +683,10 @@ fn open_file(dir: BorrowedFd<'_>, name: &OsString) -> io::Result<OwnedFd> {
 
 /// The inodes of `modes`' paths (relative to `root`, never following a symlink) with their
 /// modes. A path that no longer names a file or directory is skipped.
-fn real_modes(root: BorrowedFd<'_>, modes: &[(PathBuf, u32)]) -> io::Result<HashMap<(u64, u64), u32>> {
+fn real_modes(
+    root: BorrowedFd<'_>,
+    modes: &[(PathBuf, u32)],
+) -> io::Result<HashMap<(u64, u64), u32>> {
     let mut out = HashMap::new();
     for (path, mode) in modes {
         let st = match path.parent().zip(path.file_name()) {

@@ -105,7 +105,7 @@ pub(super) fn from_pax<'a>(
     } else {
         let numbers = match map {
             Some(_) if !pairs.is_empty() => return Err(Refusal::Bad(SparseProblem::BadMap)),
-            Some(text) if text.is_empty() => Vec::new(),
+            Some([]) => Vec::new(),
             Some(text) => {
                 let mut out = Vec::new();
                 for n in text.split(|&b| b == b',') {
@@ -228,11 +228,7 @@ mod tests {
     use super::*;
 
     fn parse(records: &[(&str, &str)]) -> Result<Option<PaxSparse>, Refusal> {
-        from_pax(
-            records
-                .iter()
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
-        )
+        from_pax(records.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
     }
 
     fn runs(pairs: &[(u64, u64)]) -> Vec<Run> {
