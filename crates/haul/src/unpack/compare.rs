@@ -251,6 +251,8 @@ mod tests {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(*kind);
             h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_size(data.len() as u64);
             h.set_mtime(1);
             h.set_path(path).unwrap();
