@@ -618,11 +618,18 @@ impl Puller {
                 Ok(Err(e)) => no_space_for_expansion(e),
                 Err(e) => PullError::Task(format!("{reference}: {e}")),
             };
-            // Stop the other downloads before the caller sees the error; their partial files
-            // stay for the next pull to resume. Extractions still running stop at their next
-            // read, and what this pull extracted goes unless a ref reaches it or someone uses it.
-            tasks.shutdown().await;
+            // Extractions still running stop at their next read, and what this pull extracted
+            // goes unless a ref reaches it or someone uses it.
             let published = session.stop();
+            if matches!(failure, PullError::NoSpace { .. }) {
+                // A layer would not fit, but the downloads under way had their space set aside:
+                // they finish, so that once there is room the next pull downloads nothing again.
+                while tasks.join_next().await.is_some() {}
+            } else {
+                // Stop the other downloads before the caller sees the error; their partial
+                // files stay for the next pull to resume.
+                tasks.shutdown().await;
+            }
             let store = self.store.clone();
             let stopping = session.clone();
             let _ = tokio::task::spawn_blocking(move || {
