@@ -57,7 +57,7 @@ pub struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         let mut value = self.0 as f64;
         let mut unit = 0;
         while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -84,6 +84,7 @@ mod tests {
         assert_eq!(Size(300 << 20).to_string(), "300 MiB");
         assert_eq!(Size(1288490189).to_string(), "1.2 GiB");
         assert_eq!(Size(1536).to_string(), "1.5 KiB");
+        assert_eq!(Size(1 << 60).to_string(), "1.0 EiB");
     }
 
     #[test]
