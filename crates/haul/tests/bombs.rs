@@ -16,6 +16,8 @@ use haul::config::Config;
 use haul::pull::{PullError, PullOptions, Puller};
 use haul::registry::Anonymous;
 use haul::store::Store;
+use haul::unpack::apply::ApplyError;
+use haul::unpack::budget::Exceeded;
 use haul::unpack::image::{UnpackOptions, unpack};
 use test_registry::{
     Blob, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
@@ -113,6 +115,18 @@ fn chain(e: &(dyn Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+/// The first error of type `T` in `e`'s chain.
+fn find<'e, T: Error + 'static>(e: &'e (dyn Error + 'static)) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Names under `layers/<algo>/` of a store: cache entries and staging directories.
@@ -213,6 +227,17 @@ async fn a_sparse_entry_declaring_an_exabyte_is_refused_before_writing() {
         text.contains("1152921504606846976"),
         "says its size: {text}"
     );
+    assert!(
+        matches!(
+            find::<ApplyError>(&err),
+            Some(ApplyError::TooLarge {
+                size: 1152921504606846976,
+                reason: Exceeded::Layer { .. },
+                ..
+            })
+        ),
+        "refused by the layer's limit: {err:?}"
+    );
     assert!(store.refs().unwrap().is_empty());
     assert_eq!(cache_names(&store), Vec::<String>::new(), "nothing left");
     assert!(
@@ -250,6 +275,10 @@ async fn a_gzip_bomb_stops_at_the_image_budget() {
         text.contains("image"),
         "says it is the image's budget: {text}"
     );
+    assert!(
+        matches!(find::<Exceeded>(&err), Some(Exceeded::Image { limit }) if *limit == 10 << 20),
+        "{err:?}"
+    );
     assert!(store.refs().unwrap().is_empty());
     assert_eq!(cache_names(&store), Vec::<String>::new(), "nothing left");
 
@@ -264,6 +293,10 @@ async fn a_gzip_bomb_stops_at_the_image_budget() {
     assert!(
         text.contains("image"),
         "says it is the image's budget: {text}"
+    );
+    assert!(
+        matches!(find::<Exceeded>(&err), Some(Exceeded::Image { limit }) if *limit == 10 << 20),
+        "{err:?}"
     );
     assert!(!target.exists());
     let cached: u64 = cache_names(&store)

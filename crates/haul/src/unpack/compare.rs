@@ -145,14 +145,15 @@ fn difference(e: &Info, f: &Info) -> Option<Change> {
     if e.whiteout {
         return None;
     }
+    // The most telling change first: an edited file usually has a new mtime too.
     let checks = [
-        (e.mode != f.mode, Change::Mode),
-        (e.owner != f.owner, Change::Owner),
-        (e.mtime != f.mtime, Change::ModificationTime),
         (e.content != f.content, Change::Content),
         (e.link != f.link, Change::LinkTarget),
+        (e.mode != f.mode, Change::Mode),
+        (e.owner != f.owner, Change::Owner),
         (e.device != f.device, Change::DeviceNumbers),
         (e.xattrs != f.xattrs, Change::Xattrs),
+        (e.mtime != f.mtime, Change::ModificationTime),
     ];
     checks
         .into_iter()
