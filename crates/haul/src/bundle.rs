@@ -2,13 +2,18 @@
 //!
 //! The process comes from the image config (Entrypoint + Cmd, Env, WorkingDir, User); everything
 //! else (mounts, namespaces, capabilities, masked paths) follows `runc spec`'s defaults. A user
-//! given by name is resolved from the image's own `/etc/passwd` and `/etc/group`, opened inside the
-//! rootfs so that a symlink in the image can never make haul read the host's files.
+//! given by name is resolved from the image's own `/etc/passwd` and `/etc/group`, looked up inside
+//! the rootfs (symlinks resolve as if it were `/`, as runc resolves them) so that the image can
+//! never make haul read the host's files. Only a regular file of at most 16 MiB is read, and it is
+//! opened for reading only once it is known to be one: a FIFO, device, directory or oversized
+//! file there reads as a missing one, with a warning, instead of hanging the bundle or touching a
+//! device.
 
 use std::io::Read;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -127,7 +132,8 @@ pub fn write_bundle(
     let config = store
         .read_blob(&image.config.digest, crate::manifest::MAX_CONFIG_BYTES)
         .map_err(UnpackError::from)?;
-    let spec = runtime_spec(&config, &rootfs)?;
+    let mut stats = stats;
+    let spec = spec_noting(&config, &rootfs, &mut stats.warnings)?;
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec_pretty(&spec).map_err(BundleError::Config)?;
     std::fs::write(&path, bytes).map_err(io_err(&path))?;
@@ -136,9 +142,22 @@ pub fn write_bundle(
 
 /// The runtime spec for an image config, with the user resolved against `rootfs`.
 pub fn runtime_spec(config_bytes: &[u8], rootfs: &Path) -> Result<Value, BundleError> {
+    let mut warnings = Vec::new();
+    let spec = spec_noting(config_bytes, rootfs, &mut warnings);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    spec
+}
+
+fn spec_noting(
+    config_bytes: &[u8],
+    rootfs: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Value, BundleError> {
     let doc: ImageConfigDoc = serde_json::from_slice(config_bytes).map_err(BundleError::Config)?;
     let process = doc.config.unwrap_or_default();
-    let user = resolve_user(rootfs, process.user.as_deref().unwrap_or(""))?;
+    let user = user_noting(rootfs, process.user.as_deref().unwrap_or(""), warnings)?;
     let mut args: Vec<String> = process.entrypoint.unwrap_or_default();
     args.extend(process.cmd.unwrap_or_default());
     if args.is_empty() {
@@ -230,12 +249,25 @@ pub fn runtime_spec(config_bytes: &[u8], rootfs: &Path) -> Result<Value, BundleE
 /// Resolves docker's `User` (`name`, `uid`, `name:group`, `uid:gid`, empty = root) with the
 /// image's account files, as runc does: a numeric uid needs no passwd entry, a name does.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
+    let mut warnings = Vec::new();
+    let user = user_noting(rootfs, spec, &mut warnings);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    user
+}
+
+fn user_noting(
+    rootfs: &Path,
+    spec: &str,
+    warnings: &mut Vec<String>,
+) -> Result<ProcessUser, BundleError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_in_root(rootfs, "etc/passwd")?;
-    let groups = read_in_root(rootfs, "etc/group")?;
+    let passwd = read_in_root(rootfs, "etc/passwd", warnings)?;
+    let groups = read_in_root(rootfs, "etc/group", warnings)?;
     let passwd_entries: Vec<Vec<&str>> = passwd
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -303,36 +335,77 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ProcessUser, BundleErro
     })
 }
 
-/// Reads a small file of the image, resolving every symlink inside `rootfs`. A missing file is
-/// empty (scratch images have no /etc/passwd).
-fn read_in_root(rootfs: &Path, relative: &str) -> Result<String, BundleError> {
-    let io_err = |source: std::io::Error| BundleError::Io {
-        path: rootfs.join(relative),
-        source,
-    };
+/// Reads one of the image's account files, resolving every symlink inside `rootfs`. A missing
+/// file is empty (scratch images have no /etc/passwd); so is one that cannot be an account file
+/// (not a regular file, over [`MAX_ACCOUNT_FILE`], unreadable), with a warning.
+fn read_in_root(
+    rootfs: &Path,
+    relative: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, BundleError> {
     let root = rustix::fs::open(
         rootfs,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| io_err(e.into()))?;
+    .map_err(|e| BundleError::Io {
+        path: rootfs.to_owned(),
+        source: e.into(),
+    })?;
+    let mut ignore = |why: String| {
+        warnings.push(format!(
+            "the image's /{relative} {why}; resolving the user as if it had none"
+        ));
+        Ok(String::new())
+    };
+    // O_PATH opens nothing: no FIFO to block on, no device driver to wake.
     let fd = match rustix::fs::openat2(
         &root,
         relative,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(String::new()),
-        Err(e) => return Err(io_err(e.into())),
+        Err(e) => return ignore(format!("cannot be opened: {}", std::io::Error::from(e))),
     };
-    let mut text = String::new();
-    std::fs::File::from(fd)
-        .take(MAX_ACCOUNT_FILE)
-        .read_to_string(&mut text)
-        .map_err(io_err)?;
-    Ok(text)
+    let st = match rustix::fs::fstat(&fd) {
+        Ok(st) => st,
+        Err(e) => return ignore(format!("cannot be inspected: {}", std::io::Error::from(e))),
+    };
+    let file_type = FileType::from_raw_mode(st.st_mode);
+    if file_type != FileType::RegularFile {
+        return ignore(format!("is not a regular file ({file_type:?})"));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > MAX_ACCOUNT_FILE {
+        return ignore(format!(
+            "is {size} bytes, more than the {MAX_ACCOUNT_FILE} an account file may be"
+        ));
+    }
+    // The very inode inspected, now opened for reading; non-blocking all the same.
+    let file = match rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(file) => file,
+        Err(e) => return ignore(format!("cannot be read: {}", std::io::Error::from(e))),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = std::fs::File::from(file)
+        .take(MAX_ACCOUNT_FILE + 1)
+        .read_to_end(&mut bytes)
+    {
+        return ignore(format!("cannot be read: {e}"));
+    }
+    if bytes.len() as u64 > MAX_ACCOUNT_FILE {
+        return ignore(format!(
+            "grew past the {MAX_ACCOUNT_FILE} bytes an account file may be"
+        ));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -413,6 +486,114 @@ mod tests {
             Err(BundleError::UnknownUser { .. })
         ));
         assert_eq!(resolve_user(root.path(), "0").unwrap().uid, 0);
+    }
+
+    /// Runs `resolve_user` on its own thread and gives up on it after a minute: a hang is a
+    /// failure of the test, not of the test run.
+    fn resolve_within_a_minute(root: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (root, spec) = (root.to_owned(), spec.to_owned());
+        std::thread::spawn(move || {
+            let _ = tx.send(resolve_user(&root, &spec));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("resolve_user hung")
+    }
+
+    #[test]
+    fn bundle_with_a_fifo_as_etc_passwd_does_not_hang() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        for name in ["etc/passwd", "etc/group"] {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                root.path().join(name),
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        }
+        // As for a missing file: numeric users resolve, names do not.
+        assert_eq!(resolve_within_a_minute(root.path(), "0").unwrap().uid, 0);
+        assert_eq!(
+            resolve_within_a_minute(root.path(), "1000:1000").unwrap(),
+            ProcessUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![]
+            }
+        );
+        assert!(matches!(
+            resolve_within_a_minute(root.path(), "nginx"),
+            Err(BundleError::UnknownUser { .. })
+        ));
+    }
+
+    #[test]
+    fn account_files_that_are_not_small_regular_files_read_as_missing_with_a_warning() {
+        let is_root = rustix::process::geteuid().is_root();
+        type Make = fn(&Path);
+        let cases: Vec<(&str, Make)> = vec![
+            ("a directory", |p| std::fs::create_dir(p).unwrap()),
+            ("a file past 16 MiB", |p| {
+                std::fs::File::create(p)
+                    .unwrap()
+                    .set_len(MAX_ACCOUNT_FILE + 1)
+                    .unwrap()
+            }),
+            // Resolved inside the rootfs it names itself: a loop, never the host's file.
+            ("a symlink climbing out", |p| {
+                std::os::unix::fs::symlink("../../../../../etc/passwd", p).unwrap()
+            }),
+        ];
+        let devices: Vec<(&str, Make)> = vec![("an endless device", |p| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o644),
+                rustix::fs::makedev(1, 5),
+            )
+            .unwrap()
+        })];
+        let cases = cases
+            .into_iter()
+            .chain(devices.into_iter().filter(|_| is_root));
+        for (what, make) in cases {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("etc")).unwrap();
+            make(&root.path().join("etc/passwd"));
+            std::fs::write(root.path().join("etc/group"), "app:x:33:\n").unwrap();
+            let mut warnings = Vec::new();
+            let user = user_noting(root.path(), "1000:app", &mut warnings).unwrap();
+            assert_eq!((user.uid, user.gid), (1000, 33), "{what}");
+            assert_eq!(warnings.len(), 1, "{what}: {warnings:?}");
+            assert!(warnings[0].contains("/etc/passwd"), "{what}: {warnings:?}");
+            assert!(matches!(
+                user_noting(root.path(), "app", &mut Vec::new()),
+                Err(BundleError::UnknownUser { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn account_files_may_be_symlinks_inside_the_rootfs() {
+        let root = rootfs_with("", "");
+        std::fs::create_dir_all(root.path().join("etc/static")).unwrap();
+        std::fs::write(
+            root.path().join("etc/static/passwd"),
+            "app:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/static/passwd", root.path().join("etc/passwd")).unwrap();
+        let mut warnings = Vec::new();
+        assert_eq!(
+            user_noting(root.path(), "app", &mut warnings).unwrap().uid,
+            1000
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

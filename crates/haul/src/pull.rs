@@ -26,7 +26,8 @@ use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::space::{self, Size};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
 use crate::trust::{self, Keyring, TrustError, TrustVerifier};
-use crate::unpack::cache::{Extracted, LayerJob as CacheJob, chain_ids};
+use crate::unpack::budget::{Exceeded, ImageBudget};
+use crate::unpack::cache::{Extracted, LayerJob as CacheJob, Session, cache_keys};
 use crate::unpack::image::{UnpackError, UnpackOptions};
 
 /// How often a layer reports download progress, at most.
@@ -158,6 +159,10 @@ pub struct PullOutcome {
     pub blobs_downloaded: usize,
     pub bytes_downloaded: u64,
 }
+
+/// How long a failed pull waits for its extractions to stop and remove their staging directories
+/// (each stops at its next read).
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How many tags `--all-tags` pulls at once.
 const TAGS_AT_ONCE: usize = 8;
@@ -570,7 +575,7 @@ impl Puller {
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
-            .zip(chain_ids(&config.rootfs.diff_ids))
+            .zip(cache_keys(&config.rootfs.diff_ids))
             .enumerate()
             .map(|(index, ((desc, diff_id), chain_id))| LayerJob {
                 index,
@@ -774,12 +779,18 @@ impl Puller {
         free_at_start.store(free, Ordering::Relaxed);
         let reporter = &ctx.reporter;
         let mut seen = HashSet::new();
+        // One extraction per cache key: a diff_id listed again is the same extraction.
+        let mut keys = HashSet::new();
         let mut jobs = Vec::new();
-        let (mut total, mut present) = (0u64, 0u64);
+        let (mut total, mut present, mut missing, mut compressed) = (0u64, 0u64, 0u64, 0u64);
         for layer in layers {
             let first = seen.insert(layer.desc.digest.clone());
+            let first_key = keys.insert(layer.chain_id.clone());
             if first {
                 total += layer.desc.size;
+            }
+            if first_key {
+                compressed = compressed.saturating_add(layer.desc.size);
             }
             if ctx.is_ready(&layer) {
                 if first {
@@ -796,12 +807,16 @@ impl Puller {
                     present += layer.desc.size;
                 }
             } else if first {
+                missing = missing.saturating_add(layer.desc.size);
                 reporter.report(Event::Layer {
                     digest: layer.desc.digest.clone(),
                     status: LayerStatus::PullingFsLayer,
                 });
             }
-            jobs.push(layer);
+            // Neither a blob nor an extraction of its own: another job does both.
+            if first || first_key {
+                jobs.push((layer, first_key));
+            }
         }
         reporter.report(Event::Plan {
             layers: seen.len() as u64,
@@ -809,31 +824,56 @@ impl Puller {
             bytes_present: present,
         });
 
+        let budget = match &ctx.unpack {
+            Some(options) => ImageBudget::with_free(
+                options,
+                compressed,
+                (free != u64::MAX).then_some(free),
+                missing,
+                self.store.root(),
+            ),
+            None => ImageBudget::unlimited(),
+        };
+        let session = Session::new(budget);
         let mut tasks = JoinSet::new();
-        for layer in jobs {
+        for (layer, extract) in jobs {
             let ctx = ctx.clone();
-            tasks.spawn(async move { ctx.layer(layer).await });
+            let session = session.clone();
+            tasks.spawn(async move { ctx.layer(layer, extract, session).await });
         }
         let (mut count, mut bytes) = (0usize, 0u64);
         while let Some(joined) = tasks.join_next().await {
-            match joined {
+            let failure = match joined {
                 Ok(Ok(n)) => {
                     if let Some(n) = n {
                         count += 1;
                         bytes += n;
                     }
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    // Stop the other downloads before the caller sees the error; their partial
-                    // files stay for the next pull to resume.
-                    tasks.shutdown().await;
-                    return Err(e);
-                }
-                Err(e) => {
-                    tasks.shutdown().await;
-                    return Err(PullError::Task(format!("{reference}: {e}")));
-                }
+                Ok(Err(e)) => no_space_for_expansion(e),
+                Err(e) => PullError::Task(format!("{reference}: {e}")),
+            };
+            // Extractions still running stop at their next read, and what this pull extracted
+            // goes unless a ref reaches it or someone uses it.
+            let published = session.stop();
+            if matches!(failure, PullError::NoSpace { .. }) {
+                // A layer would not fit, but the downloads under way had their space set aside:
+                // they finish, so that once there is room the next pull downloads nothing again.
+                while tasks.join_next().await.is_some() {}
+            } else {
+                // Stop the other downloads before the caller sees the error; their partial
+                // files stay for the next pull to resume.
+                tasks.shutdown().await;
             }
+            let store = self.store.clone();
+            let stopping = session.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                stopping.wait_idle(STOP_PATIENCE);
+                store.take_back(&published)
+            })
+            .await;
+            return Err(failure);
         }
         Ok((count, bytes))
     }
@@ -1022,12 +1062,20 @@ impl BlobContext {
     /// bytes as they arrive when an extraction slot is free as the download starts, from the
     /// stored blob otherwise. The cache entry is published only after the blob itself is verified
     /// and committed.
-    async fn layer(self: Arc<Self>, layer: LayerJob) -> Result<Option<u64>, PullError> {
+    ///
+    /// `extract` is false for a layer whose extraction another job of the pull makes (the same
+    /// diff_id listed again): only its blob is fetched.
+    async fn layer(
+        self: Arc<Self>,
+        layer: LayerJob,
+        extract: bool,
+        session: Session,
+    ) -> Result<Option<u64>, PullError> {
         let digest = layer.desc.digest.clone();
         let extract_error = extract_error(&digest);
         let options = match self.unpack.clone() {
-            Some(o) if self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
-            // Not unpacking, or already extracted: only the blob is missing.
+            Some(o) if extract && self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
+            // Not unpacking, extracted already or by another job: only the blob is missing.
             _ => {
                 let downloaded = self
                     .fetch(layer.desc.clone(), true, None, &mut None)
@@ -1049,7 +1097,7 @@ impl BlobContext {
                 Ok(_extracting) => {
                     (downloaded, extracted) = self
                         .clone()
-                        .fetch_and_extract(&layer, slot, &options)
+                        .fetch_and_extract(&layer, slot, &options, &session)
                         .await?;
                 }
                 Err(_) => {
@@ -1070,12 +1118,10 @@ impl BlobContext {
             let job = layer.clone();
             tokio::task::spawn_blocking(move || {
                 ctx.store.cache_layer(
-                    job.index,
-                    &job.desc,
-                    &job.diff_id,
-                    &job.chain_id,
+                    &job.as_cache_job(),
                     &options,
                     ctx.reporter.as_ref(),
+                    &session,
                 )
             })
             .await
@@ -1094,6 +1140,7 @@ impl BlobContext {
         layer: &Arc<LayerJob>,
         slot: OwnedSemaphorePermit,
         options: &UnpackOptions,
+        session: &Session,
     ) -> Result<(Option<u64>, bool), PullError> {
         let digest = &layer.desc.digest;
         let extract_error = extract_error(digest);
@@ -1105,13 +1152,15 @@ impl BlobContext {
         let ctx = self.clone();
         let job = layer.clone();
         let opts = options.clone();
+        let extracting = session.clone();
         let extraction = tokio::task::spawn_blocking(move || {
             let source = Box::new(ChannelReader {
                 rx,
                 current: bytes::Bytes::new(),
             });
             let job = job.as_cache_job();
-            ctx.store.extract_layer(&job, &opts, None, source)
+            ctx.store
+                .extract_layer(&job, &opts, None, &extracting, source)
         });
         let fetched = self
             .fetch(layer.desc.clone(), true, Some(slot), &mut tee)
@@ -1145,7 +1194,8 @@ impl BlobContext {
         match result.map_err(extract_error)? {
             Extracted::Cached(_) => {}
             Extracted::Pending(pending) => {
-                tokio::task::spawn_blocking(move || pending.publish())
+                let session = session.clone();
+                tokio::task::spawn_blocking(move || session.publish(pending))
                     .await
                     .map_err(|e| PullError::Task(e.to_string()))?
                     .map_err(extract_error)?;
@@ -1388,6 +1438,24 @@ fn extract_error(digest: &Digest) -> impl Fn(UnpackError) -> PullError + Copy + 
         digest: digest.clone(),
         source: Box::new(source),
     }
+}
+
+/// A layer refused because extracting it would not fit the free space is the pull not fitting:
+/// reported as such, with what it was known to need.
+fn no_space_for_expansion(e: PullError) -> PullError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if let Some(Exceeded::Space { need, free, root }) = err.downcast_ref::<Exceeded>() {
+            return PullError::NoSpace {
+                need: *need,
+                more_than: true,
+                free: *free,
+                root: root.clone(),
+            };
+        }
+        cur = err.source();
+    }
+    e
 }
 
 /// Ends the extraction's copy of a download that starts over: it has seen bytes that no longer

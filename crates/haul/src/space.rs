@@ -3,13 +3,17 @@
 //!
 //! A pull checks free space before it downloads anything, so a full disk is reported up front
 //! with numbers instead of halfway through a layer; the check cannot be exact (the uncompressed
-//! size of a layer is not known until it is extracted), so a disk that fills anyway is recognised
+//! size of a layer is not known until it is extracted). Extraction then counts what it writes
+//! against the free space it started with ([`budget`](crate::unpack::budget)) and stops an entry
+//! that would not fit before writing it; a disk that fills anyway (other writers) is recognised
 //! wherever the error surfaces and reported the same way.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
 use std::path::Path;
+
+use crate::unpack::budget::Exceeded;
 
 /// How much room extracting a layer is assumed to take, as a multiple of its compressed size.
 /// Layers of real images expand 2–4× under gzip; the low end keeps the check from refusing pulls
@@ -22,13 +26,17 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Whether `err`, or any error it wraps, is the filesystem running out of space or quota.
+/// Whether `err`, or any error it wraps, is the filesystem running out of space or quota, or an
+/// extraction refused because it would have.
 pub fn is_no_space(err: &(dyn Error + 'static)) -> bool {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<io::Error>()
             && is_no_space_io(io)
         {
+            return true;
+        }
+        if let Some(Exceeded::Space { .. }) = e.downcast_ref::<Exceeded>() {
             return true;
         }
         cur = e.source();
@@ -49,7 +57,7 @@ pub struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         let mut value = self.0 as f64;
         let mut unit = 0;
         while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -76,6 +84,7 @@ mod tests {
         assert_eq!(Size(300 << 20).to_string(), "300 MiB");
         assert_eq!(Size(1288490189).to_string(), "1.2 GiB");
         assert_eq!(Size(1536).to_string(), "1.5 KiB");
+        assert_eq!(Size(1 << 60).to_string(), "1.0 EiB");
     }
 
     #[test]
@@ -90,6 +99,13 @@ mod tests {
         assert!(!is_no_space(&Outer(io::Error::from(
             io::ErrorKind::PermissionDenied
         ))));
+        let refused = Exceeded::Space {
+            need: 2,
+            free: 1,
+            root: "/store".into(),
+        };
+        assert!(is_no_space(&io::Error::other(refused)));
+        assert!(!is_no_space(&Exceeded::Layer { limit: 1 }));
     }
 
     #[test]

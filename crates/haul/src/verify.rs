@@ -1,5 +1,6 @@
-//! Checking stored images: `haul verify` re-hashes every blob an image reaches, and `--repair`
-//! fetches the bad ones again.
+//! Checking stored images: `haul verify` re-hashes every blob an image reaches and compares its
+//! cached layers with their blobs, and `--repair` fetches the bad blobs again and extracts the bad
+//! cached layers again.
 //!
 //! Blobs are verified on the way into the store, so a blob that no longer hashes to its name was
 //! damaged on disk (or by hand). For each image: its manifest, the registry's own manifest when the
@@ -9,6 +10,14 @@
 //! run, removes the damaged file, downloads the blob from the image's repository through a normal
 //! ingest (verified before it becomes visible) and verifies again. An OCI rewrite of a Docker
 //! manifest, which no registry has, is made again from the registry's manifest.
+//!
+//! The layer cache is what unpacks copy from, so a file changed, added or removed there would
+//! reach every rootfs while the blobs still verify. Each cached layer whose blob verified is
+//! extracted again beside it and the two compared as what an unpack replays (see
+//! [`compare`](crate::unpack::compare)); it costs an extraction per cached layer and nothing on
+//! the pull or unpack path. A damaged entry is reported by chain ID; repair removes it (waiting
+//! for readers) and extracts it again from its verified blob. Entries that must be rebuilt anyway
+//! (an older format), and entries built as root when verify runs without, are skipped.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -18,10 +27,15 @@ use futures_util::StreamExt;
 
 use crate::digest::{Digest, Hasher};
 use crate::inspect::{self, InspectError};
-use crate::manifest::{self, Manifest, ManifestError};
+use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
+use crate::progress::Silent;
 use crate::reference::{Reference, ReferenceError};
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
+use crate::unpack::budget::ImageBudget;
+use crate::unpack::cache::{LayerJob, Session, cache_keys};
+use crate::unpack::compare::Alteration;
+use crate::unpack::image::{UnpackError, UnpackOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -59,6 +73,12 @@ pub enum VerifyError {
         expected: Digest,
         actual: Digest,
     },
+    #[error("layer-cache entry {chain_id}: {source}")]
+    Cache {
+        chain_id: Digest,
+        #[source]
+        source: Box<UnpackError>,
+    },
     #[error("the verify task failed: {0}")]
     Task(String),
 }
@@ -82,6 +102,12 @@ pub enum Role {
     Layer {
         size: u64,
     },
+    /// A layer-cache entry (the problem's digest is its chain ID) of the layer `index`.
+    LayerCache {
+        index: usize,
+        layer: Box<Descriptor>,
+        diff_id: Digest,
+    },
 }
 
 impl Role {
@@ -92,6 +118,7 @@ impl Role {
             Role::Resolved => "index",
             Role::Config { .. } => "config",
             Role::Layer { .. } => "layer",
+            Role::LayerCache { .. } => "layer-cache",
         }
     }
 }
@@ -99,13 +126,17 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     Missing,
-    Corrupt { actual: Digest },
+    Corrupt {
+        actual: Digest,
+    },
+    /// A cached layer differs from what its blob extracts to.
+    Altered(Alteration),
 }
 
-/// One bad blob.
+/// One bad blob or cached layer.
 #[derive(Debug, Clone)]
 pub struct Problem {
-    /// The name, and what the file should hash to.
+    /// The blob's name (what the file should hash to), or the cached layer's chain ID.
     pub digest: Digest,
     pub fault: Fault,
     pub role: Role,
@@ -118,6 +149,8 @@ pub struct VerifyReport {
     /// Full references of the images checked.
     pub images: Vec<String>,
     pub blobs_checked: usize,
+    /// Layer-cache entries compared with their blobs.
+    pub layers_checked: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -131,6 +164,7 @@ impl VerifyReport {
 pub struct RepairReport {
     /// Every problem found, over all rounds (a repaired manifest can reveal blobs it reaches).
     pub found: Vec<Problem>,
+    /// Blobs fetched again and cached layers extracted again (by chain ID).
     pub repaired: Vec<Digest>,
     pub failed: Vec<(Digest, VerifyError)>,
     /// The verification after the repair.
@@ -148,6 +182,8 @@ fn verify_locked(store: &Store, images: &[String]) -> Result<VerifyReport, Verif
     let mut checker = Checker {
         store,
         seen: HashMap::new(),
+        layers_seen: HashSet::new(),
+        root: rustix::process::geteuid().is_root(),
         report: VerifyReport {
             images: refs.iter().map(|r| r.name.clone()).collect(),
             ..VerifyReport::default()
@@ -180,6 +216,10 @@ struct Checker<'a> {
     store: &'a Store,
     /// Digest → whether it verified.
     seen: HashMap<Digest, bool>,
+    /// Cache keys already compared.
+    layers_seen: HashSet<Digest>,
+    /// Whether entries built as root can be extracted again here.
+    root: bool,
     report: VerifyReport,
 }
 
@@ -226,7 +266,7 @@ impl Checker<'_> {
                 return Ok(());
             }
         };
-        self.check(
+        let config_ok = self.check(
             &image.config.digest,
             Role::Config {
                 size: image.config.size,
@@ -235,6 +275,72 @@ impl Checker<'_> {
         )?;
         for layer in &image.layers {
             self.check(&layer.digest, Role::Layer { size: layer.size }, name)?;
+        }
+        if config_ok {
+            self.cached_layers(&image, name)?;
+        }
+        Ok(())
+    }
+
+    /// Compares each cached layer of `image` whose blob verified with a fresh extraction of it.
+    fn cached_layers(&mut self, image: &ImageManifest, name: &str) -> Result<(), VerifyError> {
+        let bytes = self
+            .store
+            .read_blob(&image.config.digest, manifest::MAX_CONFIG_BYTES)?;
+        let Ok(config) = ImageConfig::parse(&bytes) else {
+            return Ok(());
+        };
+        if config.check_layers(image).is_err() {
+            return Ok(());
+        }
+        let diff_ids = &config.rootfs.diff_ids;
+        let keys = cache_keys(diff_ids);
+        for (index, ((layer, diff_id), key)) in
+            image.layers.iter().zip(diff_ids).zip(&keys).enumerate()
+        {
+            if self.seen.get(&layer.digest) != Some(&true) || !self.layers_seen.insert(key.clone())
+            {
+                continue;
+            }
+            let cache_error = |e: UnpackError| VerifyError::Cache {
+                chain_id: key.clone(),
+                source: Box::new(e),
+            };
+            let _reading = self.store.read_lock(key).map_err(cache_error)?;
+            let Some(cached) = self.store.cached_entry(key) else {
+                continue;
+            };
+            if !cached.meta.privileged && cached.meta.format < 2 {
+                tracing::debug!(%key, "an older cache entry, rebuilt when next used: not compared");
+                continue;
+            }
+            if cached.meta.privileged && !self.root {
+                tracing::debug!(%key, "a cache entry built as root: not compared without root");
+                continue;
+            }
+            self.report.layers_checked += 1;
+            let job = LayerJob {
+                index,
+                layer,
+                diff_id,
+                chain_id: key,
+            };
+            let found = self
+                .store
+                .check_cached_layer(&job, &cached)
+                .map_err(cache_error)?;
+            if let Some(alteration) = found {
+                self.report.problems.push(Problem {
+                    digest: key.clone(),
+                    fault: Fault::Altered(alteration),
+                    role: Role::LayerCache {
+                        index,
+                        layer: Box::new(layer.clone()),
+                        diff_id: diff_id.clone(),
+                    },
+                    image: name.to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -342,6 +448,14 @@ async fn mend(
     problem: &Problem,
 ) -> Result<(), VerifyError> {
     let digest = &problem.digest;
+    if let Role::LayerCache {
+        index,
+        layer,
+        diff_id,
+    } = &problem.role
+    {
+        return extract_again(store, digest, *index, layer, diff_id).await;
+    }
     if matches!(problem.fault, Fault::Corrupt { .. }) {
         store.remove_blob(digest)?;
     }
@@ -394,8 +508,46 @@ async fn mend(
         Role::Config { size } | Role::Layer { size } => {
             fetch_blob(store, &repo, digest, *size).await?;
         }
+        // Mended above, from the store alone.
+        Role::LayerCache { .. } => {}
     }
     Ok(())
+}
+
+/// Replaces a damaged layer-cache entry with a fresh extraction of its (verified) blob.
+async fn extract_again(
+    store: &Store,
+    chain_id: &Digest,
+    index: usize,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<(), VerifyError> {
+    let (store, chain_id, layer, diff_id) = (
+        store.clone(),
+        chain_id.clone(),
+        layer.clone(),
+        diff_id.clone(),
+    );
+    let key = chain_id.clone();
+    tokio::task::spawn_blocking(move || {
+        store.drop_cached_layer(&chain_id)?;
+        let options = UnpackOptions::for_current_user();
+        let session = Session::new(ImageBudget::new(&options, layer.size, store.root(), 0));
+        let job = LayerJob {
+            index,
+            layer: &layer,
+            diff_id: &diff_id,
+            chain_id: &chain_id,
+        };
+        store.cache_layer(&job, &options, &Silent, &session)?;
+        Ok::<(), UnpackError>(())
+    })
+    .await
+    .map_err(|e| VerifyError::Task(e.to_string()))?
+    .map_err(|e| VerifyError::Cache {
+        chain_id: key,
+        source: Box::new(e),
+    })
 }
 
 async fn fetch_blob(

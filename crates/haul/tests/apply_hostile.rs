@@ -1369,3 +1369,159 @@ fn unsupported_entries_are_named_in_the_error() {
         "{err:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sparse files
+
+/// A PAX sparse entry (GNU 1.0): the map heads the data, padded to a block.
+fn sparse_v1(path: &str, name: &str, real_size: &str, map: &str, data: &[u8]) -> RawEntry {
+    let mut content = map.as_bytes().to_vec();
+    content.resize(content.len().div_ceil(512) * 512, 0);
+    content.extend_from_slice(data);
+    let mut entry = RawEntry::file(path, &content);
+    for (key, value) in [
+        ("GNU.sparse.major", "1"),
+        ("GNU.sparse.minor", "0"),
+        ("GNU.sparse.name", name),
+        ("GNU.sparse.realsize", real_size),
+    ] {
+        entry = with_pax(entry, key, value.as_bytes());
+    }
+    entry
+}
+
+/// A PAX sparse entry (GNU 0.1): the map in a record.
+fn sparse_v01(path: &str, real_size: &str, map: &str, data: &[u8]) -> RawEntry {
+    let mut entry = RawEntry::file(path, data);
+    for (key, value) in [
+        ("GNU.sparse.major", "0"),
+        ("GNU.sparse.minor", "1"),
+        ("GNU.sparse.size", real_size),
+        ("GNU.sparse.map", map),
+    ] {
+        entry = with_pax(entry, key, value.as_bytes());
+    }
+    entry
+}
+
+#[test]
+fn a_sparse_file_is_written_as_its_runs_and_holes() {
+    let sb = Sandbox::new();
+    let layer = LayerBuilder::new()
+        .raw_entry(sparse_v1(
+            "GNUSparseFile.0/s",
+            "s",
+            "20",
+            "2\n2\n3\n15\n2\n",
+            b"abcxy",
+        ))
+        .finish_tar();
+    sb.apply_ok(&[layer]);
+    let mut want = vec![0u8; 20];
+    want[2..5].copy_from_slice(b"abc");
+    want[15..17].copy_from_slice(b"xy");
+    assert_eq!(sb.tree(), vec![file("s", 0o644, &want)]);
+}
+
+#[test]
+fn a_sparse_name_climbing_out_of_the_root_is_refused() {
+    let sb = Sandbox::new();
+    let layer = LayerBuilder::new()
+        .raw_entry(sparse_v1(
+            "GNUSparseFile.0/x",
+            "../outside/sentinel",
+            "3",
+            "1\n0\n3\n",
+            b"own",
+        ))
+        .finish_tar();
+    let err = sb.apply(&[layer], &opts()).unwrap_err();
+    assert!(matches!(err, ApplyError::Escape { .. }), "{err:?}");
+    assert_eq!(
+        fs::read(sb.outside().join("sentinel")).unwrap(),
+        b"do not touch"
+    );
+}
+
+#[test]
+fn sparse_maps_that_lie_are_refused() {
+    use haul::unpack::apply::SparseProblem;
+    let cases: Vec<(&str, RawEntry, SparseProblem)> = vec![
+        (
+            "overlapping runs",
+            sparse_v01("s", "10", "0,4,2,4", b"abcdefgh"),
+            SparseProblem::BadRuns,
+        ),
+        (
+            "a run past the real size",
+            sparse_v01("s", "10", "8,4", b"abcd"),
+            SparseProblem::BadRuns,
+        ),
+        (
+            "runs that are not the data",
+            sparse_v01("s", "10", "0,4", b"abcdefgh"),
+            SparseProblem::DataMismatch,
+        ),
+        (
+            "a count the data cannot hold",
+            sparse_v1("s", "s", "10", "1000000\n0\n1\n", b"a"),
+            SparseProblem::BadMap,
+        ),
+        (
+            "a number that is not one",
+            sparse_v1("s", "s", "10", "1\n-1\n1\n", b"a"),
+            SparseProblem::BadNumber,
+        ),
+        (
+            "a sparse symlink",
+            with_pax(
+                with_pax(RawEntry::symlink("s", "t"), "GNU.sparse.size", b"1"),
+                "GNU.sparse.map",
+                b"0,0",
+            ),
+            SparseProblem::NotAFile,
+        ),
+    ];
+    for (what, entry, want) in cases {
+        let sb = Sandbox::new();
+        let layer = LayerBuilder::new().raw_entry(entry).finish_tar();
+        match sb.apply(&[layer], &opts()) {
+            Err(ApplyError::BadSparse { problem, .. }) => assert_eq!(problem, want, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_sparse_entry_is_charged_its_real_size_before_anything_is_written() {
+    use haul::unpack::apply::apply_layer_for_cache_within;
+    use haul::unpack::budget::{Exceeded, ImageBudget, LayerBudget};
+    use haul::unpack::image::UnpackOptions;
+    let options = UnpackOptions {
+        expansion_ratio: 1,
+        min_layer_limit: 1 << 20,
+        ..UnpackOptions::for_current_user()
+    };
+    // 3 bytes of data, a real size of 1 TiB.
+    let layer = LayerBuilder::new()
+        .add_file("first", b"first", 0o644)
+        .raw_entry(sparse_v01("huge", "1099511627776", "0,3", b"big"))
+        .finish_tar();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut budget = LayerBudget::new(std::sync::Arc::new(ImageBudget::unlimited()), &options, 1);
+    let err = apply_layer_for_cache_within(tmp.path(), Cursor::new(layer), &opts(), &mut budget)
+        .unwrap_err();
+    match err {
+        ApplyError::TooLarge { path, size, reason } => {
+            assert_eq!(path, Path::new("huge"));
+            assert_eq!(size, 1 << 40);
+            assert_eq!(reason, Exceeded::Layer { limit: 1 << 20 });
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(tmp.path().join("first").exists());
+    assert!(
+        !tmp.path().join("huge").exists(),
+        "nothing of it was created"
+    );
+}

@@ -18,7 +18,7 @@ use haul::unpack::apply::{
     ApplyError, ApplyOptions, ApplyStats, DeferredLink, HardlinkProblem, apply_layer,
     apply_layer_for_cache,
 };
-use haul::unpack::dirtar::tar_dir;
+use haul::unpack::dirtar::{tar_cached, tar_dir};
 use test_registry::{EntryType, FIXED_MTIME, LayerBuilder, RawEntry, pseudo_text, sha256_digest};
 
 // ---------------------------------------------------------------------------------------------
@@ -216,7 +216,8 @@ fn merge(dir: &Path, cached: &[(PathBuf, ApplyStats)]) -> PathBuf {
     let root = dir.join("merged");
     fs::create_dir(&root).unwrap();
     for (i, (cache, stats)) in cached.iter().enumerate() {
-        let mut stream = tar_dir(cache, stats.deferred_links.clone()).unwrap();
+        let mut stream =
+            tar_cached(cache, stats.deferred_links.clone(), stats.modes.clone()).unwrap();
         if let Err(e) = apply_layer(&root, &mut stream, &opts()) {
             panic!("merge of cached layer {i}: {e} ({e:?})");
         }

@@ -1,4 +1,5 @@
-//! `haul verify`: re-hashes the blobs of images in the store; `--repair` fetches bad ones again.
+//! `haul verify`: re-hashes the blobs of images in the store and compares their cached layers
+//! with the blobs; `--repair` fetches bad blobs again and extracts bad cached layers again.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -49,11 +50,15 @@ fn summarise(
 ) -> anyhow::Result<ExitCode> {
     let images = report.images.len();
     let plural = if images == 1 { "" } else { "s" };
+    let checked = match report.layers_checked {
+        0 => format!("{} blobs", report.blobs_checked),
+        1 => format!("{} blobs and 1 cached layer", report.blobs_checked),
+        n => format!("{} blobs and {n} cached layers", report.blobs_checked),
+    };
     if report.is_clean() {
         writeln!(
             out,
-            "Verified {} blobs of {images} image{plural}: all intact",
-            report.blobs_checked
+            "Verified {checked} of {images} image{plural}: all intact"
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -64,12 +69,14 @@ fn summarise(
     }
     writeln!(
         out,
-        "Verified {} blobs of {images} image{plural}: {} missing or damaged",
-        report.blobs_checked,
+        "Verified {checked} of {images} image{plural}: {} missing or damaged",
         report.problems.len()
     )?;
     if !repaired {
-        eprintln!("hint: `haul verify --repair` fetches them again from the registry");
+        eprintln!(
+            "hint: `haul verify --repair` fetches bad blobs again from the registry and \
+             extracts bad cached layers again"
+        );
     }
     Ok(ExitCode::FAILURE)
 }
@@ -81,6 +88,10 @@ fn describe(problem: &Problem) -> String {
         Fault::Corrupt { actual } => format!(
             "corrupt: {} ({role} of {}): expected {}, actual {actual}",
             problem.digest, problem.image, problem.digest
+        ),
+        Fault::Altered(alteration) => format!(
+            "corrupt: {role} {} (layer of {}): {alteration}",
+            problem.digest, problem.image
         ),
     }
 }

@@ -28,6 +28,18 @@ impl FileLock {
         FileLock::take(store, name, File::lock_shared)
     }
 
+    /// The exclusive lock if nobody holds it now, else `None`.
+    pub(crate) fn try_exclusive(store: &Store, name: &str) -> Result<Option<FileLock>, StoreError> {
+        let rel = Path::new(LOCKS_DIR).join(name);
+        let path = store.root().join(&rel);
+        let file = store.dir().open_writable(&rel)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file, path })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+        }
+    }
+
     fn take(
         store: &Store,
         name: &str,

@@ -14,21 +14,32 @@
 //! - **Metadata.** Modes (setuid, setgid, sticky included, umask ignored), numeric ownership and
 //!   `SCHILY.xattr.*` records when asked, and mtimes with PAX nanoseconds, for symlinks too.
 //!   Directory mtimes are set once the whole layer is in, since adding children changes them.
+//! - **Sparse files.** Old-GNU `S` entries and PAX sparse entries (GNU versions 0.0, 0.1 and
+//!   1.0) become files of their real size whose holes are holes: only the data runs are
+//!   written. A malformed map (runs out of order, overlapping, past the real size, or not adding
+//!   up to the data) fails the layer.
+//! - **Budget.** [`apply_layer_for_cache_within`] charges every entry to a [`LayerBudget`]
+//!   before creating it (a sparse file its real size), so an entry that would pass a limit is
+//!   refused before its first byte is written.
 //! - **Cache mode.** [`apply_layer_for_cache`] extracts one layer onto an empty directory so that
 //!   [`tar_dir`](super::dirtar::tar_dir) of it, applied with [`apply_layer`] onto the lower
 //!   layers, does what the layer's own tar would. Whiteouts are kept as empty files instead of
 //!   executed, hardlinks into lower layers are returned as [`DeferredLink`]s, and directories the
 //!   layer did not list hold a marker file, so that replaying them leaves the lower layers'
 //!   directories as they were. A layer that changes the lower target of one of its own hardlinks,
-//!   which a cached directory cannot record, is refused there.
+//!   which a cached directory cannot record, is refused there. Without root, files and
+//!   directories their owner could not read keep owner read (and search) permission in the
+//!   cache and their real modes are returned in [`ApplyStats::modes`], so that readers of a
+//!   shared cache never change it.
 //!
 //! The tar crate only parses. Its `unpack` is no layer applier: no whiteouts, devices written as
 //! empty files, one failed xattr fatal, and symlinks resolved against the host.
 
 mod fsops;
 pub(crate) mod names;
+mod sparse;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -36,6 +47,7 @@ use std::io::{self, Read, Write as _};
 use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
@@ -46,7 +58,9 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
+use super::budget::{ENTRY_OVERHEAD, Exceeded, LayerBudget};
 use names::Role;
+use sparse::{PaxSparse, Refusal};
 
 /// Copy buffer for file contents: large enough that syscalls are not the cost.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -87,6 +101,10 @@ pub struct ApplyStats {
     /// [`apply_layer_for_cache`] only: hardlinks whose target lies in a lower layer, in tar order.
     /// Nothing was created for them; [`tar_dir`](super::dirtar::tar_dir) replays them.
     pub deferred_links: Vec<DeferredLink>,
+    /// [`apply_layer_for_cache`] without root only: regular files and directories the cache
+    /// keeps readable by their owner, with the mode the layer gives them (one path per inode),
+    /// for [`tar_cached`](super::dirtar::tar_cached) to replay.
+    pub modes: Vec<(PathBuf, u32)>,
 }
 
 /// A hardlink entry of a layer applied with [`apply_layer_for_cache`] whose target was not in
@@ -218,11 +236,31 @@ pub enum ApplyError {
         /// The header's typeflag byte.
         typeflag: u8,
     },
-    /// A PAX-format sparse file (`GNU.sparse.*` records), which the tar crate cannot expand.
-    #[error("{}: PAX sparse files are not supported", path.display())]
+    /// `GNU.sparse.*` records of a version haul does not know.
+    #[error("{}: unsupported GNU sparse format version", path.display())]
     UnsupportedSparse {
         /// The entry.
         path: PathBuf,
+    },
+    /// A sparse entry whose map cannot be right.
+    #[error("{}: invalid sparse file: {problem}", path.display())]
+    BadSparse {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: SparseProblem,
+    },
+    /// Writing the entry would pass the extraction budget; nothing of it was written.
+    #[error("{}: refused before writing it: with its {size} bytes ({}), {reason}",
+        path.display(), crate::space::Size(*size))]
+    TooLarge {
+        /// The entry.
+        path: PathBuf,
+        /// The bytes it would have taken (the real size for a sparse file, plus its header).
+        size: u64,
+        /// Which limit.
+        #[source]
+        reason: Exceeded,
     },
     /// A header field that cannot be used (unparsable number, missing link name, uid -1…).
     #[error("{}: invalid tar header field `{field}`", path.display())]
@@ -248,6 +286,37 @@ pub enum ApplyError {
     },
 }
 
+/// What is wrong with a sparse entry's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SparseProblem {
+    /// A size, offset or length is not a decimal number that fits 64 bits.
+    BadNumber,
+    /// No `GNU.sparse.size` or `GNU.sparse.realsize`.
+    MissingSize,
+    /// The map is malformed: an odd count, offsets and lengths out of step, a count that does
+    /// not match `GNU.sparse.numblocks` or that the data cannot hold.
+    BadMap,
+    /// Runs out of order, overlapping or past the real size.
+    BadRuns,
+    /// The runs do not add up to the data the entry carries.
+    DataMismatch,
+    /// A sparse map on an entry that is not a regular file.
+    NotAFile,
+}
+
+impl fmt::Display for SparseProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SparseProblem::BadNumber => "a number in the map is not a decimal number",
+            SparseProblem::MissingSize => "the real size is missing",
+            SparseProblem::BadMap => "the map is malformed",
+            SparseProblem::BadRuns => "data runs overlap, are out of order or pass the real size",
+            SparseProblem::DataMismatch => "the data runs do not add up to the entry's data",
+            SparseProblem::NotAFile => "only regular files can be sparse",
+        })
+    }
+}
+
 fn io_err<'a>(
     path: &'a Path,
     op: &'static str,
@@ -269,7 +338,7 @@ pub fn apply_layer<R: Read>(
     archive: R,
     opts: &ApplyOptions,
 ) -> Result<ApplyStats, ApplyError> {
-    run(root, archive, opts, None)
+    run(root, archive, opts, None, None)
 }
 
 /// Extracts one layer onto the empty directory `root` for the layer cache, keeping what the layer
@@ -290,14 +359,26 @@ pub fn apply_layer_for_cache<R: Read>(
     archive: R,
     opts: &ApplyOptions,
 ) -> Result<ApplyStats, ApplyError> {
-    run(root, archive, opts, Some(Keep::default()))
+    run(root, archive, opts, Some(Keep::new()), None)
 }
 
-fn run<R: Read>(
+/// [`apply_layer_for_cache`] within `budget`: every entry is charged before it is created, and
+/// one that would pass a limit fails the layer with [`ApplyError::TooLarge`].
+pub fn apply_layer_for_cache_within<R: Read>(
     root: &Path,
     archive: R,
     opts: &ApplyOptions,
+    budget: &mut LayerBudget,
+) -> Result<ApplyStats, ApplyError> {
+    run(root, archive, opts, Some(Keep::new()), Some(budget))
+}
+
+fn run<'o, R: Read>(
+    root: &Path,
+    archive: R,
+    opts: &'o ApplyOptions,
     keep: Option<Keep>,
+    budget: Option<&'o mut LayerBudget>,
 ) -> Result<ApplyStats, ApplyError> {
     let root_fd = rustix::fs::open(
         root,
@@ -322,6 +403,7 @@ fn run<R: Read>(
     let mut applier = Applier {
         root: root_fd,
         opts,
+        budget,
         keep,
         stats: ApplyStats::default(),
         in_layer: HashSet::new(),
@@ -397,6 +479,7 @@ struct PendingDir {
 struct Applier<'o> {
     root: OwnedFd,
     opts: &'o ApplyOptions,
+    budget: Option<&'o mut LayerBudget>,
     /// Cache mode's bookkeeping; `None` when applying for real.
     keep: Option<Keep>,
     stats: ApplyStats,
@@ -425,11 +508,18 @@ impl Applier<'_> {
             tracing::debug!("ignoring a PAX global header");
             return Ok(());
         }
-        let raw = entry.path_bytes().into_owned();
+        let pax_sparse = pax_sparse(entry)?;
+        // A PAX sparse file's header names `…/GNUSparseFile.N/name`; its real name is a record,
+        // cleaned and confined like any other.
+        let raw = match pax_sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
         let path = names::clean(&raw).ok_or_else(|| ApplyError::Escape {
             path: names::raw_path(&raw),
         })?;
         self.stats.entries += 1;
+        self.charge(&path, ENTRY_OVERHEAD)?;
         let role = names::role(&path);
         let plain_file = matches!(role, Role::Plain)
             && matches!(
@@ -475,6 +565,12 @@ impl Applier<'_> {
                 });
             }
         };
+        if pax_sparse.is_some() && kind != Kind::File {
+            return Err(ApplyError::BadSparse {
+                path,
+                problem: SparseProblem::NotAFile,
+            });
+        }
         if matches!(kind, Kind::Special(t) if t != FileType::Fifo) && !self.opts.allow_devices {
             self.warn(format!(
                 "{}: device node skipped (devices not allowed)",
@@ -497,6 +593,17 @@ impl Applier<'_> {
             keep.before_entry(&path, kind == Kind::Dir)?;
         }
         if kind == Kind::File {
+            let content = match pax_sparse {
+                Some(sparse) => Content::Runs(sparse),
+                // The tar crate expands these: holes come as runs of zeros.
+                None if entry_type == EntryType::GNUSparse => Content::Holes,
+                None => Content::Plain,
+            };
+            let size = match &content {
+                Content::Runs(sparse) => sparse.real_size,
+                Content::Holes | Content::Plain => entry.size(),
+            };
+            self.charge(&path, size)?;
             let parent = match self.last_parent.take() {
                 Some((p, fd)) if p == parent_path => fd,
                 _ => self.make_parents(parent_path, &path)?,
@@ -505,7 +612,7 @@ impl Applier<'_> {
                 keep.needed(parent_path);
             }
             let removed = self.dirs_removed;
-            self.make_file(parent.as_fd(), name, &path, &meta, entry)?;
+            self.make_file(parent.as_fd(), name, &path, &meta, entry, content)?;
             // Unless the file replaced a directory (possibly the parent itself, reached through
             // a symlink), the parent fd is still what the path names.
             if self.dirs_removed == removed {
@@ -521,7 +628,8 @@ impl Applier<'_> {
         let parent = parent.as_fd();
         match kind {
             Kind::Dir => self.make_dir(parent, name, &path, &meta)?,
-            Kind::File => self.make_file(parent, name, &path, &meta, entry)?,
+            // Handled above, with the parent cache.
+            Kind::File => {}
             Kind::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| missing_link(&path))?;
                 self.clear(parent, name, &path, false)?;
@@ -597,15 +705,10 @@ impl Applier<'_> {
                         tv_sec: secs,
                         tv_nsec: nanos,
                     };
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if self.opts.xattrs {
-                        xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
-                    }
-                } else if key.starts_with(b"GNU.sparse.") {
-                    // Content would be the sparse map plus data runs: refuse, never mis-extract.
-                    return Err(ApplyError::UnsupportedSparse {
-                        path: path.to_owned(),
-                    });
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                    && self.opts.xattrs
+                {
+                    xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
                 }
             }
         }
@@ -695,12 +798,18 @@ impl Applier<'_> {
         path: &Path,
         meta: &Meta,
         entry: &mut tar::Entry<'_, R>,
+        content: Content,
     ) -> Result<(), ApplyError> {
+        // A shared cache must stay readable by its owner without anyone changing it.
+        let mode = match &self.keep {
+            Some(keep) if keep.unprivileged && meta.mode & 0o400 == 0 => meta.mode | 0o400,
+            _ => meta.mode,
+        };
         // Modes the umask leaves alone are given at creation; special bits only after chown,
         // which clears them.
         let exact_at_creation =
-            meta.mode & 0o7000 == 0 && self.umask.is_some_and(|umask| meta.mode & umask == 0);
-        let create_mode = if exact_at_creation { meta.mode } else { 0o600 };
+            mode & 0o7000 == 0 && self.umask.is_some_and(|umask| mode & umask == 0);
+        let create_mode = if exact_at_creation { mode } else { 0o600 };
         let create = |this: &mut Self| {
             this.in_dir(parent, path, || {
                 openat(
@@ -724,44 +833,25 @@ impl Applier<'_> {
             other => other,
         }
         .map_err(io_err(path, "create file"))?;
-        let mut file = File::from(fd);
-        let expected = entry.size();
-        let mut written = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(ApplyError::Io {
-                        path: path.to_owned(),
-                        op: "read file content from the layer",
-                        source,
-                    });
-                }
-            };
-            file.write_all(&self.buf[..n])
-                .map_err(|source| ApplyError::Io {
-                    path: path.to_owned(),
-                    op: "write file",
-                    source,
-                })?;
-            written += n as u64;
-        }
-        if written != expected {
-            return Err(ApplyError::TruncatedEntry {
-                path: path.to_owned(),
-                expected,
-                actual: written,
-            });
-        }
+        let file = File::from(fd);
+        let written = match content {
+            Content::Plain => copy_plain(&file, entry, &mut self.buf, path)?,
+            Content::Holes => copy_skipping_holes(&file, entry, &mut self.buf, path)?,
+            Content::Runs(sparse) => copy_runs(&file, entry, &mut self.buf, path, sparse)?,
+        };
         self.stats.bytes += written;
+        if mode != meta.mode {
+            let st = fstat(&file).map_err(io_err(path, "inspect file"))?;
+            if let Some(keep) = &mut self.keep {
+                keep.restrict(inode(&st), meta.mode, &[path]);
+            }
+        }
         // chown clears setuid/setgid, and security.capability with them: owner, mode, xattrs.
         if let Some((uid, gid)) = meta.owner {
             fchown(&file, Some(uid), Some(gid)).map_err(io_err(path, "set owner"))?;
         }
         if !exact_at_creation {
-            fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(io_err(path, "set mode"))?;
+            fchmod(&file, Mode::from_raw_mode(mode)).map_err(io_err(path, "set mode"))?;
         }
         self.set_xattrs(XattrTarget::Fd(file.as_fd()), path, meta);
         futimens(&file, &meta.times).map_err(io_err(path, "set times"))?;
@@ -822,6 +912,24 @@ impl Applier<'_> {
         })
         .map_err(io_err(path, "create hardlink"))?;
         // containerd applies the link header's metadata to the shared inode; so do we.
+        if target_type == FileType::RegularFile
+            && let Some(keep) = &mut self.keep
+            && keep.unprivileged
+        {
+            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io_err(path, "inspect the hardlink"))?;
+            if meta.mode & 0o400 == 0 {
+                keep.restrict(inode(&st), meta.mode, &[path, &target]);
+                let readable = Meta {
+                    mode: meta.mode | 0o400,
+                    owner: meta.owner,
+                    times: meta.times.clone(),
+                    xattrs: meta.xattrs.clone(),
+                };
+                return self.meta_at(parent, name, path, &readable, true);
+            }
+            keep.restricted.remove(&inode(&st));
+        }
         self.meta_at(parent, name, path, meta, target_type != FileType::Symlink)
     }
 
@@ -1206,7 +1314,10 @@ impl Applier<'_> {
     /// Directory modes and times, deepest first: a parent's restrictive mode must not block
     /// reaching its children, and setting a child's times does not touch its parent's.
     fn finish(mut self) -> Result<ApplyStats, ApplyError> {
-        // Before directory modes are restored: the markers go into directories of the layer.
+        // Before directory modes are restored: the restricted files are found through the
+        // directories of the layer, and the markers go into them.
+        let readable_dirs = self.keep.as_ref().is_some_and(|k| k.unprivileged);
+        self.name_restricted_files()?;
         self.mark_implicit_dirs()?;
         let dirs = std::mem::take(&mut self.dirs);
         for (path, pending) in dirs.iter().rev() {
@@ -1229,8 +1340,14 @@ impl Applier<'_> {
                 continue;
             }
             if let Some(mode) = pending.mode {
-                rustix::fs::chmodat(&parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
-                    .map_err(io_err(path, "set directory mode"))?;
+                let applied = self.cache_dir_mode(readable_dirs, path, mode);
+                rustix::fs::chmodat(
+                    &parent,
+                    name,
+                    Mode::from_raw_mode(applied),
+                    AtFlags::empty(),
+                )
+                .map_err(io_err(path, "set directory mode"))?;
             }
             if let Some(time) = pending.time {
                 let times = Timestamps {
@@ -1244,7 +1361,9 @@ impl Applier<'_> {
         if let Some(pending) = self.root_dir.take() {
             let root = Path::new("");
             if let Some(mode) = pending.mode {
-                fchmod(&self.root, Mode::from_raw_mode(mode)).map_err(io_err(root, "set mode"))?;
+                let applied = self.cache_dir_mode(readable_dirs, root, mode);
+                fchmod(&self.root, Mode::from_raw_mode(applied))
+                    .map_err(io_err(root, "set mode"))?;
             }
             if let Some(time) = pending.time {
                 let times = Timestamps {
@@ -1254,7 +1373,60 @@ impl Applier<'_> {
                 futimens(&self.root, &times).map_err(io_err(root, "set times"))?;
             }
         }
+        self.stats.modes.sort();
         Ok(self.stats)
+    }
+
+    /// The mode to give a directory of the layer at the end: its own, or in a cache built
+    /// without root, one its owner can list and search (the real one goes to the stats).
+    fn cache_dir_mode(&mut self, readable: bool, path: &Path, mode: u32) -> u32 {
+        if !readable || mode & 0o500 == 0o500 {
+            return mode;
+        }
+        self.stats.modes.push((path.to_owned(), mode));
+        mode | 0o500
+    }
+
+    /// Cache mode without root: one surviving path for each file kept readable, with its mode.
+    fn name_restricted_files(&mut self) -> Result<(), ApplyError> {
+        let Some(keep) = &mut self.keep else {
+            return Ok(());
+        };
+        for (ino, restricted) in std::mem::take(&mut keep.restricted) {
+            for path in &restricted.paths {
+                let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                    continue;
+                };
+                let Ok(dir) =
+                    fsops::open_in_root(self.root.as_fd(), parent, ResolveFlags::NO_SYMLINKS)
+                else {
+                    continue;
+                };
+                match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st)
+                        if inode(&st) == ino
+                            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile =>
+                    {
+                        self.stats.modes.push((path.clone(), restricted.mode));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges `bytes` about to be written for `path` to the budget, if there is one.
+    fn charge(&mut self, path: &Path, bytes: u64) -> Result<(), ApplyError> {
+        match self.budget.as_deref_mut() {
+            Some(budget) => budget.charge(bytes).map_err(|reason| ApplyError::TooLarge {
+                path: path.to_owned(),
+                size: bytes,
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1288,6 +1460,12 @@ fn unlock_dir(
 /// What cache mode keeps track of beyond the files it writes.
 #[derive(Default)]
 struct Keep {
+    /// Without root, the owner needs read permission to read the cache back: files and
+    /// directories are kept readable and their real modes recorded.
+    unprivileged: bool,
+    /// Files kept readable, by inode: the mode the layer gives them and the paths that named
+    /// the inode when it was set (one of them survives unless the layer removed the file).
+    restricted: HashMap<(u64, u64), Restricted>,
     deferred: Vec<DeferredLink>,
     /// Directories made as parents of other entries, by physical root-relative path.
     implicit: BTreeMap<PathBuf, Implicit>,
@@ -1306,7 +1484,29 @@ struct Implicit {
     fresh: Option<bool>,
 }
 
+struct Restricted {
+    mode: u32,
+    paths: Vec<PathBuf>,
+}
+
 impl Keep {
+    fn new() -> Self {
+        Keep {
+            unprivileged: !rustix::process::geteuid().is_root(),
+            ..Keep::default()
+        }
+    }
+
+    /// Records that the regular file `ino`, reached by `paths`, has mode `mode` in the layer.
+    fn restrict(&mut self, ino: (u64, u64), mode: u32, paths: &[&Path]) {
+        let entry = self.restricted.entry(ino).or_insert_with(|| Restricted {
+            mode,
+            paths: Vec::new(),
+        });
+        entry.mode = mode;
+        entry.paths.extend(paths.iter().map(|p| p.to_path_buf()));
+    }
+
     fn created(&mut self, path: &Path, dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
         // Only a symlink's target can name a directory so (`s -> .wh..wh..opq`, then `s/f`); in
         // a tar of the cache it would read as a whiteout.
@@ -1386,6 +1586,190 @@ impl Keep {
             None => Ok(()),
         }
     }
+}
+
+/// How a regular file's content is laid out in its entry.
+enum Content {
+    /// Byte for byte.
+    Plain,
+    /// An old-GNU sparse entry, expanded by the tar crate: its holes come as zeros.
+    Holes,
+    /// A PAX sparse entry: data runs, the map in the records or at the head of the data.
+    Runs(PaxSparse),
+}
+
+/// The `GNU.sparse.*` description of `entry`, if it has one.
+fn pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<PaxSparse>, ApplyError> {
+    let records: Vec<(Vec<u8>, Vec<u8>)> = match entry
+        .pax_extensions()
+        .map_err(|source| ApplyError::Tar { source })?
+    {
+        None => return Ok(None),
+        Some(records) => {
+            let mut out = Vec::new();
+            for record in records {
+                let record = record.map_err(|source| ApplyError::Tar { source })?;
+                if record.key_bytes().starts_with(b"GNU.sparse.") {
+                    out.push((record.key_bytes().to_vec(), record.value_bytes().to_vec()));
+                }
+            }
+            out
+        }
+    };
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let path = || names::raw_path(&entry.path_bytes());
+    match sparse::from_pax(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))) {
+        Ok(sparse) => Ok(sparse),
+        Err(Refusal::Unsupported) => Err(ApplyError::UnsupportedSparse { path: path() }),
+        Err(Refusal::Bad(problem)) => Err(ApplyError::BadSparse {
+            path: path(),
+            problem,
+        }),
+    }
+}
+
+fn read_some(entry: &mut dyn Read, buf: &mut [u8], path: &Path) -> Result<usize, ApplyError> {
+    loop {
+        match entry.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(n) => return Ok(n),
+            Err(source) => {
+                return Err(ApplyError::Io {
+                    path: path.to_owned(),
+                    op: "read file content from the layer",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
+    move |source| ApplyError::Io {
+        path: path.to_owned(),
+        op: "write file",
+        source,
+    }
+}
+
+/// Copies the entry's content as it is. Returns the bytes written.
+fn copy_plain<R: Read>(
+    mut file: &File,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<u64, ApplyError> {
+    let expected = entry.size();
+    let mut written = 0u64;
+    loop {
+        let n = read_some(entry, buf, path)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).map_err(write_err(path))?;
+        written += n as u64;
+    }
+    if written != expected {
+        return Err(ApplyError::TruncatedEntry {
+            path: path.to_owned(),
+            expected,
+            actual: written,
+        });
+    }
+    Ok(written)
+}
+
+/// Copies an expanded old-GNU sparse entry, leaving holes where it reads zeros: a hole of the
+/// map arrives as reads of nothing but zeros (the tar crate returns each run and each hole in
+/// reads of its own). Returns the bytes written.
+fn copy_skipping_holes<R: Read>(
+    file: &File,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<u64, ApplyError> {
+    let expected = entry.size();
+    let (mut pos, mut written) = (0u64, 0u64);
+    loop {
+        let n = read_some(entry, buf, path)?;
+        if n == 0 {
+            break;
+        }
+        if !all_zero(&buf[..n]) {
+            file.write_all_at(&buf[..n], pos).map_err(write_err(path))?;
+            written += n as u64;
+        }
+        pos += n as u64;
+    }
+    if pos != expected {
+        return Err(ApplyError::TruncatedEntry {
+            path: path.to_owned(),
+            expected,
+            actual: pos,
+        });
+    }
+    // A hole at the end has no data to mark it.
+    file.set_len(expected).map_err(write_err(path))?;
+    Ok(written)
+}
+
+fn all_zero(data: &[u8]) -> bool {
+    // OR-folding whole chunks vectorises; an early exit per byte would not.
+    data.chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Writes a PAX sparse entry's data runs at their offsets and sizes the file to its real size;
+/// the holes are never written. Returns the bytes written.
+fn copy_runs<R: Read>(
+    file: &File,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+    path: &Path,
+    sparse: PaxSparse,
+) -> Result<u64, ApplyError> {
+    let bad = |problem| ApplyError::BadSparse {
+        path: path.to_owned(),
+        problem,
+    };
+    let size = entry.size();
+    let (runs, data) = match sparse.runs {
+        Some(runs) => (runs, size),
+        None => sparse::read_map_v1(entry, size).map_err(|e| {
+            match e.get_ref().and_then(|i| i.downcast_ref::<sparse::BadMap>()) {
+                Some(sparse::BadMap(problem)) => bad(*problem),
+                None => ApplyError::Io {
+                    path: path.to_owned(),
+                    op: "read the sparse map from the layer",
+                    source: e,
+                },
+            }
+        })?,
+    };
+    sparse::check_runs(&runs, sparse.real_size, data).map_err(bad)?;
+    let mut copied = 0u64;
+    for run in runs {
+        let (mut pos, mut left) = (run.offset, run.len);
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = read_some(entry, &mut buf[..want], path)?;
+            if n == 0 {
+                return Err(ApplyError::TruncatedEntry {
+                    path: path.to_owned(),
+                    expected: data,
+                    actual: copied,
+                });
+            }
+            file.write_all_at(&buf[..n], pos).map_err(write_err(path))?;
+            pos += n as u64;
+            left -= n as u64;
+            copied += n as u64;
+        }
+    }
+    file.set_len(sparse.real_size).map_err(write_err(path))?;
+    Ok(copied)
 }
 
 fn changed_later(link: &DeferredLink) -> ApplyError {

@@ -15,10 +15,12 @@
 //!   Sockets, which no layer can create, are left out.
 //! - **Directories the layer did not list** (marked by the applier) have no entry of their own:
 //!   replaying their children leaves the lower layers' directory as it was, as the layer did.
-//! - **Nothing is followed.** Every name is opened relative to its directory with `O_NOFOLLOW`;
-//!   symlinks are entries. Where an unprivileged owner lacks read or search permission on its
-//!   own entry (a layer's 0000 file), it is granted while the entry is read and then put back:
-//!   don't run two of these over the same directory at once.
+//! - **Nothing is followed, nothing is changed.** Every name is opened relative to its directory
+//!   with `O_NOFOLLOW`; symlinks are entries. The cache is only read, so any number of these may
+//!   run over one directory at once: a cache built without root keeps its files and directories
+//!   readable by their owner, and [`tar_cached`] is given the modes they really have.
+//! - **Holes stay holes.** A file with holes in the cache is written as a PAX sparse entry
+//!   (GNU format 1.0): its data runs and its real size, never the zeros.
 //! - **Errors reach the reader.** The stream is produced on its own thread; a failure there ends
 //!   the stream without the end-of-archive blocks and the reader's next read returns it.
 
@@ -28,11 +30,15 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
-use std::path::Path;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, fstat, openat, readlinkat, statat};
+use rustix::fs::{
+    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, SeekFrom, Stat, fstat, openat, openat2,
+    readlinkat, seek, statat,
+};
 use rustix::io::Errno;
 use tar::{EntryType, Header};
 
@@ -57,7 +63,18 @@ const OCTAL_7: u64 = 0o7_777_777;
 ///
 /// A complete stream ends with the end-of-archive blocks, which is all
 /// [`apply_layer`](super::apply::apply_layer) reads.
-pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Read + Send> {
+pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Read + Send + use<>> {
+    tar_cached(dir, extra_links, Vec::new())
+}
+
+/// [`tar_dir`] of a cached layer built without root: `modes` are the real modes of the files and
+/// directories the cache keeps readable (one path, relative to `dir`, per inode), as returned by
+/// the applier in [`ApplyStats::modes`](super::apply::ApplyStats::modes).
+pub fn tar_cached(
+    dir: &Path,
+    extra_links: Vec<DeferredLink>,
+    modes: Vec<(PathBuf, u32)>,
+) -> io::Result<impl Read + Send + use<>> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -66,6 +83,7 @@ pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Re
     .map_err(|e| named(dir.as_os_str().as_bytes(), e.into()))?;
     spawn(move |tar| {
         let mut walker = Walker::new(tar);
+        walker.modes = real_modes(root.as_fd(), &modes)?;
         walker.tree(root)?;
         for link in &extra_links {
             walker.deferred(link)?;
@@ -212,6 +230,8 @@ struct Node {
     inode: (u64, u64),
     nlink: u64,
     size: u64,
+    /// 512-byte blocks allocated: fewer than the size needs means holes.
+    blocks: u64,
     mtime: (i64, u32),
     rdev: u64,
 }
@@ -228,6 +248,7 @@ impl Node {
             inode: (st.st_dev as u64, st.st_ino as u64),
             nlink: st.st_nlink as u64,
             size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
             rdev: st.st_rdev as u64,
         }
@@ -251,7 +272,6 @@ struct Frame {
     prefix: Vec<u8>,
     names: std::vec::IntoIter<OsString>,
     opaque: bool,
-    _unlocked: Option<Unlocked>,
 }
 
 /// The names of one directory in stream order.
@@ -265,21 +285,29 @@ struct Walker<'t> {
     tar: &'t mut tar::Builder<ChunkWriter>,
     /// Inodes with more than one link already in the stream, and their names there.
     linked: HashMap<(u64, u64), Vec<u8>>,
-    /// The effective uid when not root: whose entries may need permission to be read.
-    unprivileged: Option<u32>,
+    /// Real modes of the inodes the cache keeps readable.
+    modes: HashMap<(u64, u64), u32>,
     /// Header scratch for PAX records.
     pax: Vec<u8>,
 }
 
 impl<'t> Walker<'t> {
     fn new(tar: &'t mut tar::Builder<ChunkWriter>) -> Self {
-        let euid = rustix::process::geteuid();
         Walker {
             tar,
             linked: HashMap::new(),
-            unprivileged: (!euid.is_root()).then(|| euid.as_raw()),
+            modes: HashMap::new(),
             pax: Vec::new(),
         }
+    }
+
+    /// The header metadata of `node`, with the mode the layer gives it.
+    fn meta(&self, node: &Node, xattrs: Xattrs) -> Meta {
+        let mut meta = node.meta(xattrs);
+        if let Some(&mode) = self.modes.get(&node.inode) {
+            meta.mode = mode;
+        }
+        meta
     }
 
     fn tree(&mut self, root: OwnedFd) -> io::Result<()> {
@@ -288,14 +316,14 @@ impl<'t> Walker<'t> {
         let listing = list(root.as_fd()).map_err(|e| named(b".", e.into()))?;
         if !listing.implicit {
             let xattrs = xattrs_fd(root.as_fd()).map_err(|e| named(b".", e.into()))?;
-            self.append(EntryType::Directory, b"./", None, &node.meta(xattrs), None)?;
+            let meta = self.meta(&node, xattrs);
+            self.append(EntryType::Directory, b"./", None, &meta, None)?;
         }
         let mut stack = vec![Frame {
             dir: root,
             prefix: Vec::new(),
             names: listing.names.into_iter(),
             opaque: listing.opaque,
-            _unlocked: None,
         }];
         while let Some(frame) = stack.last_mut() {
             let Some(name) = frame.names.next() else {
@@ -342,22 +370,22 @@ impl<'t> Walker<'t> {
         let kind = match node.file_type {
             FileType::Directory => {
                 let result = (|| {
-                    let (fd, unlocked) = self.open_dir(dir, name, &node)?;
+                    let fd = open_dir(dir, name)?;
                     let listing = list(fd.as_fd())?;
                     let xattrs = if listing.implicit {
                         Vec::new()
                     } else {
                         xattrs_fd(fd.as_fd())?
                     };
-                    Ok::<_, Errno>((fd, unlocked, listing, xattrs))
+                    Ok::<_, Errno>((fd, listing, xattrs))
                 })();
-                let (fd, unlocked, listing, xattrs) = match result {
+                let (fd, listing, xattrs) = match result {
                     Ok(r) => r,
                     Err(e) => return Err((path, e.into())),
                 };
                 path.push(b'/');
                 if !listing.implicit {
-                    let meta = node.meta(xattrs);
+                    let meta = self.meta(&node, xattrs);
                     if let Err(e) = self.append(EntryType::Directory, &path, None, &meta, None) {
                         return Err((path, e));
                     }
@@ -367,7 +395,6 @@ impl<'t> Walker<'t> {
                     prefix: path,
                     names: listing.names.into_iter(),
                     opaque: listing.opaque,
-                    _unlocked: unlocked,
                 }));
             }
             FileType::RegularFile => EntryType::Regular,
@@ -396,45 +423,105 @@ impl<'t> Walker<'t> {
                 // The applier sets a link's metadata on the shared inode (and chown drops
                 // security.capability): the same values, xattrs included.
                 let xattrs = xattrs_at(dir, name)?;
-                let meta = node.meta(xattrs);
+                let meta = self.meta(node, xattrs);
                 return self.append(EntryType::Link, path, Some(&first), &meta, None);
             }
             self.linked.insert(node.inode, path.to_vec());
         }
         match kind {
             EntryType::Regular => {
-                let file = self.open_file(dir, name, node)?;
+                let file = open_file(dir, name)?;
                 let st = Node::of(&fstat(&file)?);
                 if st.inode != node.inode {
                     return Err(io::Error::other("replaced while being read"));
                 }
                 let xattrs = xattrs_fd(file.as_fd())?;
-                let meta = st.meta(xattrs);
-                let content = Exact {
-                    inner: File::from(file).take(st.size),
-                    left: st.size,
+                let meta = self.meta(&st, xattrs);
+                let runs = if st.blocks.saturating_mul(512) < st.size {
+                    data_runs(file.as_fd(), st.size)?
+                } else {
+                    None
                 };
-                self.append_with(
-                    EntryType::Regular,
-                    path,
-                    None,
-                    &meta,
-                    None,
-                    st.size,
-                    content,
-                )
+                let file = File::from(file);
+                match runs {
+                    Some(runs) => self.append_sparse(path, &meta, st.size, file, runs),
+                    None => {
+                        let content = Exact {
+                            inner: file.take(st.size),
+                            left: st.size,
+                        };
+                        self.append_with(
+                            EntryType::Regular,
+                            path,
+                            None,
+                            &meta,
+                            None,
+                            st.size,
+                            content,
+                        )
+                    }
+                }
             }
             EntryType::Symlink => {
                 let target = readlinkat(dir, name, Vec::new())?.into_bytes();
-                let meta = node.meta(xattrs_at(dir, name)?);
+                let meta = self.meta(node, xattrs_at(dir, name)?);
                 self.append(EntryType::Symlink, path, Some(&target), &meta, None)
             }
             _ => {
                 let dev = (rustix::fs::major(node.rdev), rustix::fs::minor(node.rdev));
-                let meta = node.meta(xattrs_at(dir, name)?);
+                let meta = self.meta(node, xattrs_at(dir, name)?);
                 self.append(kind, path, None, &meta, Some(dev))
             }
         }
+    }
+
+    /// Appends a file with holes as a PAX sparse entry, GNU format 1.0: the records name the file
+    /// and its real size, the data holds the map (count, then offset and length of each run, one
+    /// decimal number a line, padded to a block) followed by the runs themselves.
+    fn append_sparse(
+        &mut self,
+        path: &[u8],
+        meta: &Meta,
+        real_size: u64,
+        file: File,
+        runs: Vec<(u64, u64)>,
+    ) -> io::Result<()> {
+        let mut map = format!("{}\n", runs.len()).into_bytes();
+        for (offset, len) in &runs {
+            map.extend_from_slice(format!("{offset}\n{len}\n").as_bytes());
+        }
+        map.resize(map.len().div_ceil(512) * 512, 0);
+        let data: u64 = runs.iter().map(|(_, len)| len).sum();
+        let size = map.len() as u64 + data;
+        // The sparse records go first, ahead of the xattrs `append_full` adds.
+        let records: [(&[u8], Vec<u8>); 4] = [
+            (b"GNU.sparse.major", b"1".to_vec()),
+            (b"GNU.sparse.minor", b"0".to_vec()),
+            (b"GNU.sparse.name", path.to_vec()),
+            (b"GNU.sparse.realsize", real_size.to_string().into_bytes()),
+        ];
+        let mut extra = Vec::new();
+        for (key, value) in &records {
+            pax_record(&mut extra, key, value);
+        }
+        let content = io::Cursor::new(map).chain(Exact {
+            inner: RunReader {
+                file,
+                runs: runs.into_iter(),
+                current: None,
+            },
+            left: data,
+        });
+        self.append_full(
+            EntryType::Regular,
+            path,
+            None,
+            meta,
+            None,
+            size,
+            content,
+            extra,
+        )
     }
 
     fn deferred(&mut self, link: &DeferredLink) -> io::Result<()> {
@@ -450,65 +537,6 @@ impl<'t> Walker<'t> {
         let target = link.target.as_os_str().as_bytes();
         self.append(EntryType::Link, path, Some(target), &meta, None)
             .map_err(|e| named(path, e))
-    }
-
-    /// Opens a directory for listing and `*at` calls, granting its unprivileged owner read and
-    /// search permission until the returned guard drops.
-    fn open_dir(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsString,
-        node: &Node,
-    ) -> Result<(OwnedFd, Option<Unlocked>), Errno> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let unlocked = self.unlock(dir, name, node, 0o500)?;
-        let fd = openat(dir, name, flags, Mode::empty())?;
-        Ok((fd, unlocked))
-    }
-
-    fn open_file(&self, dir: BorrowedFd<'_>, name: &OsString, node: &Node) -> io::Result<OwnedFd> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        if let Some(unlocked) = self.unlock(dir, name, node, 0o400)? {
-            // Through the magic link to the very inode unlocked; the guard restores the mode.
-            let fd = rustix::fs::open(
-                proc_fd_path(unlocked.fd.as_fd()),
-                flags.difference(OFlags::NOFOLLOW),
-                Mode::empty(),
-            )?;
-            return Ok(fd);
-        }
-        // Reading must not touch the cache; O_NOATIME is for the owner (or root) only.
-        match openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-            Err(Errno::PERM) => Ok(openat(dir, name, flags, Mode::empty())?),
-            other => Ok(other?),
-        }
-    }
-
-    /// Grants the owner `bits` on `dir/name` when an unprivileged walker owns it without them.
-    fn unlock(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsString,
-        node: &Node,
-        bits: u32,
-    ) -> Result<Option<Unlocked>, Errno> {
-        if self.unprivileged != Some(node.uid) || node.mode & bits == bits {
-            return Ok(None);
-        }
-        let fd = openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        if Node::of(&fstat(&fd)?).inode != node.inode {
-            return Err(Errno::AGAIN);
-        }
-        chmod_fd(fd.as_fd(), node.mode | bits)?;
-        Ok(Some(Unlocked {
-            fd,
-            mode: node.mode,
-        }))
     }
 
     /// Appends an entry without content.
@@ -536,7 +564,24 @@ impl<'t> Walker<'t> {
         size: u64,
         data: impl Read,
     ) -> io::Result<()> {
+        self.append_full(kind, path, link, meta, dev, size, data, Vec::new())
+    }
+
+    /// [`Walker::append_with`] with `extra` PAX records (already encoded) first.
+    #[allow(clippy::too_many_arguments)]
+    fn append_full(
+        &mut self,
+        kind: EntryType,
+        path: &[u8],
+        link: Option<&[u8]>,
+        meta: &Meta,
+        dev: Option<(u32, u32)>,
+        size: u64,
+        data: impl Read,
+        extra: Vec<u8>,
+    ) -> io::Result<()> {
         self.pax.clear();
+        self.pax.extend_from_slice(&extra);
         let mut header = Header::new_ustar();
         header.set_entry_type(kind);
         set_field(&mut header.as_old_mut().name, path, "path", &mut self.pax);
@@ -617,29 +662,124 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-/// Puts back the mode of an entry whose owner was granted access for reading it.
-struct Unlocked {
-    /// `O_PATH` fd of the entry itself.
-    fd: OwnedFd,
-    mode: u32,
+/// Opens a directory of the cache for listing and `*at` calls.
+fn open_dir(dir: BorrowedFd<'_>, name: &OsString) -> Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
-impl Drop for Unlocked {
-    fn drop(&mut self) {
-        if let Err(e) = chmod_fd(self.fd.as_fd(), self.mode) {
-            tracing::warn!("cannot restore the mode of a cached layer entry: {e}");
-        }
+fn open_file(dir: BorrowedFd<'_>, name: &OsString) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Reading must not touch the cache; O_NOATIME is for the owner (or root) only.
+    match openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => Ok(openat(dir, name, flags, Mode::empty())?),
+        other => Ok(other?),
     }
 }
 
-/// chmod of the inode an `O_PATH` fd holds (fchmod refuses such fds).
-fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
-    rustix::fs::chmodat(
-        rustix::fs::CWD,
-        proc_fd_path(fd),
-        Mode::from_raw_mode(mode),
-        AtFlags::empty(),
-    )
+/// The inodes of `modes`' paths (relative to `root`, never following a symlink) with their
+/// modes. A path that no longer names a file or directory is skipped.
+fn real_modes(
+    root: BorrowedFd<'_>,
+    modes: &[(PathBuf, u32)],
+) -> io::Result<HashMap<(u64, u64), u32>> {
+    let mut out = HashMap::new();
+    for (path, mode) in modes {
+        let st = match path.parent().zip(path.file_name()) {
+            Some((parent, name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                let dir = match openat2(
+                    root,
+                    parent,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                ) {
+                    Ok(dir) => dir,
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => continue,
+                    Err(e) => return Err(named(path.as_os_str().as_bytes(), e.into())),
+                };
+                statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            // The root itself.
+            None => fstat(root),
+        };
+        match st {
+            Ok(st) => {
+                out.insert(Node::of(&st).inode, *mode);
+            }
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
+            Err(e) => return Err(named(path.as_os_str().as_bytes(), e.into())),
+        }
+    }
+    Ok(out)
+}
+
+/// The data runs `(offset, length)` of a file of `size` bytes as the filesystem reports them,
+/// or `None` when it has no hole (or cannot tell).
+fn data_runs(fd: BorrowedFd<'_>, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(fd, SeekFrom::Data(pos)) {
+            Ok(start) => start,
+            // No data from here to the end.
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(fd, SeekFrom::Hole(start))?.min(size);
+        if end > start {
+            runs.push((start, end - start));
+        }
+        pos = end.max(start + 1);
+    }
+    // A file ending in a hole says so with an empty run at its end, as GNU tar writes it.
+    if runs.last().is_none_or(|&(offset, len)| offset + len < size) {
+        runs.push((size, 0));
+    }
+    if runs.len() == 1 && runs[0] == (0, size) {
+        return Ok(None);
+    }
+    Ok(Some(runs))
+}
+
+/// The data runs of a sparse file, one after the other.
+struct RunReader {
+    file: File,
+    runs: std::vec::IntoIter<(u64, u64)>,
+    /// The run being read: next offset and bytes left.
+    current: Option<(u64, u64)>,
+}
+
+impl Read for RunReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.current {
+                Some((offset, left)) if left > 0 => {
+                    let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let n = self.file.read_at(&mut buf[..want], offset)?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    self.current = Some((offset + n as u64, left - n as u64));
+                    return Ok(n);
+                }
+                _ => match self.runs.next() {
+                    Some(run) => self.current = Some(run),
+                    None => return Ok(0),
+                },
+            }
+        }
+    }
 }
 
 fn proc_fd_path(fd: BorrowedFd<'_>) -> String {

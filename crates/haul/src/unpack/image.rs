@@ -1,30 +1,36 @@
 //! Unpacking a stored image into a root filesystem directory.
 //!
 //! Each layer comes from the layer cache (extracted there first if needed, its uncompressed stream
-//! hashed against the config's diff_id and bounded in size) and is merged in order into a staging
-//! directory beside the target. Only a complete tree is renamed into place: a failure removes the
-//! staging directory and leaves the target as it was.
+//! hashed against the config's diff_id, and what it writes bounded per layer, per image and by the
+//! free space; see [`budget`](super::budget)) and is merged in order into a staging directory
+//! beside the target. Only a complete tree is renamed into place: a failure removes the staging
+//! directory and leaves the target as it was.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::apply::{ApplyError, ApplyOptions};
-use super::cache::chain_ids;
+use super::budget::ImageBudget;
+use super::cache::{LayerJob, Session, cache_keys};
 use super::stream::StreamError;
 use crate::digest::Digest;
 use crate::manifest::{self, ImageConfig, Manifest, ManifestError};
 use crate::progress::{Event, LayerStatus, Reporter};
 use crate::store::{RefEntry, Store, StoreError};
 
-/// A layer may expand to this many times its compressed size…
+/// A layer may expand to this many times its compressed size, and an image's layers together to
+/// this many times theirs…
 pub const DEFAULT_EXPANSION_RATIO: u64 = 64;
-/// …but never less than this, so small layers of very compressible files are not refused.
+/// …but never less than this, so small layers of very compressible files are not refused. The
+/// free space of the filesystem extraction writes to bounds both too.
 pub const DEFAULT_MIN_LAYER_LIMIT: u64 = 16 << 30;
 
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     pub apply: ApplyOptions,
+    /// See [`DEFAULT_EXPANSION_RATIO`].
     pub expansion_ratio: u64,
+    /// See [`DEFAULT_MIN_LAYER_LIMIT`].
     pub min_layer_limit: u64,
     /// Replace a non-empty target directory.
     pub force: bool,
@@ -40,7 +46,8 @@ impl UnpackOptions {
         }
     }
 
-    pub(crate) fn limit_for(&self, compressed: u64) -> u64 {
+    /// What layers of `compressed` bytes may expand to: the ratio, at least the minimum.
+    pub fn limit_for(&self, compressed: u64) -> u64 {
         compressed
             .saturating_mul(self.expansion_ratio)
             .max(self.min_layer_limit)
@@ -85,6 +92,9 @@ pub enum UnpackError {
         #[source]
         source: StreamError,
     },
+    /// The pull this extraction belonged to failed elsewhere; nothing was published.
+    #[error("stopped: the pull failed")]
+    Stopped,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -129,24 +139,36 @@ pub fn unpack(
     config.check_layers(&image).map_err(bad)?;
 
     let staging = prepare_staging(target, options.force)?;
-    let chains = chain_ids(&config.rootfs.diff_ids);
+    let keys = cache_keys(&config.rootfs.diff_ids);
+    let mut distinct = std::collections::HashSet::new();
+    let compressed: u64 = image
+        .layers
+        .iter()
+        .zip(&keys)
+        .filter(|(_, key)| distinct.insert(*key))
+        .map(|(layer, _)| layer.size)
+        .sum();
+    let session = Session::new(ImageBudget::new(options, compressed, store.root(), 0));
     let result = (|| {
         let mut stats = UnpackStats::default();
         for (index, ((layer, diff_id), chain_id)) in image
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
-            .zip(&chains)
+            .zip(&keys)
             .enumerate()
         {
-            let cached = match store.cached_layer(chain_id, &options.apply) {
-                Some(hit) => {
-                    stats.layers_from_cache += 1;
-                    hit
-                }
-                None => store.cache_layer(index, layer, diff_id, chain_id, options, reporter)?,
+            let job = LayerJob {
+                index,
+                layer,
+                diff_id,
+                chain_id,
             };
-            let merged = store.merge_layer(&cached, &staging, &options.apply, index)?;
+            let (cached, merged, hit) =
+                merge_from_cache(store, &job, &staging, options, reporter, &session)?;
+            if hit {
+                stats.layers_from_cache += 1;
+            }
             reporter.report(Event::Layer {
                 digest: layer.digest.clone(),
                 status: LayerStatus::PullComplete,
@@ -168,6 +190,39 @@ pub fn unpack(
             Err(e)
         }
     }
+}
+
+/// Merges one layer from the cache onto `staging`, extracting it there first when missing.
+/// Returns the entry, what merging it did, and whether it was in the cache already.
+fn merge_from_cache(
+    store: &Store,
+    job: &LayerJob<'_>,
+    staging: &Path,
+    options: &UnpackOptions,
+    reporter: &dyn Reporter,
+    session: &Session,
+) -> Result<(super::cache::CachedLayer, super::apply::ApplyStats, bool), UnpackError> {
+    let mut hit = true;
+    // A failed pull may take back an entry between its extraction and our read lock: extract
+    // again, a few times at most.
+    for _ in 0..3 {
+        let lock = store.read_lock(job.chain_id)?;
+        if let Some(cached) = store.cached_layer(job.chain_id, &options.apply) {
+            let merged = store.merge_layer(&cached, staging, &options.apply, job.index)?;
+            drop(lock);
+            return Ok((cached, merged, hit));
+        }
+        drop(lock);
+        hit = false;
+        store.cache_layer(job, options, reporter, session)?;
+    }
+    Err(UnpackError::Io {
+        path: store.root().join("layers"),
+        source: io::Error::other(format!(
+            "the layer-cache entry {} keeps being removed while this unpack extracts it",
+            job.chain_id
+        )),
+    })
 }
 
 /// A fresh directory beside `target`, on the same filesystem so the final rename is atomic.

@@ -3,7 +3,9 @@
 //! extracted once into the layer cache and merged from there.
 
 pub mod apply;
+pub mod budget;
 pub mod cache;
+pub mod compare;
 pub mod dirtar;
 pub mod image;
 pub mod stream;

@@ -37,7 +37,7 @@ pub(super) fn raw_path(raw: &[u8]) -> PathBuf {
 
 /// What a cleaned entry path means for the layer.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Role<'a> {
+pub(crate) enum Role<'a> {
     /// An ordinary entry to create.
     Plain,
     /// `DIR/.wh.NAME`: remove `DIR/NAME` from lower layers.
@@ -50,7 +50,7 @@ pub(super) enum Role<'a> {
     BadWhiteout,
 }
 
-pub(super) fn role(path: &Path) -> Role<'_> {
+pub(crate) fn role(path: &Path) -> Role<'_> {
     let mut comps = path.iter().map(OsStr::as_bytes).peekable();
     while let Some(comp) = comps.next() {
         let last = comps.peek().is_none();
