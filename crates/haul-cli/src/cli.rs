@@ -64,7 +64,7 @@ pub enum Command {
     /// Manage images in the store
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Re-hash every blob of images in the store; --repair fetches bad ones again
+    /// Re-hash every blob and re-check every extracted layer of images in the store; --repair mends them
     Verify(VerifyArgs),
     /// Show the store, its disk usage and the configuration in effect
     Info(InfoArgs),
@@ -333,12 +333,15 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status 1 when a blob is missing or damaged (after --repair: still).")]
+#[command(
+    after_help = "Exit status 1 when a blob or an extracted layer is missing or damaged (after --repair: still)."
+)]
 pub struct VerifyArgs {
     /// Names or image IDs; default: every image in the store
     #[arg(value_name = "IMAGE")]
     pub images: Vec<String>,
-    /// Fetch missing and damaged blobs again from the registry, then verify again
+    /// Fetch missing and damaged blobs again from the registry, extract damaged layer-cache
+    /// entries again from their blobs, then verify again
     #[arg(long)]
     pub repair: bool,
 }

@@ -399,6 +399,8 @@ impl Store {
             fastrand::u32(..)
         ));
         let _cleanup = RemoveOnDrop(staging.clone());
+        // 0700 until the layer's own `.` entry, if any, gives it a mode (as in `extract_layer`).
+        self.create_private_dir(&staging.join(DIFF_DIR))?;
         let file = self.open_blob(&job.layer.digest)?;
         let session = Session::new(ImageBudget::new(&options, job.layer.size, self.root(), 0));
         let meta = match self.build_entry(&staging, job, &options, None, &session, Box::new(file)) {
