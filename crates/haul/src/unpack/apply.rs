@@ -444,7 +444,8 @@ impl Applier<'_> {
             tracing::debug!("ignoring a PAX global header");
             return Ok(());
         }
-        let raw = entry.path_bytes().into_owned();
+        check_pax_records(entry)?;
+        let raw = until_nul(&entry.path_bytes()).to_vec();
         let path = names::clean(&raw).ok_or_else(|| ApplyError::Escape {
             path: names::raw_path(&raw),
         })?;
@@ -482,6 +483,9 @@ impl Applier<'_> {
             }
             // The tar crate expands old GNU sparse files into their full content.
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+            // A GNU incremental dump's directory: its content lists names, GNU tar makes a
+            // directory of it.
+            other if other.as_byte() == b'D' => Kind::Dir,
             EntryType::Symlink => Kind::Symlink,
             EntryType::Link => Kind::Hardlink,
             EntryType::Fifo => Kind::Special(FileType::Fifo),
@@ -543,16 +547,18 @@ impl Applier<'_> {
             Kind::File => self.make_file(parent, name, &path, &meta, entry)?,
             Kind::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| missing_link(&path))?;
+                let target = until_nul(&target);
                 self.clear(parent, name, &path, false)?;
                 self.in_dir(parent, &path, || {
-                    symlinkat(OsStr::from_bytes(&target), parent, name)
+                    symlinkat(OsStr::from_bytes(target), parent, name)
                 })
                 .map_err(io_err(&path, "create symlink"))?;
                 self.meta_at(parent, name, &path, &meta, false)?;
             }
             Kind::Hardlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| missing_link(&path))?;
-                self.make_hardlink(parent, name, &path, &target, &meta)?;
+                let target = until_nul(&target);
+                self.make_hardlink(parent, name, &path, target, &meta)?;
             }
             Kind::Special(file_type) => {
                 let dev = if file_type == FileType::Fifo {
@@ -588,9 +594,10 @@ impl Applier<'_> {
         let mode = header.mode().map_err(bad_header(path, "mode"))? & 0o7777;
         let owner = if self.opts.preserve_ownership {
             // The tar crate has already put PAX uid/gid into the header.
-            let uid = id(header.uid().map_err(bad_header(path, "uid"))?)
+            let old = header.as_old();
+            let uid = id(or_empty(header.uid(), &old.uid).map_err(bad_header(path, "uid"))?)
                 .ok_or_else(|| out_of_range(path, "uid"))?;
-            let gid = id(header.gid().map_err(bad_header(path, "gid"))?)
+            let gid = id(or_empty(header.gid(), &old.gid).map_err(bad_header(path, "gid"))?)
                 .ok_or_else(|| out_of_range(path, "gid"))?;
             Some((Uid::from_raw(uid), Gid::from_raw(gid)))
         } else {
@@ -1456,6 +1463,43 @@ fn out_of_range(path: &Path, field: &'static str) -> ApplyError {
         io::ErrorKind::InvalidData,
         "value out of range",
     ))
+}
+
+/// A GNU long name or link ends at its first NUL, as GNU tar and Go's archive/tar read it.
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    bytes.split(|b| *b == 0).next().unwrap_or_default()
+}
+
+/// A numeric field left empty (all NULs or spaces) is 0, as for GNU tar and Go's archive/tar.
+fn or_empty(value: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    match value {
+        Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
+    }
+}
+
+/// Refuses PAX records Go's archive/tar (docker, containerd) refuses: a key holding a NUL, or a
+/// NUL inside a name (GNU tar would cut the name there).
+fn check_pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    let path = PathBuf::from(OsStr::from_bytes(until_nul(&entry.path_bytes())));
+    let Some(records) = entry
+        .pax_extensions()
+        .map_err(|source| ApplyError::Tar { source })?
+    else {
+        return Ok(());
+    };
+    for record in records {
+        let record = record.map_err(|source| ApplyError::Tar { source })?;
+        let (key, value) = (record.key_bytes(), record.value_bytes());
+        let is_name = matches!(key, b"path" | b"linkpath" | b"uname" | b"gname");
+        if key.contains(&0) || (is_name && value.contains(&0)) {
+            return Err(bad_header(&path, "PAX record")(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a NUL byte in a PAX record's key or name",
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn missing_link(path: &Path) -> ApplyError {
