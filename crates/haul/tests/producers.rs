@@ -30,6 +30,8 @@ const WITH_MTIMES: Compare = Compare {
     mtimes: true,
     xattrs: true,
     hardlinks: true,
+    ignored_xattrs: &[],
+    made_now_since: None,
 };
 
 /// The build every `RUN`-capable producer runs: busybox, then a layer that makes things, then one

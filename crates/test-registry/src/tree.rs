@@ -27,11 +27,12 @@ use sha2::{Digest as _, Sha256};
 pub enum NodeKind {
     /// A directory.
     Dir,
-    /// A regular file: its size and `sha256:<hex>` of its content.
+    /// A regular file: its size and a digest of its content.
     File {
         /// Bytes.
         size: u64,
-        /// `sha256:<hex>`.
+        /// `sha256:<hex>` over the content with runs of zeros as their length (holes and written
+        /// zeros alike).
         sha256: String,
     },
     /// A symbolic link and its target, byte for byte.
@@ -107,6 +108,11 @@ pub struct Compare {
     pub xattrs: bool,
     /// Hardlink groups.
     pub hardlinks: bool,
+    /// Extended attributes left out of the comparison, by name.
+    pub ignored_xattrs: &'static [&'static str],
+    /// Mtimes at or after this (seconds) are not compared: an extractor gives "now" to parent
+    /// directories the tar does not list, and two extractors' "now" differ.
+    pub made_now_since: Option<i64>,
 }
 
 impl Default for Compare {
@@ -116,6 +122,8 @@ impl Default for Compare {
             mtimes: false,
             xattrs: true,
             hardlinks: true,
+            ignored_xattrs: &[],
+            made_now_since: None,
         }
     }
 }
@@ -208,12 +216,17 @@ fn masked(node: &Node, how: &Compare) -> Node {
     if !how.owners {
         (n.uid, n.gid) = (0, 0);
     }
-    if !how.mtimes {
+    if !how.mtimes || how.made_now_since.is_some_and(|t| n.mtime >= t) {
         n.mtime = 0;
     }
     if !how.xattrs {
         n.xattrs.clear();
     }
+    n.xattrs.retain(|k, _| {
+        !how.ignored_xattrs
+            .iter()
+            .any(|i| i.as_bytes() == k.as_slice())
+    });
     if !how.hardlinks {
         n.hardlink_group = None;
     }
@@ -241,12 +254,9 @@ fn walk(
         } else if ft.is_symlink() {
             NodeKind::Symlink(std::fs::read_link(&path)?)
         } else if ft.is_file() {
-            let mut hasher = Sha256::new();
-            let mut file = std::fs::File::open(&path)?;
-            io::copy(&mut file, &mut hasher)?;
             NodeKind::File {
                 size: meta.len(),
-                sha256: format!("sha256:{}", hex::encode(hasher.finalize())),
+                sha256: content_digest(&path, meta.len())?,
             }
         } else if ft.is_fifo() {
             NodeKind::Fifo
@@ -283,6 +293,98 @@ fn walk(
     Ok(())
 }
 
+/// A digest of the file's bytes that reads only its data regions (a 60 GB sparse file costs what
+/// its data does) and is the same whether zeros are written or left as holes: runs of zero bytes
+/// are hashed as their length (a 0 byte, then the length), everything else as it is.
+fn content_digest(path: &Path, size: u64) -> io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let mut hasher = ZeroRuns::default();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while pos < size {
+        let data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d.min(size),
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.zeros(data - pos);
+        pos = data;
+        if pos >= size {
+            break;
+        }
+        let hole = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(pos)) {
+            Ok(h) => h.min(size),
+            Err(e) => return Err(e.into()),
+        };
+        while pos < hole {
+            let want = buf.len().min((hole - pos) as usize);
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf[..want], pos)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while being read", path.display()),
+                ));
+            }
+            hasher.bytes(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// sha256 over a byte stream with runs of zeros replaced by their length.
+#[derive(Default)]
+struct ZeroRuns {
+    hasher: Sha256,
+    run: u64,
+}
+
+impl ZeroRuns {
+    fn zeros(&mut self, n: u64) {
+        self.run += n;
+    }
+
+    fn bytes(&mut self, mut bytes: &[u8]) {
+        const BLOCK: usize = 4096;
+        static ZEROS: [u8; BLOCK] = [0; BLOCK];
+        while !bytes.is_empty() {
+            // Whole zero blocks by comparison (fast in unoptimised test builds too).
+            if bytes.len() >= BLOCK && bytes[..BLOCK] == ZEROS {
+                self.run += BLOCK as u64;
+                bytes = &bytes[BLOCK..];
+                continue;
+            }
+            let (mut piece, rest) = bytes.split_at(bytes.len().min(BLOCK));
+            bytes = rest;
+            while !piece.is_empty() {
+                let zeros = piece.iter().take_while(|b| **b == 0).count();
+                self.run += zeros as u64;
+                piece = &piece[zeros..];
+                let data = piece.iter().take_while(|b| **b != 0).count();
+                if data > 0 {
+                    self.flush_run();
+                    self.hasher.update(&piece[..data]);
+                    piece = &piece[data..];
+                }
+            }
+        }
+    }
+
+    fn flush_run(&mut self) {
+        if self.run > 0 {
+            self.hasher.update([0u8]);
+            self.hasher.update(self.run.to_le_bytes());
+            self.run = 0;
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.flush_run();
+        format!("sha256:{}", hex::encode(self.hasher.finalize()))
+    }
+}
+
 /// The extended attributes of `path` itself (not followed).
 fn xattrs(path: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
@@ -301,4 +403,50 @@ fn xattrs(path: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         out.insert(OsString::from(name_os).into_vec(), value);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn holes_and_written_zeros_hash_alike_and_content_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = dir.path().join("written");
+        let mut f = std::fs::File::create(&written).unwrap();
+        f.write_all(&vec![0u8; 3 << 20]).unwrap();
+        f.write_all(b"tail").unwrap();
+        let holey = dir.path().join("holey");
+        let mut f = std::fs::File::create(&holey).unwrap();
+        f.seek(SeekFrom::Start(3 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        let other = dir.path().join("other");
+        let mut f = std::fs::File::create(&other).unwrap();
+        f.seek(SeekFrom::Start((3 << 20) + 1)).unwrap();
+        f.write_all(b"ail").unwrap();
+        let size = (3 << 20) + 4;
+        let a = content_digest(&written, size).unwrap();
+        assert_eq!(a, content_digest(&holey, size).unwrap());
+        assert_ne!(a, content_digest(&other, size).unwrap());
+    }
+
+    #[test]
+    fn differences_name_each_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for root in [&a, &b] {
+            std::fs::create_dir_all(root.join("d")).unwrap();
+            std::fs::write(root.join("d/same"), "x").unwrap();
+        }
+        std::fs::write(a.join("d/f"), "one").unwrap();
+        std::fs::write(b.join("d/f"), "two").unwrap();
+        std::fs::write(a.join("only-a"), "").unwrap();
+        let diff = Tree::of(&a)
+            .unwrap()
+            .differences(&Tree::of(&b).unwrap(), &Compare::default());
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert!(diff[0].starts_with("d/f: ours file"), "{diff:?}");
+        assert!(diff[1].starts_with("only-a: only ours"), "{diff:?}");
+    }
 }
