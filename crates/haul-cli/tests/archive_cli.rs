@@ -66,3 +66,52 @@ async fn save_then_load_into_another_store_like_docker() {
         missing.stderr
     );
 }
+
+/// Issue 13: `docker save | zstd` (or gzip) piped into `haul load` is recognised by its first
+/// bytes; xz is refused with how to decompress it.
+#[tokio::test(flavor = "multi_thread")]
+async fn load_reads_a_compressed_archive_from_stdin() {
+    let img = ImageBuilder::new(Format::Docker)
+        .platform("linux", "amd64", None)
+        .layer(random_layer(7, 30_000))
+        .build();
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    Pusher::new(&registry.url())
+        .push_image("team/zipped", "1", &img)
+        .await
+        .unwrap();
+    let env = Env::new();
+    let name = format!("{}/team/zipped:1", registry.host());
+    ok(env.run(&["pull", "-q", &name]));
+    let saved = env
+        .haul()
+        .args(["save", "-o", "-", &name])
+        .output()
+        .unwrap();
+    assert!(saved.status.success());
+    let compress = |program: &str| {
+        let mut child = std::process::Command::new(program)
+            .args(["-c", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let tar = saved.stdout.clone();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &tar));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        out.stdout
+    };
+    for program in ["zstd", "gzip"] {
+        let other = Env::new();
+        let out = ok(run(other.haul().arg("load").write_stdin(compress(program))));
+        assert_eq!(out.stdout, format!("Loaded image: {name}\n"), "{program}");
+    }
+    let other = Env::new();
+    let refused = run(other.haul().arg("load").write_stdin(compress("xz")));
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("xz -dc"), "{}", refused.stderr);
+}

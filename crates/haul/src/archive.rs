@@ -5,15 +5,20 @@
 //!
 //! - [`ArchiveFormat::DockerArchive`], what `docker save` writes since docker 25: `manifest.json`
 //!   (`Config`, `RepoTags`, `Layers` as paths in the archive), `repositories`, and an OCI image
-//!   layout beside them (`oci-layout`, `index.json`, `blobs/sha256/…`), so `docker load`, skopeo's
-//!   `docker-archive:` and OCI tools all read it. Layers are the compressed blobs as stored.
+//!   layout beside them (`oci-layout`, `index.json`, `blobs/sha256/…`), so `docker load`, `podman
+//!   load`, skopeo's `docker-archive:` and OCI tools all read it. Layers are the blobs as stored.
 //! - [`ArchiveFormat::OciArchive`]: the OCI layout alone, each manifest named by its tag in
 //!   `org.opencontainers.image.ref.name` (skopeo's `oci-archive:FILE:TAG`).
 //!
-//! [`load`] reads either. Every `blobs/<algo>/<hex>` member enters the store through an ingest
-//! that checks it hashes to its name and has the size the manifests give it; refs are set only
-//! after every image in the archive is complete, so a damaged archive publishes nothing. Member
-//! paths that are absolute or contain `..` are refused.
+//! [`load`] reads those and every docker-archive other tools write: docker before 25 (`<id>/
+//! layer.tar`, `<config hex>.json`, a layer saved twice as a symlink to its first copy), podman's
+//! and skopeo's (`<diff_id hex>.tar`), one image or many, uncompressed or gzip- or zstd-compressed
+//! as a whole (known by the first bytes, not the name). Every `blobs/<algo>/<hex>` member enters
+//! the store through an ingest that checks it hashes to its name; a member named by another path
+//! is hashed while it streams into the store, and each layer of an image whose manifest the archive
+//! lacks must be the diff_id its config gives (docker load's check). Refs are set only after every
+//! image in the archive is complete, so a damaged archive publishes nothing. Member paths and link
+//! targets that are absolute or climb out of the archive are refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -21,7 +26,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::inspect::{self, InspectError};
 use crate::manifest::{self, Descriptor, Manifest, ManifestError, media_type};
 use crate::reference::Reference;
@@ -87,12 +92,39 @@ pub enum ArchiveError {
         #[source]
         source: ManifestError,
     },
-    #[error("manifest.json names {path}, which is not a blob of the archive's OCI layout")]
-    UnsupportedLegacyLayout { path: String },
+    #[error("manifest.json names {path}, which the archive does not hold")]
+    MissingMember { path: String },
+    #[error("{path}: too many links from one archive member to another (a loop?)")]
+    LinkLoop { path: String },
+    #[error("manifest.json: {reason}")]
+    BadManifestJson { reason: String },
+    #[error(
+        "the archive has only `repositories`, no manifest.json: docker before 1.10 wrote it, and \
+         haul does not read that format"
+    )]
+    LegacyV1Archive,
+    #[error("layer {digest} is {format}-compressed; haul reads uncompressed, gzip and zstd layers")]
+    UnsupportedLayerCompression { digest: Digest, format: String },
     #[error("image name {name:?} in the archive: {reason}")]
     BadName { name: String, reason: String },
     #[error("index {digest} in the archive nests indexes more than {limit} deep; refusing it")]
     NestedTooDeep { digest: Digest, limit: usize },
+    #[error(
+        "the archive is {format}-compressed, which haul does not read; decompress it first \
+         (`{format} -dc FILE | haul load`)"
+    )]
+    UnsupportedCompression { format: String },
+    #[error(
+        "layer {index} of image {image} ({path}) is {actual} uncompressed, but the image config \
+         says its diff_id is {expected}"
+    )]
+    DiffIdMismatch {
+        image: String,
+        index: usize,
+        path: String,
+        expected: Digest,
+        actual: Digest,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
@@ -357,16 +389,95 @@ pub struct LoadedImage {
     pub names: Vec<Reference>,
 }
 
-/// What the archive holds besides blobs, read on the way through.
+/// How far [`load`] follows links from one member to another (`<id>/layer.tar -> ../<x>.tar`).
+const MAX_LINK_HOPS: usize = 16;
+
+/// A symlink or hardlink member: docker before 25 and podman write a layer saved once and linked
+/// from every other place it appears.
+enum Link {
+    /// Relative to the member's directory, as a file system would resolve it.
+    Symbolic(String),
+    /// A member path of the archive.
+    Hard(String),
+}
+
+/// What the archive holds, read on the way through.
 #[derive(Default)]
 struct Metadata {
     manifest_json: Option<Vec<u8>>,
     index_json: Option<Vec<u8>>,
-    /// Blob sizes as found in the archive (and committed, or already in the store).
+    /// Docker's `repositories`, which alone marks an archive of docker before 1.10.
+    repositories: bool,
+    /// Everything the archive brought into the store (and found there), by digest, with its size:
+    /// `blobs/<algo>/<hex>` members verified against their names, other files hashed.
     blobs: BTreeMap<Digest, u64>,
+    /// Files outside `blobs/` (`<id>/layer.tar`, `<hex>.tar`, `<hex>.json`), by member path.
+    files: BTreeMap<String, Digest>,
+    links: BTreeMap<String, Link>,
 }
 
-/// Reads an archive ([`ArchiveFormat`] either way, detected) from `reader` into `store`.
+impl Metadata {
+    /// The content `raw` (a path `manifest.json` gives) names, following links within the archive.
+    fn member(&self, raw: &str) -> Result<(Digest, u64), ArchiveError> {
+        let mut path = member_path(raw)?;
+        for _ in 0..MAX_LINK_HOPS {
+            let digest = match self.files.get(&path) {
+                Some(d) => Some(d.clone()),
+                None => blob_name(&path).filter(|d| self.blobs.contains_key(d)),
+            };
+            if let Some(digest) = digest {
+                let size = self.blobs.get(&digest).copied().unwrap_or_default();
+                return Ok((digest, size));
+            }
+            path = match self.links.get(&path) {
+                Some(Link::Symbolic(target)) => resolve_symlink(&path, target)?,
+                Some(Link::Hard(target)) => member_path(target)?,
+                None => {
+                    return Err(ArchiveError::MissingMember {
+                        path: raw.to_owned(),
+                    });
+                }
+            };
+        }
+        Err(ArchiveError::LinkLoop {
+            path: raw.to_owned(),
+        })
+    }
+}
+
+/// Where the symlink member `path` pointing at `target` leads, as a member path; a target that is
+/// absolute or climbs out of the archive is refused.
+fn resolve_symlink(path: &str, target: &str) -> Result<String, ArchiveError> {
+    let unsafe_path = || ArchiveError::UnsafePath {
+        path: format!("{path} -> {target}"),
+    };
+    let mut parts: Vec<String> = Path::new(path)
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for c in Path::new(target).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop().ok_or_else(unsafe_path)?;
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(unsafe_path()),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Reads an archive from `reader` into `store`: docker's (any version), podman's and skopeo's
+/// docker-archive, or an OCI archive, uncompressed or compressed with gzip or zstd (told apart by
+/// their first bytes, as `docker load` does).
+///
+/// Members under `blobs/` are checked to hash to their names; layers and configs other tools name
+/// by path (`<id>/layer.tar`, `<hex>.tar`, `<hex>.json`) are hashed while they stream into the
+/// store, and each layer of an image without a manifest in the archive must be the diff_id its
+/// config gives. Refs are set only once every image of the archive is complete.
 pub async fn load<R: Read + Send + 'static>(
     store: &Store,
     reader: R,
@@ -374,10 +485,12 @@ pub async fn load<R: Read + Send + 'static>(
     let _writer = store.writer_lock()?;
     let s = store.clone();
     let handle = tokio::runtime::Handle::current();
-    let meta = tokio::task::spawn_blocking(move || read_members(&s, reader, &handle))
-        .await
-        .map_err(|e| ArchiveError::Read(io::Error::other(e)))??;
-    let images = plan(store, &meta)?;
+    let images = tokio::task::spawn_blocking(move || {
+        let meta = read_members(&s, decompressed(reader)?, &handle)?;
+        plan(&s, &meta)
+    })
+    .await
+    .map_err(|e| ArchiveError::Read(io::Error::other(e)))??;
     let mut loaded = Vec::new();
     for (entry, image) in images {
         for name in &image.names {
@@ -393,6 +506,71 @@ pub async fn load<R: Read + Send + 'static>(
     Ok(loaded)
 }
 
+/// How a stream is compressed, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    /// Read by `docker load`, not by haul: named in the error.
+    Other(&'static str),
+}
+
+/// The most bytes [`sniff`] looks at.
+const MAGIC_LEN: usize = 10;
+
+fn sniff(head: &[u8]) -> Compression {
+    const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    match head {
+        [0x1f, 0x8b, 0x08, ..] => Compression::Gzip,
+        [a, b, c, d, ..] if [*a, *b, *c, *d] == ZSTD => Compression::Zstd,
+        // A zstd skippable frame (0x184D2A50 to 0x184D2A5F, little-endian) may come first.
+        [m, 0x2a, 0x4d, 0x18, ..] if m & 0xf0 == 0x50 => Compression::Zstd,
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Compression::Other("xz"),
+        // "BZh", the block size, then the block magic: a tar member name cannot look like that.
+        [
+            b'B',
+            b'Z',
+            b'h',
+            b'1'..=b'9',
+            0x31,
+            0x41,
+            0x59,
+            0x26,
+            0x53,
+            0x59,
+            ..,
+        ] => Compression::Other("bzip2"),
+        _ => Compression::None,
+    }
+}
+
+/// `reader`, decompressed when its first bytes say it is compressed.
+fn decompressed<R: Read + Send + 'static>(
+    mut reader: R,
+) -> Result<Box<dyn Read + Send>, ArchiveError> {
+    let mut head = Vec::with_capacity(MAGIC_LEN);
+    (&mut reader)
+        .take(MAGIC_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(ArchiveError::Read)?;
+    let kind = sniff(&head);
+    let whole = io::Cursor::new(head).chain(reader);
+    Ok(match kind {
+        Compression::None => Box::new(whole),
+        // Every member, as gzip -d and Go's gzip reader (docker load) read `cat a.gz b.gz`.
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(whole))),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(whole).map_err(ArchiveError::Read)?)
+        }
+        Compression::Other(format) => {
+            return Err(ArchiveError::UnsupportedCompression {
+                format: format.to_owned(),
+            });
+        }
+    })
+}
+
 fn read_members(
     store: &Store,
     reader: impl Read,
@@ -405,6 +583,19 @@ fn read_members(
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = member_path(&raw)?;
         let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Symlink || kind == tar::EntryType::Link {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
+            let link = if kind == tar::EntryType::Symlink {
+                Link::Symbolic(target)
+            } else {
+                Link::Hard(target)
+            };
+            meta.links.insert(path, link);
+            continue;
+        }
         if !(kind.is_file() || kind == tar::EntryType::Continuous) {
             continue;
         }
@@ -412,13 +603,21 @@ fn read_members(
         match path.as_str() {
             "manifest.json" => meta.manifest_json = Some(read_small(&mut entry, &path, size)?),
             "index.json" => meta.index_json = Some(read_small(&mut entry, &path, size)?),
-            _ => {
-                let Some(digest) = blob_name(&path) else {
-                    continue;
-                };
-                handle.block_on(ingest(store, &digest, size, &mut entry))?;
-                meta.blobs.insert(digest, size);
-            }
+            "repositories" => meta.repositories = true,
+            "oci-layout" => {}
+            // Docker's legacy per-layer metadata, which manifest.json makes redundant.
+            p if p.ends_with("/VERSION") || p.ends_with("/json") => {}
+            _ => match blob_name(&path) {
+                Some(digest) => {
+                    handle.block_on(ingest(store, &digest, size, &mut entry))?;
+                    meta.blobs.insert(digest, size);
+                }
+                None => {
+                    let (digest, size) = import(store, &mut entry)?;
+                    meta.blobs.insert(digest.clone(), size);
+                    meta.files.insert(path, digest);
+                }
+            },
         }
     }
     Ok(meta)
@@ -487,6 +686,20 @@ async fn ingest(
     Ok(())
 }
 
+/// Streams a member whose digest nobody declared into the store, returning what it hashed to.
+fn import(store: &Store, reader: &mut impl Read) -> Result<(Digest, u64), ArchiveError> {
+    let mut import = store.begin_import()?;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).map_err(ArchiveError::Read)?;
+        if n == 0 {
+            break;
+        }
+        import.write(&buf[..n])?;
+    }
+    Ok(import.commit()?)
+}
+
 /// Works out the images of the archive from its metadata, checking every blob they reach is there
 /// with the size their manifests give; returns the ref (without its name) and names of each.
 fn plan(store: &Store, meta: &Metadata) -> Result<Vec<(RefEntry, LoadedImage)>, ArchiveError> {
@@ -510,7 +723,11 @@ fn plan(store: &Store, meta: &Metadata) -> Result<Vec<(RefEntry, LoadedImage)>, 
         None => None,
     };
     if meta.index_json.is_none() && docker.is_none() {
-        return Err(ArchiveError::NotAnArchive);
+        return Err(if meta.repositories {
+            ArchiveError::LegacyV1Archive
+        } else {
+            ArchiveError::NotAnArchive
+        });
     }
 
     // Every image manifest the OCI layout names, resolved through nested indexes.
@@ -530,12 +747,12 @@ fn plan(store: &Store, meta: &Metadata) -> Result<Vec<(RefEntry, LoadedImage)>, 
     let mut out = Vec::new();
     if let Some(entries) = docker {
         for e in entries {
-            let config_path = e.get("Config").and_then(Value::as_str).unwrap_or_default();
-            let config = blob_name(&member_path(config_path)?).ok_or_else(|| {
-                ArchiveError::UnsupportedLegacyLayout {
-                    path: config_path.to_owned(),
+            let config_path = e.get("Config").and_then(Value::as_str).ok_or_else(|| {
+                ArchiveError::BadManifestJson {
+                    reason: "an entry has no Config".to_owned(),
                 }
             })?;
+            let (config, config_size) = meta.member(config_path)?;
             let mut names = Vec::new();
             for tag in e
                 .get("RepoTags")
@@ -554,7 +771,7 @@ fn plan(store: &Store, meta: &Metadata) -> Result<Vec<(RefEntry, LoadedImage)>, 
                     let (desc, image, _) = manifests.remove(i);
                     (desc, image)
                 }
-                None => synthesise(store, meta, &e, &config)?,
+                None => synthesise(store, meta, &e, &config, config_size, &names)?,
             };
             out.push(finish(store, meta, desc, image, names)?);
         }
@@ -667,59 +884,62 @@ fn check_blob(meta: &Metadata, digest: &Digest, size: u64, what: &str) -> Result
     }
 }
 
-/// A Docker schema 2 manifest for a `manifest.json` entry that has no manifest in the archive
-/// (docker before 25 wrote none), its config and layers being blobs of the archive.
+/// An OCI manifest for a `manifest.json` entry that has none in the archive (docker before 25,
+/// podman, skopeo): its config and layers are members of the archive, each layer checked against
+/// the diff_id the config gives it, as `docker load` checks them.
 fn synthesise(
     store: &Store,
     meta: &Metadata,
     entry: &Value,
     config: &Digest,
+    config_size: u64,
+    names: &[Reference],
 ) -> Result<(Descriptor, manifest::ImageManifest), ArchiveError> {
-    let config_size = *meta
-        .blobs
-        .get(config)
-        .ok_or_else(|| ArchiveError::MissingBlob {
-            digest: config.clone(),
-            what: "manifest.json".to_owned(),
+    let image_name = names
+        .first()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| config.to_string());
+    let config_bytes = store.read_blob(config, manifest::MAX_CONFIG_BYTES)?;
+    let parsed =
+        manifest::ImageConfig::parse(&config_bytes).map_err(|source| ArchiveError::Manifest {
+            what: format!("the config of image {image_name}"),
+            source,
         })?;
-    let mut layers = Vec::new();
-    for path in entry
+    let paths: Vec<&str> = entry
         .get("Layers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-    {
-        let digest = blob_name(&member_path(path)?).ok_or_else(|| {
-            ArchiveError::UnsupportedLegacyLayout {
-                path: path.to_owned(),
-            }
-        })?;
-        let size = *meta
-            .blobs
-            .get(&digest)
-            .ok_or_else(|| ArchiveError::MissingBlob {
-                digest: digest.clone(),
-                what: "manifest.json".to_owned(),
-            })?;
-        let gzip = {
-            let mut magic = [0u8; 2];
-            store
-                .open_blob(&digest)
-                .is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
-                && magic == [0x1f, 0x8b]
-        };
-        let mt = if gzip {
-            media_type::DOCKER_LAYER_GZIP
-        } else {
-            "application/vnd.docker.image.rootfs.diff.tar"
-        };
-        layers.push(json!({"mediaType": mt, "digest": digest.to_string(), "size": size}));
+        .collect();
+    if paths.len() != parsed.rootfs.diff_ids.len() {
+        return Err(ArchiveError::Manifest {
+            what: format!("image {image_name}"),
+            source: ManifestError::LayerCountMismatch {
+                diff_ids: parsed.rootfs.diff_ids.len(),
+                layers: paths.len(),
+            },
+        });
+    }
+    let mut layers = Vec::new();
+    for (index, (path, expected)) in paths.iter().zip(&parsed.rootfs.diff_ids).enumerate() {
+        let (digest, size) = meta.member(path)?;
+        let (media_type, actual) = layer_identity(store, &digest, expected)?;
+        if &actual != expected {
+            return Err(ArchiveError::DiffIdMismatch {
+                image: image_name.clone(),
+                index,
+                path: (*path).to_owned(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        layers.push(json!({"mediaType": media_type, "digest": digest.to_string(), "size": size}));
     }
     let doc = json!({
         "schemaVersion": 2,
-        "mediaType": media_type::DOCKER_MANIFEST,
-        "config": {"mediaType": media_type::DOCKER_CONFIG, "digest": config.to_string(), "size": config_size},
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {"mediaType": media_type::OCI_CONFIG, "digest": config.to_string(), "size": config_size},
         "layers": layers,
     });
     let bytes = serde_json::to_vec(&doc).expect("JSON values serialise");
@@ -734,9 +954,58 @@ fn synthesise(
             },
         })?;
     Ok((
-        Descriptor::new(media_type::DOCKER_MANIFEST, digest, bytes.len() as u64),
+        Descriptor::new(media_type::OCI_MANIFEST, digest, bytes.len() as u64),
         image,
     ))
+}
+
+/// A layer blob's OCI media type (by its first bytes) and the digest of its uncompressed tar, in
+/// the algorithm of the diff_id it should match.
+fn layer_identity(
+    store: &Store,
+    digest: &Digest,
+    diff_id: &Digest,
+) -> Result<(&'static str, Digest), ArchiveError> {
+    let path = store.blob_path(digest);
+    let mut file = io::BufReader::with_capacity(COPY_BUFFER, store.open_blob(digest)?);
+    let head = io::BufRead::fill_buf(&mut file).map_err(io_err(&path))?;
+    let (media_type, compression) = match sniff(&head[..head.len().min(MAGIC_LEN)]) {
+        Compression::None => (
+            media_type::OCI_LAYER,
+            crate::unpack::stream::Compression::None,
+        ),
+        Compression::Gzip => (
+            media_type::OCI_LAYER_GZIP,
+            crate::unpack::stream::Compression::Gzip,
+        ),
+        Compression::Zstd => (
+            media_type::OCI_LAYER_ZSTD,
+            crate::unpack::stream::Compression::Zstd,
+        ),
+        Compression::Other(format) => {
+            return Err(ArchiveError::UnsupportedLayerCompression {
+                digest: digest.clone(),
+                format: format.to_owned(),
+            });
+        }
+    };
+    // An uncompressed layer stored under the diff_id's algorithm is its own diff_id.
+    if compression == crate::unpack::stream::Compression::None
+        && digest.algorithm() == diff_id.algorithm()
+    {
+        return Ok((media_type, digest.clone()));
+    }
+    let mut decoder = compression.decoder(file).map_err(io_err(&path))?;
+    let mut hasher = Hasher::new(diff_id.algorithm());
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = decoder.read(&mut buf).map_err(io_err(&path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((media_type, hasher.finish()))
 }
 
 /// Checks an image is complete and makes the ref for it (OCI media types, as the store keeps).
@@ -891,5 +1160,79 @@ mod tests {
         assert!(blob_name("blobs/sha256/short").is_none());
         assert!(blob_name("manifest.json").is_none());
         assert!(blob_name(&format!("layers/sha256/{hex}")).is_none());
+    }
+
+    #[test]
+    fn compression_is_known_by_its_first_bytes() {
+        let gzip = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, b"tar").unwrap();
+            e.finish().unwrap()
+        };
+        let zstd = zstd::encode_all(&b"tar"[..], 1).unwrap();
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+        let xz = [0xfd, b'7', b'z', b'X', b'Z', 0, 0, 4, 0xe6, 0xd6];
+        let bzip2 = *b"BZh91AY&SY";
+        let mut tar_named_bzh = [0u8; 512];
+        tar_named_bzh[..8].copy_from_slice(b"BZh9.txt");
+        for (bytes, want) in [
+            (&gzip[..], Compression::Gzip),
+            (&zstd[..], Compression::Zstd),
+            (&skippable[..], Compression::Zstd),
+            (&xz[..], Compression::Other("xz")),
+            (&bzip2[..], Compression::Other("bzip2")),
+            (&tar_named_bzh[..], Compression::None),
+            (&b"manifest.json\0\0\0"[..], Compression::None),
+            (&[][..], Compression::None),
+        ] {
+            assert_eq!(
+                sniff(&bytes[..bytes.len().min(MAGIC_LEN)]),
+                want,
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_resolve_within_the_archive() {
+        let ok = |p: &str, t: &str| resolve_symlink(p, t).ok();
+        assert_eq!(
+            ok("abc/layer.tar", "../def/layer.tar").as_deref(),
+            Some("def/layer.tar")
+        );
+        assert_eq!(ok("abc/layer.tar", "../x.tar").as_deref(), Some("x.tar"));
+        assert_eq!(ok("a.tar", "./b.tar").as_deref(), Some("b.tar"));
+        assert_eq!(ok("abc/layer.tar", "../../etc/passwd"), None);
+        assert_eq!(ok("a.tar", "/etc/passwd"), None);
+        assert_eq!(ok("a.tar", "../a.tar"), None);
+    }
+
+    #[test]
+    fn members_follow_links_and_stop_at_a_loop() {
+        let d = Digest::sha256_of(b"layer");
+        let mut meta = Metadata::default();
+        meta.blobs.insert(d.clone(), 5);
+        meta.files.insert("x.tar".to_owned(), d.clone());
+        meta.links.insert(
+            "a/layer.tar".to_owned(),
+            Link::Symbolic("../x.tar".to_owned()),
+        );
+        meta.links.insert(
+            "b/layer.tar".to_owned(),
+            Link::Hard("a/layer.tar".to_owned()),
+        );
+        meta.links
+            .insert("c".to_owned(), Link::Symbolic("d".to_owned()));
+        meta.links
+            .insert("d".to_owned(), Link::Symbolic("c".to_owned()));
+        assert_eq!(meta.member("./b/layer.tar").unwrap(), (d.clone(), 5));
+        assert!(matches!(
+            meta.member("c"),
+            Err(ArchiveError::LinkLoop { .. })
+        ));
+        assert!(matches!(
+            meta.member("nope.tar"),
+            Err(ArchiveError::MissingMember { .. })
+        ));
     }
 }

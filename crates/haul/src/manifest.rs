@@ -36,6 +36,8 @@ pub mod media_type {
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// Docker's uncompressed layer, which docker and containerd pull like the gzip one.
+    pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
     pub const DOCKER_LAYER_FOREIGN: &str =
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
@@ -74,6 +76,7 @@ pub mod media_type {
                 | OCI_LAYER_NONDIST
                 | OCI_LAYER_NONDIST_GZIP
                 | OCI_LAYER_NONDIST_ZSTD
+                | DOCKER_LAYER
                 | DOCKER_LAYER_GZIP
                 | DOCKER_LAYER_FOREIGN
         )
@@ -364,6 +367,7 @@ pub fn docker_to_oci(bytes: &[u8]) -> Result<Option<Vec<u8>>, ManifestError> {
             let oci = match layer.get("mediaType").and_then(|m| m.as_str()) {
                 Some(media_type::DOCKER_LAYER_FOREIGN) => media_type::OCI_LAYER_NONDIST_GZIP,
                 Some(media_type::DOCKER_LAYER_GZIP) => media_type::OCI_LAYER_GZIP,
+                Some(media_type::DOCKER_LAYER) => media_type::OCI_LAYER,
                 _ => continue,
             };
             layer["mediaType"] = oci.into();
@@ -624,14 +628,16 @@ mod tests {
     fn docker_manifests_convert_to_oci_names() {
         let docker = format!(
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":1}},
-            "layers":[{{"mediaType":"{}","digest":"{}","size":2}},{{"mediaType":"{}","digest":"{}","size":3,"urls":["https://x/y"]}}]}}"#,
+            "layers":[{{"mediaType":"{}","digest":"{}","size":2}},{{"mediaType":"{}","digest":"{}","size":3,"urls":["https://x/y"]}},{{"mediaType":"{}","digest":"{}","size":4}}]}}"#,
             media_type::DOCKER_MANIFEST,
             media_type::DOCKER_CONFIG,
             d(1),
             media_type::DOCKER_LAYER_GZIP,
             d(2),
             media_type::DOCKER_LAYER_FOREIGN,
-            d(3)
+            d(3),
+            media_type::DOCKER_LAYER,
+            d(4)
         );
         let oci = docker_to_oci(docker.as_bytes()).unwrap().unwrap();
         let Manifest::Image(m) = parse(None, &oci).unwrap() else {
@@ -643,6 +649,7 @@ mod tests {
         assert_eq!(m.layers[0].media_type, media_type::OCI_LAYER_GZIP);
         assert_eq!(m.layers[1].media_type, media_type::OCI_LAYER_NONDIST_GZIP);
         assert_eq!(m.layers[1].urls, vec!["https://x/y".to_owned()]);
+        assert_eq!(m.layers[2].media_type, media_type::OCI_LAYER);
         m.check_is_image().unwrap();
         assert!(
             docker_to_oci(image_json(Some(media_type::OCI_MANIFEST)).as_bytes())

@@ -1300,21 +1300,20 @@ fn truncated_tars_are_errors() {
         }
         other => panic!("{other:?}"),
     }
-    // At an entry boundary, without the end-of-archive blocks.
+    // At an entry boundary, without the end-of-archive blocks: the end of the archive, as Go's
+    // archive/tar takes it (umoci 0.4.7 writes such layers); the diff_id proves it complete.
     let sb = Sandbox::new();
     let cut = full[..full.len() - 1024].to_vec();
-    let err = sb.apply(&[cut], &opts()).unwrap_err();
-    assert!(matches!(err, ApplyError::TruncatedArchive), "{err:?}");
+    assert_eq!(sb.apply_ok(&[cut])[0].entries, 2);
     // Inside a header.
     let sb = Sandbox::new();
     let err = sb
         .apply(&[full[..1024 + 100].to_vec()], &opts())
         .unwrap_err();
     assert!(matches!(err, ApplyError::Tar { .. }), "{err:?}");
-    // Nothing at all.
+    // Nothing at all: an empty layer, as for Go's archive/tar.
     let sb = Sandbox::new();
-    let err = sb.apply(&[Vec::new()], &opts()).unwrap_err();
-    assert!(matches!(err, ApplyError::TruncatedArchive), "{err:?}");
+    assert_eq!(sb.apply_ok(&[Vec::new()])[0].entries, 0);
 }
 
 #[test]

@@ -33,6 +33,16 @@ pub enum TestError {
     /// Certificate or signing-key generation failed.
     #[error("crypto setup failed: {0}")]
     Crypto(String),
+    /// A producer or oracle (podman, skopeo, umoci, …) exited with a failure.
+    #[error("{command} failed ({status}): {stderr}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// How it exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
     /// A malformed input (URL, header, JSON) was given or received.
     #[error("invalid input: {0}")]
     Invalid(String),

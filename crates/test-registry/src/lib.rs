@@ -13,6 +13,9 @@
 //! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
 //!   request log, for what a real registry won't do.
 //! - [`ReferrersRegistry`]: an in-memory registry with the OCI 1.1 referrers API and pushes.
+//! - [`Tree`] and [`assert_same_tree`]: a directory tree compared entry by entry with an oracle's.
+//! - [`Containers`] (podman, buildah on a private storage), [`skopeo`], [`umoci_unpack`],
+//!   [`gnu_tar_extract`]: the real producers and oracles.
 //! - [`HttpProxy`]: a forward HTTP proxy (absolute-form requests and `CONNECT`) that records
 //!   each request and the `Proxy-Authorization` it carried.
 //!
@@ -42,6 +45,8 @@ mod referrers;
 mod registry;
 mod server;
 mod token;
+mod tools;
+mod tree;
 mod util;
 
 pub use error::{Result, TestError};
@@ -59,4 +64,6 @@ pub use registry::{
     parse_access_line,
 };
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenIssuerOptions, TokenRequest};
+pub use tools::{Containers, gnu_tar_extract, run_tool, skopeo, umoci_unpack};
+pub use tree::{Compare, Node, NodeKind, Tree, assert_same_tree};
 pub use util::{http_client, install_crypto_provider, sha256_digest};

@@ -51,6 +51,9 @@ pub struct RegistryOptions {
     /// Serve HTTPS only (`http.tls`), with a certificate for `127.0.0.1`, `localhost` and
     /// `registry.test` signed by a fresh throwaway CA ([`RealRegistry::ca_pem_path`]).
     pub tls: bool,
+    /// Regular expressions of layer `urls` the registry accepts in manifests
+    /// (`validation.manifests.urls.allow`); without any it refuses manifests naming URLs.
+    pub allow_layer_urls: Vec<String>,
 }
 
 /// One line of the registry's access log (Apache combined format).
@@ -210,6 +213,12 @@ fn config_yaml(
             "    path: {}\n",
             yaml_str(&path.display().to_string())
         ));
+    }
+    if !opts.allow_layer_urls.is_empty() {
+        y.push_str("validation:\n  manifests:\n    urls:\n      allow:\n");
+        for re in &opts.allow_layer_urls {
+            y.push_str(&format!("        - {}\n", yaml_str(re)));
+        }
     }
     if let Some(remote) = &opts.proxy_remote {
         y.push_str(&format!("proxy:\n  remoteurl: {}\n", yaml_str(remote)));

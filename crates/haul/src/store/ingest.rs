@@ -9,14 +9,20 @@
 //! (in this process or another) re-hashes what is there and continues from its end, so a download
 //! interrupted at 90% fetches only the last 10%. Content that turns out wrong is removed: a partial
 //! longer than the blob, and any partial whose finished digest does not match.
+//!
+//! An [`Import`] is for content whose digest nobody declared (a layer an archive names by its path,
+//! `<id>/layer.tar`): it is hashed while it is written to a fresh file of its own under `ingest/`,
+//! and [`Import::commit`] renames that file to the digest it turned out to have. Nothing is resumed
+//! (there is no name to resume under) and nothing is verified against an expectation: the caller
+//! checks the digest it gets back against what the image says (the config's diff_ids).
 
-use std::io::{Read, Seek as _};
+use std::io::{Read, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::{FileLock, INGEST_DIR, Store, StoreError};
-use crate::digest::{Digest, Verifier};
+use crate::digest::{Algorithm, Digest, Hasher, Verifier};
 
 const WRITE_BUFFER: usize = 1 << 20;
 
@@ -238,6 +244,107 @@ impl Ingest {
     }
 }
 
+/// A blob being written whose digest is learnt from its content ([`Store::begin_import`]).
+///
+/// Blocking: run it off the async runtime. Dropped without [`Import::commit`], its file is removed.
+pub struct Import {
+    store: Store,
+    /// `ingest/import-<pid>-<random>`, relative to the store root; ours alone (created O_EXCL).
+    partial: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl Store {
+    /// Starts writing a blob whose digest (sha256) is what its bytes hash to.
+    pub fn begin_import(&self) -> Result<Import, StoreError> {
+        let partial = Path::new(INGEST_DIR).join(format!(
+            "import-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let file = self.dir().create_new(&partial)?;
+        Ok(Import {
+            store: self.clone(),
+            partial,
+            file: Some(std::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        })
+    }
+}
+
+impl Import {
+    /// Appends bytes (hashed on the way).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.store.root().join(&self.partial);
+        let file = self.file.as_mut().ok_or_else(|| {
+            StoreError::io(
+                &path,
+                std::io::Error::other("import used after it was closed"),
+            )
+        })?;
+        file.write_all(bytes)
+            .map_err(|e| StoreError::io(&path, e))?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Makes the content visible as `blobs/sha256/<its digest>` (fsynced, renamed, directory
+    /// fsynced) and returns the digest and size. A blob of that digest already in the store is
+    /// kept and this copy dropped: the same digest is the same content.
+    pub fn commit(mut self) -> Result<(Digest, u64), StoreError> {
+        let path = self.store.root().join(&self.partial);
+        let writer = self.file.take().ok_or_else(|| {
+            StoreError::io(
+                &path,
+                std::io::Error::other("import used after it was closed"),
+            )
+        })?;
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(Algorithm::Sha256));
+        let result = (|| {
+            let file = writer
+                .into_inner()
+                .map_err(|e| StoreError::io(&path, e.into_error()))?;
+            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            drop(file);
+            let digest = hasher.finish();
+            // The per-digest lock of ingests: a pull committing the same blob meanwhile is not
+            // renamed over.
+            let _lock = FileLock::exclusive(
+                &self.store,
+                &format!("{}-{}.lock", digest.algorithm().name(), digest.hex()),
+            )?;
+            if !self.store.has_blob(&digest) {
+                let to = Store::blob_rel(&digest);
+                self.store.dir().rename(&self.partial, &to)?;
+                self.store
+                    .dir()
+                    .sync_dir(to.parent().unwrap_or(Path::new("")))?;
+            }
+            Ok((digest, self.size))
+        })();
+        // Already gone when it was renamed; removed when the blob was there or on failure.
+        let _ = self.store.dir().remove_file(&self.partial);
+        result
+    }
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = self.store.dir().remove_file(&self.partial);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +484,38 @@ mod tests {
         first.commit().await.unwrap();
         let second = waiter.await.unwrap().unwrap();
         assert!(matches!(second, IngestStart::Present));
+    }
+
+    #[test]
+    fn an_import_is_named_by_what_it_hashes_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"a layer named by its path".repeat(5000);
+        let mut import = store.begin_import().unwrap();
+        for chunk in data.chunks(4096) {
+            import.write(chunk).unwrap();
+        }
+        let (digest, size) = import.commit().unwrap();
+        assert_eq!(digest, Digest::sha256_of(&data));
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+
+        // The same content again leaves the blob as it was; nothing is left in ingest/.
+        let mut again = store.begin_import().unwrap();
+        again.write(&data).unwrap();
+        assert_eq!(again.commit().unwrap().0, digest);
+        assert_eq!(std::fs::read_dir(store.ingest_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_import_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut import = store.begin_import().unwrap();
+        import.write(b"half a layer").unwrap();
+        assert_eq!(std::fs::read_dir(store.ingest_dir()).unwrap().count(), 1);
+        drop(import);
+        assert_eq!(std::fs::read_dir(store.ingest_dir()).unwrap().count(), 0);
+        assert!(!store.has_blob(&Digest::sha256_of(b"half a layer")));
     }
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::digest::{Digest, VerifyError};
 
 pub(crate) use fs::{Entry, StoreDir};
-pub use ingest::{Ingest, IngestStart};
+pub use ingest::{Import, Ingest, IngestStart};
 pub use lock::FileLock;
 pub use refs::RefEntry;
 

@@ -24,7 +24,9 @@ pub enum Compression {
 impl Compression {
     pub fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
-            media_type::OCI_LAYER | media_type::OCI_LAYER_NONDIST => Some(Compression::None),
+            media_type::OCI_LAYER | media_type::OCI_LAYER_NONDIST | media_type::DOCKER_LAYER => {
+                Some(Compression::None)
+            }
             media_type::OCI_LAYER_GZIP
             | media_type::OCI_LAYER_NONDIST_GZIP
             | media_type::DOCKER_LAYER_GZIP
