@@ -79,6 +79,19 @@ pub mod media_type {
         )
     }
 
+    /// Layers that registries may decline to serve and that point at their `urls` instead:
+    /// Docker's foreign layers and OCI's non-distributable ones. Only these are fetched from
+    /// `urls`.
+    pub fn is_non_distributable(mt: &str) -> bool {
+        matches!(
+            mt,
+            OCI_LAYER_NONDIST
+                | OCI_LAYER_NONDIST_GZIP
+                | OCI_LAYER_NONDIST_ZSTD
+                | DOCKER_LAYER_FOREIGN
+        )
+    }
+
     /// `Content-Type` without parameters such as `; charset=utf-8`.
     pub fn essence(content_type: &str) -> &str {
         content_type.split(';').next().unwrap_or("").trim()

@@ -11,7 +11,8 @@
 //! - [`Pusher`]: pushes blobs, images and indexes through the HTTP API.
 //! - [`TokenIssuer`]: Docker Hub's token flow with ES256 JWTs the real registry verifies.
 //! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
-//!   request log, for what a real registry won't do.
+//!   request log, for what a real registry won't do; [`SlowHeaders`], a server that never
+//!   finishes a response's head.
 //! - [`ReferrersRegistry`]: an in-memory registry with the OCI 1.1 referrers API and pushes.
 //! - [`HttpProxy`]: a forward HTTP proxy (absolute-form requests and `CONNECT`) that records
 //!   each request and the `Proxy-Authorization` it carried.
@@ -45,7 +46,9 @@ mod token;
 mod util;
 
 pub use error::{Result, TestError};
-pub use fake::{BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest};
+pub use fake::{
+    BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest, SlowHeaders,
+};
 pub use image::{
     Blob, EntryType, FIXED_CREATED, FIXED_MTIME, Format, Image, ImageBuilder, Index, Layer,
     LayerBuilder, RawEntry, gzip, index, layer_from_dir, layer_from_dir_at, media_types,
@@ -59,4 +62,4 @@ pub use registry::{
     parse_access_line,
 };
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenIssuerOptions, TokenRequest};
-pub use util::{http_client, install_crypto_provider, sha256_digest};
+pub use util::{http_client, install_crypto_provider, sha256_digest, sha512_digest};

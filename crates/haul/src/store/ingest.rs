@@ -209,6 +209,13 @@ impl Ingest {
             .await
             .map_err(|e| StoreError::io(&self.partial, e))?;
         drop(file);
+        // `blobs/sha256` exists from `Store::open`; another algorithm's directory (sha512) is
+        // made by the first blob that needs it.
+        if let Some(dir) = self.dest.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| StoreError::io(dir, e))?;
+        }
         tokio::fs::rename(&self.partial, &self.dest)
             .await
             .map_err(|e| StoreError::io(&self.dest, e))?;
