@@ -10,9 +10,16 @@ use std::time::Duration;
 use common::{harness, harness_with};
 use haul::config::Config;
 use haul::progress::Recorder;
-use haul::pull::PullError;
-use haul::registry::{Anonymous, RegistryError};
-use test_registry::{FakeAuth, Fault, Image, SlowHeaders, media_types};
+use haul::pull::{PullError, PullOptions, Puller};
+use haul::registry::error::{ForeignUrlRefusal, TagListProblem};
+use haul::registry::{
+    Anonymous, ClientOptions, Credential, RegistryClient, RegistryError, StaticCredentials,
+};
+use haul::store::Store;
+use test_registry::{
+    FakeAuth, Fault, Image, RealRegistry, RegistryOptions, SlowHeaders, TokenIssuer,
+    TokenIssuerOptions, media_types, random_layer,
+};
 
 fn image(seed: u64) -> Image {
     common::two_layer_image(seed, 200_000, 400_000)
@@ -32,6 +39,22 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The registry error behind a pull error, wherever it is in the chain.
+fn registry_error(e: &PullError) -> Option<&RegistryError> {
+    // `PullError::Registry` is transparent: its `source()` skips the registry error itself.
+    if let PullError::Registry(r) = e {
+        return Some(r);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<RegistryError>() {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
 }
 
 async fn pull_with_token_expiring_in(raw: &str) -> (Result<(), PullError>, usize) {
@@ -115,6 +138,13 @@ async fn a_huge_retry_after_fails_the_blob_at_once() {
             .expect("the pull gives up instead of waiting")
             .unwrap_err();
         let text = chain(&err);
+        assert!(
+            matches!(
+                registry_error(&err),
+                Some(RegistryError::RetryAfterTooLong { limit, .. }) if limit.as_secs() == 60
+            ),
+            "{text}"
+        );
         assert!(text.contains(asked), "{text}");
         assert!(text.contains("more than haul waits (60 s)"), "{text}");
         assert_eq!(registry.count("GET", layer), 1, "not asked again");
@@ -163,6 +193,13 @@ async fn the_time_waited_on_one_blob_is_bounded() {
         .expect("the pull gives up")
         .unwrap_err();
     let text = chain(&err);
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::WaitedTooLong { waited, .. }) if waited.as_secs() == 5
+        ),
+        "{text}"
+    );
     assert!(text.contains("waited 5 s in all"), "{text}");
     let gets = registry.count("GET", layer);
     assert!((5..=7).contains(&gets), "{gets} GETs");
@@ -194,6 +231,10 @@ async fn a_server_sending_a_byte_every_ten_seconds_is_given_up() {
         .expect("the slow transfer is given up")
         .unwrap_err();
     let text = chain(&err);
+    assert!(
+        matches!(registry_error(&err), Some(RegistryError::TooSlow { received, .. }) if *received < 16 * 1024),
+        "{text}"
+    );
     assert!(text.contains("too slow"), "{text}");
     let gets: Vec<_> = registry
         .requests()
@@ -230,6 +271,13 @@ async fn a_server_that_never_sends_headers_times_out() {
         .expect("the pull gives up on the headers")
         .unwrap_err();
     let text = chain(&err);
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::NoResponseHeaders { after, .. }) if after.as_secs() == 1
+        ),
+        "{text}"
+    );
     assert!(text.contains("no response headers"), "{text}");
     assert_eq!(slow.connections(), 2, "retried once");
 }
@@ -279,6 +327,30 @@ async fn a_registry_cannot_make_haul_fetch_a_loopback_url() {
             .pull(&format!("{}/team/win:1", registry.host()))
             .await
             .unwrap_err();
+        let foreign_layer = haul::manifest::media_type::is_non_distributable(media_type);
+        let reason = match registry_error(&err) {
+            Some(RegistryError::ForeignUrlRefused { url, reason }) => {
+                assert_eq!(url, &urls[0]);
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        assert!(
+            matches!(reason, Some(ForeignUrlRefusal::Address(ip)) if ip.is_loopback())
+                == foreign_layer,
+            "{media_type} {urls:?}: {}",
+            chain(&err)
+        );
+        if !foreign_layer {
+            assert!(
+                matches!(
+                    registry_error(&err),
+                    Some(RegistryError::BlobUnknown { .. })
+                ),
+                "the registry's own error: {}",
+                chain(&err)
+            );
+        }
         assert!(
             storage.requests().is_empty(),
             "{media_type} {urls:?}: the local listener was reached: {}",
@@ -308,7 +380,14 @@ async fn a_repeated_tag_list_link_is_refused_naming_the_repository_and_the_url()
         .await
         .unwrap_err();
     let text = chain(&err);
-    assert!(text.contains("team/loop"), "{text}");
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::TagList { problem: TagListProblem::Loop, repository, .. })
+                if repository == "team/loop"
+        ),
+        "{text}"
+    );
     assert!(text.contains(link), "{text}");
     assert_eq!(
         registry.count("GET", "/tags/list"),
@@ -338,7 +417,14 @@ async fn a_tag_list_link_to_another_host_is_refused() {
         .await
         .unwrap_err();
     let text = chain(&err);
-    assert!(text.contains(elsewhere), "{text}");
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::TagList { problem: TagListProblem::LinkElsewhere, url, .. })
+                if url == elsewhere
+        ),
+        "{text}"
+    );
     assert_eq!(registry.count("GET", "/tags/list"), 1);
 }
 
@@ -362,7 +448,244 @@ async fn an_endless_tag_list_stops_at_the_limit() {
     .expect("the listing ends")
     .unwrap_err();
     let text = chain(&err);
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::TagList {
+                problem: TagListProblem::TooManyTags { limit: 100_000 },
+                ..
+            })
+        ),
+        "{text}"
+    );
     assert!(text.contains("team/endless"), "{text}");
-    assert!(text.contains("more than 100000 tags"), "{text}");
     assert_eq!(registry.count("GET", "/tags/list"), 101);
+}
+
+/// A layer whose blob is named by its sha512 digest (its diff_id stays sha256, as the config's
+/// `rootfs` has it).
+fn sha512_layer(seed: u64) -> test_registry::Layer {
+    let layer = random_layer(seed, 300_000);
+    let blob = test_registry::Blob {
+        digest: test_registry::sha512_digest(&layer.blob.data),
+        ..layer.blob
+    };
+    test_registry::Layer {
+        blob,
+        diff_id: layer.diff_id,
+    }
+}
+
+#[tokio::test]
+async fn a_sha512_layer_is_pulled_verified_and_extracted() {
+    // The real registry takes sha512 uploads: the digest is checked by the registry too.
+    let img = common::image_of(vec![sha512_layer(12)]);
+    let digest = img.layers[0].blob.digest.clone();
+    assert!(digest.starts_with("sha512:"));
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .expect("registry");
+    registry
+        .pusher()
+        .push_image("team/sha512", "1", &img)
+        .await
+        .expect("the registry accepts a sha512 layer");
+    let h = common::unpacking_harness();
+    h.pull(&format!("{}/team/sha512:1", registry.host()))
+        .await
+        .expect("the pull succeeds");
+    assert!(h.has(&digest));
+    let stored = h
+        .store
+        .root()
+        .join("blobs/sha512")
+        .join(digest.trim_start_matches("sha512:"));
+    let bytes = std::fs::read(&stored).expect("stored under blobs/sha512");
+    assert_eq!(test_registry::sha512_digest(&bytes), digest);
+}
+
+#[tokio::test]
+async fn a_corrupt_sha512_layer_is_refused_as_corrupt() {
+    let registry = common::fake_registry(FakeAuth::None).await;
+    let img = common::image_of(vec![sha512_layer(13)]);
+    let digest = img.layers[0].blob.digest.clone();
+    registry.add_image("team/sha512", "1", &img);
+    registry.fault(&digest, Fault::CorruptByte(1000));
+    let h = harness();
+    let err = h
+        .pull(&format!("{}/team/sha512:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PullError::LayerVerification { digest: d, .. } if d.to_string() == digest),
+        "{}",
+        chain(&err)
+    );
+    assert!(chain(&err).contains("digest mismatch"), "{}", chain(&err));
+    assert!(!h.has(&digest));
+}
+
+/// A puller whose client reaches `registry.test` at the registry's loopback port, trusts the
+/// registry's throwaway CA and holds `alice`'s password for `registry.test:PORT`.
+fn puller_for_named_registry(registry: &RealRegistry, config: Config) -> (common::Harness, String) {
+    let host = format!("registry.test:{}", registry.port());
+    let pem = std::fs::read(registry.ca_pem_path().expect("a TLS registry")).unwrap();
+    let ca = pem::parse(pem).unwrap().into_contents();
+    let mut users = std::collections::HashMap::new();
+    users.insert(
+        host.clone(),
+        Credential::Basic {
+            username: "alice".into(),
+            password: "alice-secret".into(),
+        },
+    );
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = RegistryClient::new(
+        Arc::new(config),
+        Arc::new(StaticCredentials(users)),
+        ClientOptions {
+            retry_base_delay: Duration::from_millis(10),
+            resolve: vec![(
+                "registry.test".into(),
+                ([127, 0, 0, 1], registry.port()).into(),
+            )],
+            root_certificates: vec![ca],
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let puller = Puller::new(
+        client,
+        store.clone(),
+        PullOptions {
+            platform: None,
+            max_concurrent_downloads: 3,
+            unpack: None,
+        },
+    );
+    (common::Harness { dir, store, puller }, host)
+}
+
+#[tokio::test]
+async fn an_http_realm_never_receives_credentials() {
+    // An HTTPS registry (verified, under a name that is not loopback) whose challenge names a
+    // token service over plain HTTP.
+    let issuer = TokenIssuer::start(TokenIssuerOptions {
+        users: vec![("alice".into(), "alice-secret".into())],
+        anonymous_pull: false,
+        ..TokenIssuerOptions::default()
+    })
+    .await
+    .unwrap();
+    assert!(issuer.realm().starts_with("http://"));
+    let registry = RealRegistry::start(RegistryOptions {
+        tls: true,
+        token: Some(issuer.registry_config()),
+        ..RegistryOptions::default()
+    })
+    .await
+    .unwrap();
+    let img = image(14);
+    registry
+        .pusher()
+        .bearer(&issuer.token_for("alice", "repository:team/app:push,pull"))
+        .push_image("team/app", "1", &img)
+        .await
+        .unwrap();
+
+    let (h, host) = puller_for_named_registry(&registry, Config::default());
+    let err = h.pull(&format!("{host}/team/app:1")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::InsecureRealm { .. })
+                | PullError::AccessDenied {
+                    source: RegistryError::InsecureRealm { .. },
+                    ..
+                }
+        ),
+        "{}",
+        chain(&err)
+    );
+    assert!(chain(&err).contains(&issuer.realm()), "{}", chain(&err));
+    assert_eq!(
+        issuer.requests(),
+        vec![],
+        "the token service over HTTP was never asked"
+    );
+    assert_eq!(h.blob_count(), 0);
+
+    // The same registry listed as insecure: clear text to it was accepted, and its token service
+    // is on loopback, so the realm may be used.
+    let insecure = Config {
+        insecure_registries: vec![host.clone()],
+        ..Config::default()
+    };
+    let (h, host) = puller_for_named_registry(&registry, insecure);
+    h.pull(&format!("{host}/team/app:1"))
+        .await
+        .expect("an insecure registry's loopback realm is used");
+    assert!(
+        issuer
+            .requests()
+            .iter()
+            .all(|r| r.user.as_deref() == Some("alice"))
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_url_cannot_redirect_into_a_network_not_allowed() {
+    let storage = test_registry::BlobHost::start().await.unwrap();
+    if !storage.url().contains("127.0.0.2") {
+        println!("SKIPPED: 127.0.0.2 cannot be bound here");
+        return;
+    }
+    let registry = common::fake_registry(FakeAuth::None).await;
+    let img = image(15);
+    let foreign = &img.layers[0].blob;
+    registry.add_blob("team/win", &img.config);
+    registry.add_blob("team/win", &img.layers[1].blob);
+    // The registry's 127.0.0.1 is the target the allowed host tries to bounce haul to.
+    registry.add_blob("team/other", foreign);
+    let inside = format!("{}/v2/team/other/blobs/{}", registry.url(), foreign.digest);
+    storage.fault(&foreign.digest, Fault::RedirectTo(inside));
+    registry.add_manifest_raw(
+        "team/win",
+        "1",
+        media_types::OCI_MANIFEST,
+        with_urls(
+            &img,
+            haul::manifest::media_type::OCI_LAYER_NONDIST_GZIP,
+            &[storage.url_for(&foreign.digest)],
+        ),
+    );
+    let config = Config {
+        foreign_layer_allowed_networks: vec!["127.0.0.2".to_owned()],
+        ..Config::default()
+    };
+    let h = harness_with(config, Arc::new(Anonymous), None);
+    let err = h
+        .pull(&format!("{}/team/win:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(storage.requests().len(), 1, "the allowed host was asked");
+    assert_eq!(
+        registry.count("GET", "/team/other/"),
+        0,
+        "the redirect into 127.0.0.1 was not followed"
+    );
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::ForeignUrlRefused {
+                reason: ForeignUrlRefusal::Address(ip),
+                ..
+            }) if ip.to_string() == "127.0.0.1"
+        ),
+        "{}",
+        chain(&err)
+    );
+    assert!(!h.has(&foreign.digest));
 }
