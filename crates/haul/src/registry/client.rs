@@ -1272,14 +1272,28 @@ impl<'a> TagPages<'a> {
     /// endpoint (same scheme, host, port, under its base path), lead somewhere not yet listed
     /// and name a `last` not yet seen.
     fn next(&mut self, current: &url::Url, target: &str) -> Result<String, RegistryError> {
-        let Ok(url) = current.join(target) else {
+        let Ok(mut url) = current.join(target) else {
             return Err(self.refuse(current, TagListProblem::LinkElsewhere));
         };
-        let inside = url.scheme() == self.base.scheme()
+        let same_origin = url.scheme() == self.base.scheme()
             && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
-            && url.path().starts_with(self.base.path());
-        if !inside {
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        if same_origin && !url.path().starts_with(self.base.path()) {
+            // A mirror under a path (`https://cache.lan/hub/`) may write its links as the
+            // registry would, from `/v2/`: they are meant under its base.
+            if let Some(api) = url
+                .path()
+                .strip_prefix('/')
+                .filter(|p| p.starts_with("v2/"))
+            {
+                let query = url.query().map(str::to_owned);
+                if let Ok(mut under) = self.base.join(api) {
+                    under.set_query(query.as_deref());
+                    url = under;
+                }
+            }
+        }
+        if !same_origin || !url.path().starts_with(self.base.path()) {
             return Err(self.refuse(&url, TagListProblem::LinkElsewhere));
         }
         if self.urls.contains(url.as_str()) {
@@ -1343,6 +1357,50 @@ mod tests {
             parse_next_link(r#"</v2/a/tags/list?last=x>; rel="prev""#),
             None
         );
+    }
+
+    #[test]
+    fn tag_list_links_stay_on_the_endpoint_and_never_loop() {
+        let base: url::Url = "https://cache.lan/hub/".parse().unwrap();
+        let first: url::Url = "https://cache.lan/hub/v2/a/tags/list?n=100"
+            .parse()
+            .unwrap();
+        let mut pages = TagPages::new("a", &base);
+        pages.fetched(&first).unwrap();
+        // Relative to the page, and from /v2/ as a registry writes them: both under the base.
+        assert_eq!(
+            pages.next(&first, "list?last=t1&n=100").unwrap(),
+            "v2/a/tags/list?last=t1&n=100"
+        );
+        assert_eq!(
+            pages.next(&first, "/v2/a/tags/list?last=t2&n=100").unwrap(),
+            "v2/a/tags/list?last=t2&n=100"
+        );
+        let problem = |r: Result<String, RegistryError>| match r {
+            Err(RegistryError::TagList { problem, .. }) => problem,
+            other => panic!("{other:?}"),
+        };
+        // A `last` seen before, or the first page again.
+        assert_eq!(
+            problem(pages.next(&first, "/hub/v2/a/tags/list?last=t1&n=5")),
+            TagListProblem::Loop
+        );
+        assert_eq!(
+            problem(pages.next(&first, "/hub/v2/a/tags/list?n=100")),
+            TagListProblem::Loop
+        );
+        for elsewhere in [
+            "https://evil.example/hub/v2/a/tags/list?last=x",
+            "http://cache.lan/hub/v2/a/tags/list?last=y",
+            "https://cache.lan:8443/hub/v2/a/tags/list?last=z",
+            "/admin?last=w",
+        ] {
+            assert_eq!(
+                problem(pages.next(&first, elsewhere)),
+                TagListProblem::LinkElsewhere,
+                "{elsewhere}"
+            );
+        }
     }
 
     #[test]
