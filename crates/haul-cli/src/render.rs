@@ -247,7 +247,12 @@ impl Bars {
 
     fn update_total(&self) {
         if let Some(total) = &self.total {
-            total.set_position(self.present + self.current.values().sum::<u64>());
+            // Sizes come from manifests: summed without overflow, whatever they claim.
+            let current = self
+                .current
+                .values()
+                .fold(0u64, |sum, n| sum.saturating_add(*n));
+            total.set_position(self.present.saturating_add(current));
         }
     }
 

@@ -19,6 +19,12 @@ pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
 pub const DEFAULT_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
 const MAX_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest `Retry-After` obeyed: a registry asking for more fails the request at once,
+/// naming the wait, rather than holding the pull (docker would wait as long as it is told).
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// What one request (a blob download with all its attempts) may spend waiting between attempts,
+/// in multiples of `max-retry-after`: five full waits, as many as the default attempts allow.
+const RETRY_WAIT_BUDGET_FACTOR: u32 = 5;
 
 /// Docker Hub's name as mirrors are keyed.
 const DOCKER_HUB: &str = "docker.io";
@@ -132,8 +138,15 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub max_concurrent_downloads: usize,
     pub max_download_attempts: u32,
-    /// A transfer that receives no byte for this long fails (and is retried), instead of hanging.
+    /// A transfer that receives no byte for this long fails (and is retried), instead of hanging;
+    /// also the deadline for a response's headers and the window over which a transfer must
+    /// keep a minimum rate.
     pub download_stall_timeout: Duration,
+    /// The longest `Retry-After` haul obeys; longer asks fail the request at once.
+    pub max_retry_after: Duration,
+    /// Networks outside the public internet that foreign layer `urls` may reach (CIDRs or
+    /// addresses). Empty: only public addresses.
+    pub foreign_layer_allowed_networks: Vec<String>,
     /// Mirrors per upstream registry (`docker.io`, `ghcr.io`, `host:port`), tried in order.
     pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
     pub proxies: Proxies,
@@ -152,6 +165,8 @@ impl Default for Config {
             max_concurrent_downloads: DEFAULT_MAX_CONCURRENT_DOWNLOADS,
             max_download_attempts: DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
             download_stall_timeout: DEFAULT_DOWNLOAD_STALL_TIMEOUT,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            foreign_layer_allowed_networks: Vec::new(),
             registry_mirrors: BTreeMap::new(),
             proxies: Proxies::default(),
             trust: crate::trust::TrustConfig::default(),
@@ -263,11 +278,7 @@ impl Config {
                 }
                 // haul's own key (docker has no stall limit): seconds, fractions allowed.
                 "download-stall-timeout" => {
-                    config.download_stall_timeout = v
-                        .as_f64()
-                        .filter(|s| *s > 0.0)
-                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                        .filter(|d| *d <= MAX_DOWNLOAD_STALL_TIMEOUT)
+                    config.download_stall_timeout = seconds(v, MAX_DOWNLOAD_STALL_TIMEOUT)
                         .ok_or_else(|| {
                             invalid(
                                 key,
@@ -275,6 +286,25 @@ impl Config {
                                     "expected a number of seconds above 0 and up to 86400, got {v}"
                                 ),
                             )
+                        })?;
+                }
+                // haul's own keys, like download-stall-timeout.
+                "max-retry-after" => {
+                    config.max_retry_after =
+                        seconds(v, MAX_DOWNLOAD_STALL_TIMEOUT).ok_or_else(|| {
+                            invalid(
+                                key,
+                                format!(
+                                    "expected a number of seconds above 0 and up to 86400, got {v}"
+                                ),
+                            )
+                        })?;
+                }
+                "foreign-layer-allowed-networks" => {
+                    config.foreign_layer_allowed_networks = string_list(v)
+                        .filter(|l| l.iter().all(|n| network(n).is_some()))
+                        .ok_or_else(|| {
+                            invalid(key, "expected a list of CIDRs or IP addresses".to_owned())
                         })?;
                 }
                 "registry-mirrors" => {
@@ -311,6 +341,20 @@ impl Config {
         })
     }
 
+    /// Whether `foreign-layer-allowed-networks` lets foreign layer URLs reach `ip`.
+    pub fn allows_foreign_network(&self, ip: IpAddr) -> bool {
+        self.foreign_layer_allowed_networks
+            .iter()
+            .filter_map(|n| network(n))
+            .any(|(net, bits)| cidr_contains(net, bits, ip))
+    }
+
+    /// The most one request may wait between its attempts, in all.
+    pub fn retry_wait_budget(&self) -> Duration {
+        self.max_retry_after
+            .saturating_mul(RETRY_WAIT_BUDGET_FACTOR)
+    }
+
     /// Mirrors configured for `registry`, in the order they are to be tried.
     pub fn mirrors_for(&self, registry: &str) -> &[url::Url] {
         self.registry_mirrors
@@ -325,6 +369,23 @@ fn string_list(v: &Value) -> Option<Vec<String>> {
         .iter()
         .map(|s| s.as_str().map(str::to_owned))
         .collect()
+}
+
+/// A positive number of seconds, fractions allowed, up to `max`.
+fn seconds(v: &Value, max: Duration) -> Option<Duration> {
+    v.as_f64()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| *d <= max)
+}
+
+/// A CIDR, or a single address as the network of just that address.
+fn network(s: &str) -> Option<(IpAddr, u8)> {
+    if let Some(cidr) = parse_cidr(s) {
+        return Some(cidr);
+    }
+    let ip: IpAddr = s.parse().ok()?;
+    Some((ip, if ip.is_ipv4() { 32 } else { 128 }))
 }
 
 fn positive(v: &Value) -> Option<u64> {
@@ -414,6 +475,12 @@ fn parse_proxies(v: &Value) -> Result<Proxies, String> {
         url::Url::parse(s).map_err(|_| "proxy is not a valid URL".to_owned())?;
     }
     Ok(p)
+}
+
+/// The name or address of `host[:port]`, without the port (and without an IPv6 address's
+/// brackets).
+pub fn host_name(host: &str) -> &str {
+    host_without_port(host)
 }
 
 fn host_without_port(host: &str) -> &str {

@@ -171,10 +171,17 @@ pub async fn check(
             }
         },
         Some(Challenge::Bearer { realm, service, .. }) => {
-            fetch_token(http, &realm, service.as_deref(), "", Some(credential))
-                .await
-                .map_err(failed)?
-                .0
+            fetch_token(
+                client,
+                host,
+                &realm,
+                service.as_deref(),
+                "",
+                Some(credential),
+            )
+            .await
+            .map_err(failed)?
+            .0
         }
         None => {
             return Err(LoginError::UnsupportedChallenge {

@@ -82,6 +82,19 @@ pub mod media_type {
         )
     }
 
+    /// Layers that registries may decline to serve and that point at their `urls` instead:
+    /// Docker's foreign layers and OCI's non-distributable ones. Only these are fetched from
+    /// `urls`.
+    pub fn is_non_distributable(mt: &str) -> bool {
+        matches!(
+            mt,
+            OCI_LAYER_NONDIST
+                | OCI_LAYER_NONDIST_GZIP
+                | OCI_LAYER_NONDIST_ZSTD
+                | DOCKER_LAYER_FOREIGN
+        )
+    }
+
     /// `Content-Type` without parameters such as `; charset=utf-8`.
     pub fn essence(content_type: &str) -> &str {
         content_type.split(';').next().unwrap_or("").trim()
@@ -97,6 +110,8 @@ const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
+    /// At most `i64::MAX`, as the OCI spec (an int64) and every other client have it.
+    #[serde(deserialize_with = "spec_size")]
     pub size: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
@@ -106,6 +121,19 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+}
+
+/// A descriptor's `size`: a non-negative int64. Larger values can only be a registry probing for
+/// overflows in whatever adds sizes up.
+fn spec_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let size = u64::deserialize(d)?;
+    if size > i64::MAX as u64 {
+        return Err(serde::de::Error::custom(format!(
+            "size {size} is larger than the largest the OCI spec allows ({})",
+            i64::MAX
+        )));
+    }
+    Ok(size)
 }
 
 impl Descriptor {
@@ -606,6 +634,35 @@ mod tests {
             err.contains("linux/amd64") && err.contains("linux/arm64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn descriptor_sizes_beyond_int64_are_refused() {
+        let manifest = |size: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":1}},
+                "layers":[{{"mediaType":"{}","digest":"{}","size":{size}}}]}}"#,
+                media_type::OCI_MANIFEST,
+                media_type::OCI_CONFIG,
+                d(1),
+                media_type::OCI_LAYER_GZIP,
+                d(2),
+            )
+        };
+        assert!(parse(None, manifest("9223372036854775807").as_bytes()).is_ok());
+        for bad in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "-1",
+            "1e300",
+            "1.5",
+        ] {
+            let err = match parse(None, manifest(bad).as_bytes()) {
+                Ok(_) => panic!("size {bad} accepted"),
+                Err(e) => e,
+            };
+            assert!(matches!(err, ManifestError::Invalid { .. }), "{bad}: {err}");
+        }
     }
 
     #[test]

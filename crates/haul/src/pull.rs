@@ -22,6 +22,8 @@ use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, Ma
 use crate::platform::Platform;
 use crate::progress::{Event, InOrder, LayerStatus, Reporter};
 use crate::reference::Reference;
+use crate::registry::retry::RetryWaits;
+use crate::registry::throughput::MinRate;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::space::{self, Size};
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
@@ -787,14 +789,14 @@ impl Puller {
             let first = seen.insert(layer.desc.digest.clone());
             let first_key = keys.insert(layer.chain_id.clone());
             if first {
-                total += layer.desc.size;
+                total = total.saturating_add(layer.desc.size);
             }
             if first_key {
                 compressed = compressed.saturating_add(layer.desc.size);
             }
             if ctx.is_ready(&layer) {
                 if first {
-                    present += layer.desc.size;
+                    present = present.saturating_add(layer.desc.size);
                     reporter.report(Event::Layer {
                         digest: layer.desc.digest.clone(),
                         status: LayerStatus::AlreadyExists,
@@ -804,7 +806,7 @@ impl Puller {
             }
             if self.store.has_blob(&layer.desc.digest) {
                 if first {
-                    present += layer.desc.size;
+                    present = present.saturating_add(layer.desc.size);
                 }
             } else if first {
                 missing = missing.saturating_add(layer.desc.size);
@@ -847,7 +849,7 @@ impl Puller {
                 Ok(Ok(n)) => {
                     if let Some(n) = n {
                         count += 1;
-                        bytes += n;
+                        bytes = bytes.saturating_add(n);
                     }
                     continue;
                 }
@@ -1261,6 +1263,7 @@ impl BlobContext {
 
         let max_attempts = self.client.config().max_download_attempts;
         let mut attempt = 1;
+        let mut waits = RetryWaits::new(self.client.config());
         loop {
             let before = ingest.written();
             match self.transfer(&desc, &mut ingest, is_layer, tee).await {
@@ -1299,20 +1302,22 @@ impl BlobContext {
                     // registry being overloaded: resume at once. Failures without progress back
                     // off, and the registry's own Retry-After wins.
                     let progressed = ingest.written() > before;
-                    let delay = e.retry_after().unwrap_or_else(|| {
-                        if progressed {
-                            Duration::ZERO
-                        } else {
-                            self.client.backoff(attempt)
-                        }
-                    });
+                    let backoff = if progressed {
+                        Duration::ZERO
+                    } else {
+                        self.client.backoff(attempt)
+                    };
+                    let reason = e.to_string();
+                    let delay = waits
+                        .delay(self.repo.host(), e, backoff)
+                        .map_err(PullError::Registry)?;
                     self.layer_event(
                         is_layer,
                         &desc.digest,
                         LayerStatus::Retrying {
                             attempt,
                             delay_secs: delay.as_secs_f64().ceil() as u64,
-                            reason: e.to_string(),
+                            reason,
                         },
                     );
                     tokio::time::sleep(delay).await;
@@ -1336,13 +1341,15 @@ impl BlobContext {
             }
         }
         self.layer_event(is_layer, &desc.digest, LayerStatus::VerifyingChecksum);
-        ingest
-            .commit()
-            .await
-            .map_err(|source| PullError::LayerVerification {
+        // Only content that fails verification is "verification failed"; a commit that cannot
+        // write (a full disk, a missing directory) says so.
+        ingest.commit().await.map_err(|source| match source {
+            StoreError::Verify { .. } => PullError::LayerVerification {
                 digest: desc.digest.clone(),
                 source: Box::new(source),
-            })?;
+            },
+            other => PullError::Store(other),
+        })?;
         if let Some(t) = tee.as_mut() {
             t.complete = true;
         }
@@ -1362,7 +1369,13 @@ impl BlobContext {
         let offset = ingest.written();
         let response = match self.repo.blob(&desc.digest, offset).await {
             Ok(r) => r,
-            Err(e) if !desc.urls.is_empty() && !e.is_retryable() => {
+            // Only a foreign layer may come from its `urls`: any other layer's are ignored, or a
+            // registry could make haul request whatever it likes by 404ing a blob.
+            Err(e)
+                if !desc.urls.is_empty()
+                    && manifest::media_type::is_non_distributable(&desc.media_type)
+                    && !e.is_retryable() =>
+            {
                 self.foreign(desc, e).await.map_err(Attempt::Remote)?
             }
             Err(e) => return Err(Attempt::Remote(e)),
@@ -1377,9 +1390,13 @@ impl BlobContext {
         let host = response.url().host_str().unwrap_or_default().to_owned();
         let mut stream = response.bytes_stream();
         let mut last_report = Instant::now();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Attempt::Remote(crate::registry::error::from_reqwest(&host, &e)))?;
+        // A server dribbling bytes never trips the idle timeout; a minimum rate ends it.
+        let mut rate = MinRate::new(self.client.stall_timeout());
+        while let Some(chunk) = rate
+            .next(&mut stream, &host)
+            .await
+            .map_err(Attempt::Remote)?
+        {
             ingest.write(&chunk).await.map_err(Attempt::Local)?;
             if let Some(t) = tee.as_mut() {
                 t.send(chunk).await;
@@ -1416,19 +1433,26 @@ impl BlobContext {
         Ok(())
     }
 
-    /// Tries a foreign layer's URLs in order, without registry credentials.
+    /// Tries a foreign layer's URLs in order, without registry credentials. When none serves
+    /// it, a URL refused for where it leads is the error (the user can allow that network);
+    /// otherwise the registry's own.
     async fn foreign(
         &self,
         desc: &Descriptor,
         registry_error: RegistryError,
     ) -> Result<reqwest::Response, RegistryError> {
+        let mut refused = None;
         for url in &desc.urls {
             match self.repo.foreign_blob(url).await {
                 Ok(r) => return Ok(r),
+                Err(e @ RegistryError::ForeignUrlRefused { .. }) => {
+                    tracing::warn!(%url, error = %e, "foreign layer URL refused");
+                    refused.get_or_insert(e);
+                }
                 Err(e) => tracing::debug!(%url, error = %e, "foreign layer URL failed"),
             }
         }
-        Err(registry_error)
+        Err(refused.unwrap_or(registry_error))
     }
 }
 

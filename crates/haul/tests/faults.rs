@@ -238,7 +238,12 @@ async fn foreign_layers_fall_back_to_their_urls_without_credentials() {
         media_types::OCI_MANIFEST,
         serde_json::to_vec(&doc).unwrap(),
     );
-    let h = harness();
+    // The storage host is on loopback, which foreign layer URLs reach only when allowed.
+    let config = Config {
+        foreign_layer_allowed_networks: vec!["127.0.0.0/8".to_owned()],
+        ..Config::default()
+    };
+    let h = harness_with(config, Arc::new(Anonymous), None);
     h.pull(&format!("{}/team/win:1", registry.host()))
         .await
         .unwrap();

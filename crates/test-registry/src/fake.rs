@@ -73,6 +73,25 @@ pub enum Fault {
         /// How long to wait for it.
         timeout: Duration,
     },
+    /// Answer this status with `Retry-After` set to this exact value (seconds, an HTTP date, or
+    /// anything else a hostile registry may send).
+    RetryAfter {
+        /// The status (429, 503, …).
+        status: u16,
+        /// The header's value, sent as given.
+        value: String,
+    },
+    /// A tag list that never ends: every `tags/list` request gets `tags_per_page` new tags of
+    /// `tag_len` characters and a `Link` to the page after it, each page at a new URL.
+    EndlessTagPages {
+        /// Tags on each page.
+        tags_per_page: usize,
+        /// Length of each tag (at least 17, at most 128).
+        tag_len: usize,
+    },
+    /// The fake token server answers with this raw JSON as `expires_in` (`18446744073709551615`,
+    /// `1e300`, `-1`, `"300"`, …).
+    TokenExpiresIn(String),
 }
 
 /// One request as received.
@@ -269,6 +288,12 @@ fn immediate_fault(faults: &[Fault]) -> Option<Response<Body>> {
                 json!(null),
             );
             set_header(&mut resp, "retry-after", &secs.to_string());
+            Some(resp)
+        }
+        Fault::RetryAfter { status, value } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = registry_error(status, "UNAVAILABLE", "come back later", json!(null));
+            set_header(&mut resp, "retry-after", value);
             Some(resp)
         }
         Fault::RedirectTo(url) => {
@@ -561,7 +586,7 @@ impl Inner {
         (!ok).then(|| self.challenge(repo))
     }
 
-    fn token(&self, parts: &Parts) -> Response<Body> {
+    fn token(&self, parts: &Parts, faults: &[Fault]) -> Response<Body> {
         let FakeAuth::Bearer { users, anonymous } = &self.auth else {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -593,10 +618,23 @@ impl Inner {
             .collect();
         let token = format!("fake-{}", random_hex(16));
         lock(&self.tokens).insert(token.clone(), scopes);
-        json_response(
-            StatusCode::OK,
-            &json!({"token": token, "access_token": token, "expires_in": 300, "issued_at": rfc3339(unix_now())}),
-        )
+        let expires_in = faults
+            .iter()
+            .find_map(|f| match f {
+                Fault::TokenExpiresIn(raw) => Some(raw.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "300".to_owned());
+        // Written by hand: a hostile `expires_in` (2^64-1, 1e300) must reach the client exactly
+        // as given, which a JSON value would round or refuse.
+        let body = format!(
+            r#"{{"token":{t},"access_token":{t},"expires_in":{expires_in},"issued_at":{at}}}"#,
+            t = json!(token),
+            at = json!(rfc3339(unix_now())),
+        );
+        let mut resp = Response::new(Body::from(body));
+        set_header(&mut resp, "content-type", "application/json");
+        resp
     }
 
     fn manifest(
@@ -696,6 +734,37 @@ impl Inner {
     }
 }
 
+fn endless_tags(faults: &[Fault]) -> Option<(usize, usize)> {
+    faults.iter().find_map(|f| match f {
+        Fault::EndlessTagPages {
+            tags_per_page,
+            tag_len,
+        } => Some((*tags_per_page, (*tag_len).clamp(17, 128))),
+        _ => None,
+    })
+}
+
+/// One page of [`Fault::EndlessTagPages`]: the page number rides in `last`, so every page has
+/// its own URL and its tags sort after the previous page's, as a real registry's would.
+fn endless_tag_page(parts: &Parts, repo: &str, per_page: usize, len: usize) -> Response<Body> {
+    let query = form_pairs(parts.uri.query().unwrap_or(""));
+    let page: u64 = query
+        .iter()
+        .find(|(k, _)| k == "last")
+        .and_then(|(_, v)| v.get(1..9))
+        .and_then(|n| n.parse().ok())
+        .map_or(0, |n: u64| n + 1);
+    let tags: Vec<String> = (0..per_page)
+        .map(|i| format!("p{page:08}-{i:06}-{}", "x".repeat(len - 17)))
+        .collect();
+    let mut resp = json_response(StatusCode::OK, &json!({"name": repo, "tags": tags}));
+    if let Some(last) = tags.last() {
+        let link = format!("</v2/{repo}/tags/list?last={last}&n={per_page}>; rel=\"next\"");
+        set_header(&mut resp, "link", &link);
+    }
+    resp
+}
+
 async fn handle_registry(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body> {
     let (parts, _body) = req.into_parts();
     let index = inner.core.record(&parts);
@@ -718,7 +787,7 @@ async fn handle_registry(State(inner): State<Arc<Inner>>, req: Request) -> Respo
     }
     let path = parts.uri.path().to_string();
     let mut resp = match route(&path) {
-        Route::Token => immediate_fault(&faults).unwrap_or_else(|| inner.token(&parts)),
+        Route::Token => immediate_fault(&faults).unwrap_or_else(|| inner.token(&parts, &faults)),
         Route::Unknown => registry_error(
             StatusCode::NOT_FOUND,
             "UNSUPPORTED",
@@ -744,7 +813,10 @@ async fn handle_registry(State(inner): State<Arc<Inner>>, req: Request) -> Respo
             } else {
                 match r {
                     Route::Base => json_response(StatusCode::OK, &json!({})),
-                    Route::Tags(name) => inner.tags(&parts, name),
+                    Route::Tags(name) => match endless_tags(&faults) {
+                        Some((per_page, len)) => endless_tag_page(&parts, name, per_page, len),
+                        None => inner.tags(&parts, name),
+                    },
                     Route::Manifest(name, reference) => {
                         inner.manifest(&parts, name, reference, &faults)
                     }
@@ -1005,6 +1077,66 @@ impl BlobHost {
     /// Whether any request arrived with an `Authorization` header.
     pub fn saw_authorization(&self) -> bool {
         self.requests().iter().any(|r| r.authorization().is_some())
+    }
+}
+
+/// A raw TCP server that answers every request by sending the bytes of a response's head one at
+/// a time, `delay` apart, and never finishes it: the slowloris that no per-read idle timeout
+/// catches. Counts the connections it accepted.
+pub struct SlowHeaders {
+    addr: std::net::SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowHeaders {
+    /// Listens on a free port of 127.0.0.1, sending one byte every `delay`.
+    pub async fn start(delay: Duration) -> Result<SlowHeaders> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = Server::bind("127.0.0.1").await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| crate::TestError::io("reading the local address", e))?;
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    // Whatever the client sent; the answer is the same.
+                    let _ = socket.read(&mut request).await;
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n";
+                    for byte in head.iter().chain(std::iter::repeat(&b'x')) {
+                        tokio::time::sleep(delay).await;
+                        if socket.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(SlowHeaders {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/blob`.
+    pub fn url(&self) -> String {
+        format!("http://{}/blob", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowHeaders {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

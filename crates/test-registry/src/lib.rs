@@ -11,7 +11,8 @@
 //! - [`Pusher`]: pushes blobs, images and indexes through the HTTP API.
 //! - [`TokenIssuer`]: Docker Hub's token flow with ES256 JWTs the real registry verifies.
 //! - [`FakeRegistry`] and [`BlobHost`]: an in-process registry with injectable [`Fault`]s and a
-//!   request log, for what a real registry won't do.
+//!   request log, for what a real registry won't do; [`SlowHeaders`], a server that never
+//!   finishes a response's head.
 //! - [`ReferrersRegistry`]: an in-memory registry with the OCI 1.1 referrers API and pushes.
 //! - [`Tree`] and [`assert_same_tree`]: a directory tree compared entry by entry with an oracle's.
 //! - [`Containers`] (podman, buildah on a private storage), [`skopeo`], [`umoci_unpack`],
@@ -50,7 +51,9 @@ mod tree;
 mod util;
 
 pub use error::{Result, TestError};
-pub use fake::{BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest};
+pub use fake::{
+    BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest, SlowHeaders,
+};
 pub use image::{
     Blob, EntryType, FIXED_CREATED, FIXED_MTIME, Format, Image, ImageBuilder, Index, Layer,
     LayerBuilder, RawEntry, gzip, index, layer_from_dir, layer_from_dir_at, media_types,
@@ -66,4 +69,4 @@ pub use registry::{
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenIssuerOptions, TokenRequest};
 pub use tools::{Containers, gnu_tar_extract, run_tool, skopeo, umoci_unpack};
 pub use tree::{Compare, Node, NodeKind, Tree, assert_same_tree};
-pub use util::{http_client, install_crypto_provider, sha256_digest};
+pub use util::{http_client, install_crypto_provider, sha256_digest, sha512_digest};

@@ -2,11 +2,16 @@
 
 use std::sync::{Mutex, MutexGuard, Once};
 
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
 /// Returns `"sha256:<hex>"` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Returns `"sha512:<hex>"` of `data`: the OCI spec's other registered algorithm.
+pub fn sha512_digest(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(Sha512::digest(data)))
 }
 
 /// Installs aws-lc-rs as the process-wide rustls provider (once; an already installed one is kept).

@@ -4,7 +4,10 @@
 //! they expire, and credentials per registry name (a `docker-credential-*` helper runs at most once
 //! per registry per process). Concurrent requests needing the same token share one token request.
 //! The header is only ever attached to requests to the host that issued the challenge: redirects to
-//! other hosts go out without it (reqwest strips it when the host changes).
+//! other hosts go out without it (reqwest strips it when the host changes). Credentials go to a
+//! token realm only over HTTPS, unless the registry is itself insecure and the realm is on its
+//! host ([`RegistryClient::realm_client`]); a token's lifetime, whatever the server says, is
+//! held to [`MAX_TOKEN_LIFETIME`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +17,9 @@ use base64::Engine;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 
 use super::challenge::{self, Challenge};
+use super::client::RegistryClient;
 use super::credentials::{Credential, CredentialError, DockerConfig};
-use super::error::{self, RegistryError};
+use super::error::RegistryError;
 
 /// Where credentials come from. [`DockerConfig`] is the usual source; tests and embedders may
 /// supply their own.
@@ -50,6 +54,9 @@ impl CredentialStore for StaticCredentials {
 
 /// Tokens are renewed this long before they expire so a request never leaves with a stale one.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// The longest a token is kept, whatever `expires_in` says (2^64-1 and 1e300 included): a day is
+/// longer than any pull, and a registry that revokes it earlier answers 401, which renews it.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 struct CachedToken {
     header: HeaderValue,
@@ -111,7 +118,7 @@ impl Authenticator {
     /// `registry` is the name credentials are filed under (`docker.io` for Docker Hub).
     pub(crate) async fn header(
         &self,
-        http: &reqwest::Client,
+        client: &RegistryClient,
         host: &str,
         registry: &str,
         scope: &str,
@@ -146,17 +153,32 @@ impl Authenticator {
                     return Ok(Some(t.header.clone()));
                 }
                 let credential = self.credential(registry).await?;
-                let (header, lifetime) =
-                    fetch_token(http, &realm, service.as_deref(), scope, credential.as_ref())
-                        .await?;
+                let (header, lifetime) = fetch_token(
+                    client,
+                    host,
+                    &realm,
+                    service.as_deref(),
+                    scope,
+                    credential.as_ref(),
+                )
+                .await?;
                 *cached = Some(CachedToken {
                     header: header.clone(),
-                    expires: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
+                    expires: expiry(Instant::now(), lifetime),
                 });
                 Ok(Some(header))
             }
         }
     }
+}
+
+/// When a token received at `now` and good for `lifetime` is renewed: a little early, never past
+/// [`MAX_TOKEN_LIFETIME`], and without overflowing `Instant` however large `lifetime` is.
+fn expiry(now: Instant, lifetime: Duration) -> Instant {
+    let keep = lifetime
+        .min(MAX_TOKEN_LIFETIME)
+        .saturating_sub(EXPIRY_MARGIN);
+    now.checked_add(keep).unwrap_or(now)
 }
 
 fn poisoned(host: &str) -> RegistryError {
@@ -187,9 +209,12 @@ fn bearer_header(token: &str, realm: &str) -> Result<HeaderValue, RegistryError>
 
 /// Docker's token flow: GET with Basic credentials (or none), or the OAuth2 POST when all we have
 /// is an identity (refresh) token from `docker login`. An empty `scope` asks for no access at all,
-/// as `login` does to check credentials.
+/// as `login` does to check credentials. `registry_host` is the registry that named `realm`: it
+/// decides whether the realm may be reached without verified TLS (see
+/// [`RegistryClient::realm_client`]); a realm refused there gets no request at all.
 pub(crate) async fn fetch_token(
-    http: &reqwest::Client,
+    client: &RegistryClient,
+    registry_host: &str,
     realm: &str,
     service: Option<&str>,
     scope: &str,
@@ -199,12 +224,7 @@ pub(crate) async fn fetch_token(
         url: realm.to_owned(),
         detail: e.to_string(),
     })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(RegistryError::Token {
-            realm: realm.to_owned(),
-            detail: "the realm is not an http(s) URL".to_owned(),
-        });
-    }
+    let http = client.realm_client(registry_host, &url)?;
     let realm_host = url.host_str().unwrap_or_default().to_owned();
     let request = match credential {
         Some(Credential::IdentityToken(refresh)) => {
@@ -238,12 +258,10 @@ pub(crate) async fn fetch_token(
             req
         }
     };
-    let response = request
-        .send()
-        .await
-        .map_err(|e| error::from_reqwest(&realm_host, &e))?;
+    let response = super::client::send_within(request, &realm_host, client.stall_timeout()).await?;
     let status = response.status();
-    let body = super::client::read_capped(response, 1 << 20, realm)
+    let body = client
+        .read_capped(response, 1 << 20, realm)
         .await
         .map_err(|e| match e {
             RegistryError::TooLarge { .. } => RegistryError::Token {
@@ -262,10 +280,33 @@ pub(crate) async fn fetch_token(
                     "authentication required".to_owned()
                 },
             },
-            s => error::from_response(realm, &realm_host, s, &body, None),
+            s => super::error::from_response(realm, &realm_host, s, &body, None),
         });
     }
     let token = challenge::parse_token_response(&body)?;
     let header = bearer_header(&token.token, realm)?;
     Ok((header, token.lifetime()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_lifetime_never_overflows_and_is_held_to_a_day() {
+        let now = Instant::now();
+        for secs in [u64::MAX, u64::MAX / 2, 1 << 40] {
+            let at = expiry(now, Duration::from_secs(secs));
+            assert_eq!(at - now, MAX_TOKEN_LIFETIME - EXPIRY_MARGIN, "{secs}");
+        }
+        assert_eq!(
+            expiry(now, Duration::MAX) - now,
+            MAX_TOKEN_LIFETIME - EXPIRY_MARGIN
+        );
+        assert_eq!(
+            expiry(now, Duration::from_secs(300)) - now,
+            Duration::from_secs(290)
+        );
+        assert_eq!(expiry(now, Duration::from_secs(5)), now);
+    }
 }

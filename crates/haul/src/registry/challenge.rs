@@ -373,6 +373,16 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ChallengeError
     let expires_in = match obj.get("expires_in") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => expires_in_seconds(n),
+        // Some OAuth2 servers (Azure AD's v1 endpoint among them) send the number as a string.
+        Some(Value::String(s)) => match s.trim().parse::<serde_json::Number>() {
+            Ok(n) => expires_in_seconds(&n),
+            Err(_) => {
+                return Err(ChallengeError::InvalidField {
+                    field: "expires_in",
+                    expected: "a number",
+                });
+            }
+        },
         Some(_) => {
             return Err(ChallengeError::InvalidField {
                 field: "expires_in",
@@ -415,7 +425,8 @@ fn optional_string(
     }
 }
 
-/// Negative or zero lifetimes mean "unspecified" to distribution; fractions are rounded down.
+/// Negative or zero lifetimes mean "unspecified" to distribution; fractions are rounded down; any
+/// size is accepted here (the cache holds a token a day at most, see `auth::MAX_TOKEN_LIFETIME`).
 fn expires_in_seconds(n: &serde_json::Number) -> Option<u64> {
     if let Some(secs) = n.as_u64() {
         return Some(secs).filter(|&s| s > 0);
@@ -646,6 +657,38 @@ mod tests {
             (r#"{"token":"t","expires_in":0}"#, "t", None, None, None, 60),
             (
                 r#"{"token":"t","expires_in":-5}"#,
+                "t",
+                None,
+                None,
+                None,
+                60,
+            ),
+            (
+                r#"{"token":"t","expires_in":"300"}"#,
+                "t",
+                Some(300),
+                None,
+                None,
+                300,
+            ),
+            (
+                r#"{"token":"t","expires_in":18446744073709551615}"#,
+                "t",
+                Some(u64::MAX),
+                None,
+                None,
+                u64::MAX,
+            ),
+            (
+                r#"{"token":"t","expires_in":1e300}"#,
+                "t",
+                Some(u64::MAX),
+                None,
+                None,
+                u64::MAX,
+            ),
+            (
+                r#"{"token":"t","expires_in":-1e300}"#,
                 "t",
                 None,
                 None,

@@ -23,12 +23,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 
 use super::auth::{Authenticator, CredentialStore};
-use super::error::{self, RegistryError};
+use super::error::{self, ForeignUrlRefusal, RegistryError, TagListProblem};
+use super::foreign;
+use super::retry::RetryWaits;
+use super::throughput::MinRate;
 use crate::config::{self, Config};
 use crate::digest::Digest;
 use crate::manifest::{MAX_MANIFEST_BYTES, media_type};
@@ -38,7 +40,6 @@ const USER_AGENT: &str = concat!("haul/", env!("CARGO_PKG_VERSION"));
 /// Error bodies are only read to find the registry's error code.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Knobs that are not part of the user's config file.
 #[derive(Debug, Clone)]
@@ -51,8 +52,12 @@ pub struct ClientOptions {
     /// `None` takes the config file's `download-stall-timeout`.
     pub read_timeout: Option<Duration>,
     /// Host names answered without DNS, as curl's `--resolve` does: lets tests reach a local
-    /// registry under a name that is not loopback, to exercise TLS verification.
+    /// registry under a name that is not loopback, to exercise TLS verification. Registries and
+    /// token realms only: foreign layer URLs are always resolved (and checked) for real.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// CA certificates (DER) trusted besides the system's, for registries whose certificates a
+    /// private CA signed (tests use a throwaway one).
+    pub root_certificates: Vec<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +67,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: None,
             resolve: Vec::new(),
+            root_certificates: Vec::new(),
         }
     }
 }
@@ -81,6 +87,9 @@ struct Inner {
     /// a pull from a loopback or insecure registry (or one already up to date) need not pay.
     secure: OnceLock<Result<reqwest::Client, String>>,
     insecure: reqwest::Client,
+    /// For foreign layer URLs: verified TLS, no credentials, and only the addresses
+    /// [`super::foreign`] allows.
+    foreign: OnceLock<Result<reqwest::Client, String>>,
     read_timeout: Duration,
     auth: Authenticator,
     config: Arc<Config>,
@@ -122,6 +131,7 @@ impl RegistryClient {
             inner: Arc::new(Inner {
                 secure: OnceLock::new(),
                 insecure,
+                foreign: OnceLock::new(),
                 read_timeout,
                 auth: Authenticator::new(credentials),
                 config,
@@ -161,9 +171,21 @@ impl RegistryClient {
         }
     }
 
-    /// A plain client for URLs outside any registry (foreign layers): never carries credentials.
-    pub(crate) fn plain_http(&self) -> Result<&reqwest::Client, RegistryError> {
-        self.secure()
+    /// The client for foreign layer URLs: never carries credentials, connects only where
+    /// [`super::foreign`] allows.
+    fn foreign_http(&self) -> Result<&reqwest::Client, RegistryError> {
+        let inner = &self.inner;
+        inner
+            .foreign
+            .get_or_init(|| {
+                build_foreign_http(&inner.config, &inner.options, inner.read_timeout)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|detail| RegistryError::Transport {
+                host: "(client setup)".to_owned(),
+                detail: detail.clone(),
+            })
     }
 
     fn secure(&self) -> Result<&reqwest::Client, RegistryError> {
@@ -179,6 +201,51 @@ impl RegistryClient {
                 host: "(TLS setup)".to_owned(),
                 detail: detail.clone(),
             })
+    }
+
+    /// How long a response may take to send its headers, and the window over which a body must
+    /// keep [`super::throughput::MIN_BYTES_PER_WINDOW`]: `download-stall-timeout`.
+    pub(crate) fn stall_timeout(&self) -> Duration {
+        self.inner.read_timeout
+    }
+
+    /// The client for a token request to `realm`, asked for by the registry at `registry_host`.
+    ///
+    /// Credentials go to a realm over HTTPS, verified as any registry is. Plain HTTP (or TLS
+    /// without verification) only when the registry itself may be spoken to that way (loopback
+    /// or `insecure-registries`) and the realm is on the registry's own host name or is itself
+    /// such a host: marking a registry insecure accepts clear text to that host, not to any host
+    /// it names. This is go-containerregistry's rule, narrowed to the host.
+    pub(crate) fn realm_client(
+        &self,
+        registry_host: &str,
+        realm: &url::Url,
+    ) -> Result<&reqwest::Client, RegistryError> {
+        let realm_host = match (realm.host_str(), realm.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => String::new(),
+        };
+        let same_name = realm.host_str().is_some_and(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(config::host_name(registry_host))
+        });
+        let insecure_ok = self.allows_plain_http(registry_host)
+            && (same_name || self.allows_plain_http(&realm_host));
+        match realm.scheme() {
+            "https" if insecure_ok => Ok(&self.inner.insecure),
+            "https" => self.secure(),
+            "http" if insecure_ok => Ok(&self.inner.insecure),
+            "http" => Err(RegistryError::InsecureRealm {
+                registry: registry_host.to_owned(),
+                realm: realm.to_string(),
+            }),
+            _ => Err(RegistryError::Token {
+                realm: realm.to_string(),
+                detail: "the realm is not an http(s) URL".to_owned(),
+            }),
+        }
     }
 
     /// `GET /v2/` on `host` without credentials (the scheme learnt as for any request) and the
@@ -197,6 +264,16 @@ impl RegistryClient {
             .send_with_retries(host, Method::GET, &v2, None, true)
             .await?;
         Ok((v2, resp))
+    }
+
+    /// [`read_capped_within`] over this client's `download-stall-timeout`.
+    pub(crate) async fn read_capped(
+        &self,
+        resp: reqwest::Response,
+        limit: usize,
+        url: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        read_capped_within(resp, limit, url, self.stall_timeout()).await
     }
 
     /// The HTTP client for requests to `host`: unverified TLS only where plain HTTP is allowed.
@@ -346,20 +423,21 @@ impl RegistryClient {
             1
         };
         let mut attempt = 1;
+        let mut waits = RetryWaits::new(&self.inner.config);
         loop {
             let mut req = self.http_for(host)?.request(method.clone(), url.clone());
             if let Some(h) = headers {
                 req = req.headers(h.clone());
             }
-            match req.send().await {
+            match send_within(req, host, self.stall_timeout()).await {
                 Ok(r) => return Ok(r),
-                Err(e) => {
-                    let err = error::from_reqwest(host, &e);
+                Err(err) => {
                     if attempt >= attempts || !err.is_retryable() {
                         return Err(err);
                     }
                     tracing::debug!(%host, attempt, error = %err, "retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let delay = waits.delay(host, err, self.backoff(attempt))?;
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
             }
@@ -414,6 +492,7 @@ impl RegistryClient {
         let http = self.http_for(host)?;
         let mut attempt = 1;
         let mut refreshed = false;
+        let mut waits = RetryWaits::new(&self.inner.config);
         loop {
             let mut req = http
                 .request(method.clone(), url.clone())
@@ -421,12 +500,12 @@ impl RegistryClient {
             if let Some(auth) = self
                 .inner
                 .auth
-                .header(http, host, &endpoint.credentials, scope)
+                .header(self, host, &endpoint.credentials, scope)
                 .await?
             {
                 req = req.header(AUTHORIZATION, auth);
             }
-            let err = match req.send().await {
+            let err = match send_within(req, host, self.stall_timeout()).await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed => {
                     // Expired token, or a challenge we had not seen (the registry added auth, or
@@ -439,21 +518,19 @@ impl RegistryClient {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = parse_retry_after(resp.headers());
-                    let body = read_capped(resp, MAX_ERROR_BODY, url.as_str())
+                    let body = self
+                        .read_capped(resp, MAX_ERROR_BODY, url.as_str())
                         .await
                         .unwrap_or_default();
                     error::from_response(url.as_str(), host, status, &body, retry_after)
                 }
-                Err(e) => error::from_reqwest(host, &e),
+                Err(e) => e,
             };
             if attempt >= attempts || !err.is_retryable() {
                 return Err(err);
             }
-            let delay = err
-                .retry_after()
-                .map(|d| d.min(MAX_RETRY_AFTER))
-                .unwrap_or_else(|| self.backoff(attempt));
-            tracing::debug!(%host, attempt, error = %err, ?delay, "retrying request");
+            tracing::debug!(%host, attempt, error = %err, "retrying request");
+            let delay = waits.delay(host, err, self.backoff(attempt))?;
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -549,11 +626,49 @@ fn build_http(
     for (name, addr) in &options.resolve {
         b = b.resolve(name, *addr);
     }
+    b = trust_extra_roots(b, options)?;
     b = apply_proxies(b, config)?;
     b.build().map_err(|e| RegistryError::Transport {
         host: "(client setup)".to_owned(),
         detail: e.to_string(),
     })
+}
+
+/// The client for foreign layer URLs: verified TLS, no `resolve` overrides, names resolved by
+/// [`foreign::GuardedResolver`] and redirects checked by [`foreign::redirect_policy`].
+fn build_foreign_http(
+    config: &Arc<Config>,
+    options: &ClientOptions,
+    read_timeout: Duration,
+) -> Result<reqwest::Client, RegistryError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(read_timeout)
+        .dns_resolver(Arc::new(foreign::GuardedResolver {
+            config: config.clone(),
+        }))
+        .redirect(foreign::redirect_policy(config.clone()));
+    b = trust_extra_roots(b, options)?;
+    b = apply_proxies(b, config)?;
+    b.build().map_err(|e| RegistryError::Transport {
+        host: "(client setup)".to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn trust_extra_roots(
+    mut b: reqwest::ClientBuilder,
+    options: &ClientOptions,
+) -> Result<reqwest::ClientBuilder, RegistryError> {
+    for der in &options.root_certificates {
+        let cert = reqwest::Certificate::from_der(der).map_err(|e| RegistryError::Tls {
+            host: "(client setup)".to_owned(),
+            detail: format!("an extra root certificate: {e}"),
+        })?;
+        b = b.tls_certs_merge([cert]);
+    }
+    Ok(b)
 }
 
 fn apply_proxies(
@@ -586,10 +701,17 @@ fn apply_proxies(
     Ok(b)
 }
 
+/// `Retry-After` as seconds or an HTTP date. Any number of seconds parses (saturating at the
+/// largest `u64`), so an absurd ask is refused by [`RetryWaits`] as what it is rather than
+/// ignored; a date in the past means now.
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
@@ -598,11 +720,42 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// Reads a whole body, failing as soon as it passes `limit` bytes.
+/// Sends `req`, failing with [`RegistryError::NoResponseHeaders`] when its response has not
+/// begun (headers complete) within `within`. reqwest's own read timeout ends the same wait; this
+/// one names it, and holds whatever reqwest does with its timeouts.
+pub(crate) async fn send_within(
+    req: reqwest::RequestBuilder,
+    host: &str,
+    within: Duration,
+) -> Result<reqwest::Response, RegistryError> {
+    let no_headers = || RegistryError::NoResponseHeaders {
+        host: host.to_owned(),
+        after: within,
+    };
+    match tokio::time::timeout(within, req.send()).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if e.is_timeout() && !e.is_connect() && !e.is_body() => Err(no_headers()),
+        Ok(Err(e)) => Err(error::from_reqwest(host, &e)),
+        Err(_) => Err(no_headers()),
+    }
+}
+
+/// Reads a whole body, failing as soon as it passes `limit` bytes, or when it arrives slower than
+/// [`MinRate`] allows over the default `download-stall-timeout`.
 pub(crate) async fn read_capped(
     resp: reqwest::Response,
     limit: usize,
     url: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    read_capped_within(resp, limit, url, config::DEFAULT_DOWNLOAD_STALL_TIMEOUT).await
+}
+
+/// [`read_capped`] with the minimum rate measured over `window`.
+pub(crate) async fn read_capped_within(
+    resp: reqwest::Response,
+    limit: usize,
+    url: &str,
+    window: Duration,
 ) -> Result<Vec<u8>, RegistryError> {
     let host = resp.url().host_str().unwrap_or_default().to_owned();
     if resp.content_length().is_some_and(|n| n > limit as u64) {
@@ -613,9 +766,9 @@ pub(crate) async fn read_capped(
     }
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| error::from_reqwest(&host, &e))?;
-        if out.len() + chunk.len() > limit {
+    let mut rate = MinRate::new(window);
+    while let Some(chunk) = rate.next(&mut stream, &host).await? {
+        if out.len().saturating_add(chunk.len()) > limit {
             return Err(RegistryError::TooLarge {
                 url: url.to_owned(),
                 limit,
@@ -808,7 +961,10 @@ impl Repository {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &url).await?;
+        let bytes = self
+            .client
+            .read_capped(resp, MAX_MANIFEST_BYTES, &url)
+            .await?;
         let digest = match reference.parse::<Digest>() {
             Ok(expected) => {
                 let actual = expected.same_algorithm_of(&bytes);
@@ -934,26 +1090,44 @@ impl Repository {
         }
     }
 
-    /// Downloads a foreign layer from one of its `urls`: no credentials, no registry auth.
+    /// Downloads a foreign layer from `url`: no credentials, no registry auth, and only from
+    /// addresses [`foreign`] allows (checked on the literal address, on every address a name
+    /// resolves to, and on every redirect).
     pub async fn foreign_blob(&self, url: &str) -> Result<reqwest::Response, RegistryError> {
         let parsed = url::Url::parse(url).map_err(|e| RegistryError::BadUrl {
             url: url.to_owned(),
             detail: e.to_string(),
         })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(RegistryError::BadUrl {
-                url: url.to_owned(),
-                detail: "only http and https URLs are fetched".to_owned(),
-            });
-        }
+        let refused = |reason| RegistryError::ForeignUrlRefused {
+            url: url.to_owned(),
+            reason,
+        };
+        foreign::check_literal(self.client.config(), &parsed).map_err(refused)?;
         let host = parsed.host_str().unwrap_or_default().to_owned();
-        let resp = self
-            .client
-            .plain_http()?
-            .get(parsed)
-            .send()
-            .await
-            .map_err(|e| error::from_reqwest(&host, &e))?;
+        let within = self.client.stall_timeout();
+        let req = self.client.foreign_http()?.get(parsed);
+        let resp = match tokio::time::timeout(within, req.send()).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                if let Some(ip) = refused_address(&e) {
+                    return Err(refused(ForeignUrlRefusal::Address(ip)));
+                }
+                return Err(if e.is_timeout() && !e.is_connect() && !e.is_body() {
+                    RegistryError::NoResponseHeaders {
+                        host,
+                        after: within,
+                    }
+                } else {
+                    error::from_reqwest(&host, &e)
+                });
+            }
+            Err(_) => {
+                return Err(RegistryError::NoResponseHeaders {
+                    host,
+                    after: within,
+                });
+            }
+        };
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             return Err(error::from_response(url, &host, status, b"", None));
@@ -980,16 +1154,13 @@ impl Repository {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
+        let base = self.client.base_url(endpoint).await?;
+        let mut pages = TagPages::new(&self.name, &base);
         let mut tags = Vec::new();
-        let mut next = Some(format!("v2/{}/tags/list?n=100", self.name));
-        // A registry that keeps sending the same Link would loop forever; no repo has this many pages.
-        let mut pages = 0;
+        let mut bytes = 0usize;
+        let mut next = Some(format!("v2/{}/tags/list?n={TAG_PAGE_SIZE}", self.name));
         let scope = self.scope();
         while let Some(path) = next.take() {
-            pages += 1;
-            if pages > 10_000 {
-                break;
-            }
             let resp = self
                 .client
                 .execute_at(
@@ -1001,27 +1172,159 @@ impl Repository {
                     attempts,
                 )
                 .await?;
-            next = resp
+            let url = resp.url().clone();
+            pages.fetched(&url)?;
+            let link = resp
                 .headers()
                 .get(reqwest::header::LINK)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_next_link);
-            let url = resp.url().to_string();
-            let body = read_capped(resp, 16 << 20, &url).await?;
+            let body = match self
+                .client
+                .read_capped(resp, MAX_TAG_LIST_BYTES - bytes, url.as_str())
+                .await
+            {
+                Err(RegistryError::TooLarge { .. }) => {
+                    return Err(pages.refuse(
+                        &url,
+                        TagListProblem::TooManyBytes {
+                            limit: MAX_TAG_LIST_BYTES,
+                        },
+                    ));
+                }
+                other => other?,
+            };
+            bytes += body.len();
             let list: TagList =
                 serde_json::from_slice(&body).map_err(|e| RegistryError::Status {
-                    url: url.clone(),
+                    url: url.to_string(),
                     status: 200,
                     code: None,
                     message: Some(format!("invalid tag list: {e}")),
                 })?;
-            tags.extend(list.tags.unwrap_or_default());
+            let page = list.tags.unwrap_or_default();
+            if tags.len().saturating_add(page.len()) > MAX_TAGS {
+                return Err(pages.refuse(&url, TagListProblem::TooManyTags { limit: MAX_TAGS }));
+            }
+            tags.extend(page);
+            next = match link {
+                Some(target) => Some(pages.next(&url, &target)?),
+                None => None,
+            };
         }
         Ok(tags)
     }
 }
 
-/// The target of `Link: </v2/x/tags/list?last=a&n=100>; rel="next"`, relative to the endpoint.
+/// Tags asked for per page (`n`).
+const TAG_PAGE_SIZE: usize = 100;
+/// The most tags one repository may list. Real repositories with tens of thousands exist; a list
+/// longer than this is a registry trying to fill our memory.
+const MAX_TAGS: usize = 100_000;
+/// The whole list's JSON, every page together: 100,000 tags of up to 128 characters fit.
+const MAX_TAG_LIST_BYTES: usize = 16 << 20;
+/// Pages, whatever their size: a registry sending endless empty pages is stopped too.
+const MAX_TAG_PAGES: usize = 10_000;
+
+/// Where a tag listing has been, so a `Link` that loops, leaves the registry or never ends is
+/// refused instead of followed.
+struct TagPages<'a> {
+    repository: &'a str,
+    base: &'a url::Url,
+    urls: std::collections::HashSet<String>,
+    lasts: std::collections::HashSet<String>,
+}
+
+impl<'a> TagPages<'a> {
+    fn new(repository: &'a str, base: &'a url::Url) -> Self {
+        TagPages {
+            repository,
+            base,
+            urls: Default::default(),
+            lasts: Default::default(),
+        }
+    }
+
+    fn refuse(&self, url: &url::Url, problem: TagListProblem) -> RegistryError {
+        RegistryError::TagList {
+            repository: self.repository.to_owned(),
+            url: url.to_string(),
+            problem,
+        }
+    }
+
+    /// Notes a page as fetched (at the URL it was finally served from).
+    fn fetched(&mut self, url: &url::Url) -> Result<(), RegistryError> {
+        if self.urls.len() >= MAX_TAG_PAGES {
+            return Err(self.refuse(
+                url,
+                TagListProblem::TooManyPages {
+                    limit: MAX_TAG_PAGES,
+                },
+            ));
+        }
+        self.urls.insert(url.to_string());
+        Ok(())
+    }
+
+    /// The path (relative to the endpoint's base) of the page `target` links to from `current`.
+    /// A link is resolved against the page it came in, as RFC 8288 says; it must stay on the
+    /// endpoint (same scheme, host, port, under its base path), lead somewhere not yet listed
+    /// and name a `last` not yet seen.
+    fn next(&mut self, current: &url::Url, target: &str) -> Result<String, RegistryError> {
+        let Ok(mut url) = current.join(target) else {
+            return Err(self.refuse(current, TagListProblem::LinkElsewhere));
+        };
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        if same_origin && !url.path().starts_with(self.base.path()) {
+            // A mirror under a path (`https://cache.lan/hub/`) may write its links as the
+            // registry would, from `/v2/`: they are meant under its base.
+            if let Some(api) = url
+                .path()
+                .strip_prefix('/')
+                .filter(|p| p.starts_with("v2/"))
+            {
+                let query = url.query().map(str::to_owned);
+                if let Ok(mut under) = self.base.join(api) {
+                    under.set_query(query.as_deref());
+                    url = under;
+                }
+            }
+        }
+        if !same_origin || !url.path().starts_with(self.base.path()) {
+            return Err(self.refuse(&url, TagListProblem::LinkElsewhere));
+        }
+        if self.urls.contains(url.as_str()) {
+            return Err(self.refuse(&url, TagListProblem::Loop));
+        }
+        if let Some((_, last)) = url.query_pairs().find(|(k, _)| k == "last")
+            && !self.lasts.insert(last.into_owned())
+        {
+            return Err(self.refuse(&url, TagListProblem::Loop));
+        }
+        let path = &url.path()[self.base.path().len()..];
+        Ok(match url.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        })
+    }
+}
+
+/// The address [`foreign`] refused somewhere in a transport error's chain, if that is why it failed.
+fn refused_address(err: &reqwest::Error) -> Option<std::net::IpAddr> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(foreign::RefusedAddress(ip)) = s.downcast_ref::<foreign::RefusedAddress>() {
+            return Some(*ip);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// The target of `Link: </v2/x/tags/list?last=a&n=100>; rel="next"`, as written.
 fn parse_next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
@@ -1032,13 +1335,7 @@ fn parse_next_link(header: &str) -> Option<String> {
             return None;
         }
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        match url::Url::parse(target) {
-            Ok(abs) => Some(match abs.query() {
-                Some(q) => format!("{}?{q}", abs.path().trim_start_matches('/')),
-                None => abs.path().trim_start_matches('/').to_owned(),
-            }),
-            Err(_) => Some(target.trim_start_matches('/').to_owned()),
-        }
+        Some(target.to_owned())
     })
 }
 
@@ -1050,16 +1347,60 @@ mod tests {
     fn parses_link_headers() {
         assert_eq!(
             parse_next_link(r#"</v2/a/tags/list?last=t99&n=100>; rel="next""#).as_deref(),
-            Some("v2/a/tags/list?last=t99&n=100")
+            Some("/v2/a/tags/list?last=t99&n=100")
         );
         assert_eq!(
             parse_next_link(r#"<https://r.example/v2/a/tags/list?last=x>; rel="next""#).as_deref(),
-            Some("v2/a/tags/list?last=x")
+            Some("https://r.example/v2/a/tags/list?last=x")
         );
         assert_eq!(
             parse_next_link(r#"</v2/a/tags/list?last=x>; rel="prev""#),
             None
         );
+    }
+
+    #[test]
+    fn tag_list_links_stay_on_the_endpoint_and_never_loop() {
+        let base: url::Url = "https://cache.lan/hub/".parse().unwrap();
+        let first: url::Url = "https://cache.lan/hub/v2/a/tags/list?n=100"
+            .parse()
+            .unwrap();
+        let mut pages = TagPages::new("a", &base);
+        pages.fetched(&first).unwrap();
+        // Relative to the page, and from /v2/ as a registry writes them: both under the base.
+        assert_eq!(
+            pages.next(&first, "list?last=t1&n=100").unwrap(),
+            "v2/a/tags/list?last=t1&n=100"
+        );
+        assert_eq!(
+            pages.next(&first, "/v2/a/tags/list?last=t2&n=100").unwrap(),
+            "v2/a/tags/list?last=t2&n=100"
+        );
+        let problem = |r: Result<String, RegistryError>| match r {
+            Err(RegistryError::TagList { problem, .. }) => problem,
+            other => panic!("{other:?}"),
+        };
+        // A `last` seen before, or the first page again.
+        assert_eq!(
+            problem(pages.next(&first, "/hub/v2/a/tags/list?last=t1&n=5")),
+            TagListProblem::Loop
+        );
+        assert_eq!(
+            problem(pages.next(&first, "/hub/v2/a/tags/list?n=100")),
+            TagListProblem::Loop
+        );
+        for elsewhere in [
+            "https://evil.example/hub/v2/a/tags/list?last=x",
+            "http://cache.lan/hub/v2/a/tags/list?last=y",
+            "https://cache.lan:8443/hub/v2/a/tags/list?last=z",
+            "/admin?last=w",
+        ] {
+            assert_eq!(
+                problem(pages.next(&first, elsewhere)),
+                TagListProblem::LinkElsewhere,
+                "{elsewhere}"
+            );
+        }
     }
 
     #[test]

@@ -65,6 +65,128 @@ pub enum RegistryError {
     Challenge(#[from] ChallengeError),
     #[error("invalid URL {url:?}: {detail}")]
     BadUrl { url: String, detail: String },
+    /// A 503 (or other server error) that said when to come back.
+    #[error("{url} answered {status}, asking to retry after {} s", .retry_after.as_secs())]
+    Unavailable {
+        url: String,
+        status: u16,
+        retry_after: Duration,
+    },
+    #[error(
+        "{host} asked to retry after {} s, more than haul waits ({})",
+        .requested.as_secs(),
+        Seconds(*.limit)
+    )]
+    RetryAfterTooLong {
+        host: String,
+        requested: Duration,
+        limit: Duration,
+    },
+    #[error("waited {} in all for retries, the most haul waits for one download: {source}", Seconds(*.waited))]
+    WaitedTooLong {
+        waited: Duration,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error(
+        "transfer from {host} too slow: {received} bytes in {}, less than the {minimum} bytes \
+         haul requires per download-stall-timeout",
+        Seconds(*.window)
+    )]
+    TooSlow {
+        host: String,
+        received: u64,
+        minimum: u64,
+        window: Duration,
+    },
+    #[error("{host} sent no response headers within {} (download-stall-timeout)", Seconds(*.after))]
+    NoResponseHeaders { host: String, after: Duration },
+    #[error("the tag list of {repository} {problem} (at {url})")]
+    TagList {
+        repository: String,
+        url: String,
+        problem: TagListProblem,
+    },
+    #[error(
+        "{registry} asks for credentials to be sent to {realm} over plain HTTP; haul sends them \
+         only over HTTPS, or to a host in insecure-registries when the registry is insecure too"
+    )]
+    InsecureRealm { registry: String, realm: String },
+    #[error("not fetching the foreign layer URL {url}: {reason}")]
+    ForeignUrlRefused {
+        url: String,
+        reason: ForeignUrlRefusal,
+    },
+}
+
+/// What was wrong with a registry's tag list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagListProblem {
+    /// A `Link` to a page already fetched (or a `last=` already seen).
+    Loop,
+    /// A `Link` to another host or outside the registry's API.
+    LinkElsewhere,
+    TooManyTags {
+        limit: usize,
+    },
+    TooManyBytes {
+        limit: usize,
+    },
+    TooManyPages {
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for TagListProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TagListProblem::Loop => f.write_str("links back to a page already listed"),
+            TagListProblem::LinkElsewhere => {
+                f.write_str("links to a page on another host or outside the registry API")
+            }
+            TagListProblem::TooManyTags { limit } => write!(f, "has more than {limit} tags"),
+            TagListProblem::TooManyBytes { limit } => {
+                write!(f, "is larger than {} MiB", limit >> 20)
+            }
+            TagListProblem::TooManyPages { limit } => write!(f, "has more than {limit} pages"),
+        }
+    }
+}
+
+/// Why a foreign layer URL was not fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForeignUrlRefusal {
+    /// Only `http` and `https`.
+    Scheme,
+    /// The address (literal or resolved) is not on the public internet.
+    Address(std::net::IpAddr),
+}
+
+impl std::fmt::Display for ForeignUrlRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForeignUrlRefusal::Scheme => f.write_str("only http and https URLs are fetched"),
+            ForeignUrlRefusal::Address(ip) => write!(
+                f,
+                "{ip} is a loopback, private, link-local or otherwise non-public address \
+                 (foreign-layer-allowed-networks can allow it)"
+            ),
+        }
+    }
+}
+
+/// A duration as people read it: `60 s`, `0.5 s`.
+pub(crate) struct Seconds(pub Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 {
+            write!(f, "{} s", d.as_secs())
+        } else {
+            write!(f, "{} s", (d.as_secs_f64() * 1000.0).round() / 1000.0)
+        }
+    }
 }
 
 fn code_suffix(code: &Option<String>, message: &Option<String>) -> String {
@@ -82,7 +204,10 @@ impl RegistryError {
         match self {
             RegistryError::Connect { .. }
             | RegistryError::Transport { .. }
-            | RegistryError::TooManyRequests { .. } => true,
+            | RegistryError::TooManyRequests { .. }
+            | RegistryError::Unavailable { .. }
+            | RegistryError::TooSlow { .. }
+            | RegistryError::NoResponseHeaders { .. } => true,
             RegistryError::Status { status, .. } => *status >= 500 || *status == 408,
             RegistryError::Verify { source, .. } => {
                 matches!(source, VerifyError::TooShort { .. })
@@ -97,7 +222,9 @@ impl RegistryError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            RegistryError::Connect { .. } | RegistryError::Tls { .. }
+            RegistryError::Connect { .. }
+                | RegistryError::Tls { .. }
+                | RegistryError::NoResponseHeaders { .. }
         )
     }
 
@@ -105,6 +232,7 @@ impl RegistryError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RegistryError::TooManyRequests { retry_after, .. } => *retry_after,
+            RegistryError::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -140,6 +268,16 @@ pub(crate) fn from_response(
         Some(e) => (Some(e.code), Some(e.message)),
         None => (None, None),
     };
+    // A service that says when it will be back is believed, within the limits of `RetryWaits`.
+    if status == 503
+        && let Some(retry_after) = retry_after
+    {
+        return RegistryError::Unavailable {
+            url: url.to_owned(),
+            status,
+            retry_after,
+        };
+    }
     let msg = |default: &str| {
         message
             .clone()

@@ -5,7 +5,10 @@ pub mod challenge;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod foreign;
 pub mod push;
+pub mod retry;
+pub mod throughput;
 
 pub use auth::{Anonymous, CredentialStore, StaticCredentials};
 pub use client::{ClientOptions, FetchedManifest, ManifestHead, RegistryClient, Repository};

@@ -71,7 +71,8 @@ impl Pusher {
             match chosen {
                 Some(Challenge::Bearer { realm, service, .. }) => {
                     let (h, _lifetime) = auth::fetch_token(
-                        self.client.http_client(host)?,
+                        &self.client,
+                        host,
                         &realm,
                         service.as_deref(),
                         &scope,

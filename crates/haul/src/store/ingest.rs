@@ -224,6 +224,11 @@ impl Ingest {
         let (store, from) = (self.store.clone(), self.partial.clone());
         let to = Store::blob_rel(&self.digest);
         tokio::task::spawn_blocking(move || {
+            // `blobs/sha256` exists from `Store::open`; another algorithm's directory (sha512) is
+            // made, private like the rest, by the first blob that needs it.
+            store
+                .dir()
+                .create_dir(to.parent().unwrap_or(Path::new("")))?;
             store.dir().rename(&from, &to)?;
             store.dir().sync_dir(to.parent().unwrap_or(Path::new("")))
         })

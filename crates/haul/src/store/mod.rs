@@ -356,7 +356,11 @@ impl Store {
         if self.has_blob(digest) {
             return Ok(());
         }
-        self.write_atomically(&Store::blob_rel(digest), bytes)
+        let dest = Store::blob_rel(digest);
+        // Another algorithm's directory (a sha512 manifest) is made by its first blob.
+        self.dir
+            .create_dir(dest.parent().unwrap_or(Path::new("")))?;
+        self.write_atomically(&dest, bytes)
     }
 
     /// Writes `bytes` to a new temp file under `ingest/`, fsyncs it and renames it to `dest`
