@@ -677,7 +677,7 @@ mod tests {
                 Some(u64::MAX),
                 None,
                 None,
-                u64::MAX,
+                24 * 60 * 60,
             ),
             (
                 r#"{"token":"t","expires_in":1e300}"#,
@@ -685,7 +685,7 @@ mod tests {
                 Some(u64::MAX),
                 None,
                 None,
-                u64::MAX,
+                24 * 60 * 60,
             ),
             (
                 r#"{"token":"t","expires_in":-1e300}"#,
