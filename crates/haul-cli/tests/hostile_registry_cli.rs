@@ -89,6 +89,10 @@ async fn an_endless_link_pagination_loop_is_refused() {
     assert!(stderr.contains("team/endless"), "{stderr}");
     assert!(stderr.contains("tag list"), "{stderr}");
     assert!(
+        stderr.contains("hint: the registry's tag list is broken or hostile"),
+        "{stderr}"
+    );
+    assert!(
         registry.count("GET", "/tags/list") <= 20,
         "stopped within the limits"
     );

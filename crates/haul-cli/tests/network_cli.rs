@@ -28,6 +28,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
   "max-concurrent-downloads": 4,
   "max-download-attempts": 2,
   "download-stall-timeout": 15,
+  "max-retry-after": 30,
+  "foreign-layer-allowed-networks": ["10.20.0.0/16"],
   "insecure-registries": ["registry.lan:5000"],
   "registry-mirrors": {{"docker.io": ["https://mirror.local"], "ghcr.io": ["http://127.0.0.1:5001", "https://m2.lan"]}},
   "proxies": {{"http-proxy": "http://alice:{PROXY_PASSWORD}@proxy.lan:3128", "https-proxy": "http://proxy.lan:3129", "no-proxy": "*.lan"}}
@@ -44,6 +46,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
         " max-concurrent-downloads: 4\n",
         " max-download-attempts: 2\n",
         " download-stall-timeout: 15s\n",
+        " max-retry-after: 30s\n",
+        " foreign-layer-allowed-networks: 10.20.0.0/16\n",
         " insecure-registries: registry.lan:5000\n",
         " registry-mirrors:\n  docker.io: https://mirror.local/\n  ghcr.io: http://127.0.0.1:5001/, https://m2.lan/\n",
         " proxies: config file\n  http-proxy: http://xxxxx:xxxxx@proxy.lan:3128\n  https-proxy: http://proxy.lan:3129\n  no-proxy: *.lan\n",
@@ -60,6 +64,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
     assert_eq!(c["max-concurrent-downloads"], 4);
     assert_eq!(c["max-download-attempts"], 2);
     assert_eq!(c["download-stall-timeout"], 15.0);
+    assert_eq!(c["max-retry-after"], 30.0);
+    assert_eq!(c["foreign-layer-allowed-networks"], json!(["10.20.0.0/16"]));
     assert_eq!(c["insecure-registries"], json!(["registry.lan:5000"]));
     assert_eq!(
         c["registry-mirrors"],

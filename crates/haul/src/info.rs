@@ -24,6 +24,10 @@ pub struct EffectiveConfig {
     pub max_download_attempts: u32,
     /// Seconds without a byte after which a transfer attempt fails.
     pub download_stall_timeout: f64,
+    /// The longest `Retry-After` obeyed, in seconds.
+    pub max_retry_after: f64,
+    /// Networks outside the public internet that foreign layer `urls` may reach.
+    pub foreign_layer_allowed_networks: Vec<String>,
     pub insecure_registries: Vec<String>,
     /// Mirrors per registry, in the order they are tried (the registry itself comes last).
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
@@ -57,6 +61,8 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
         max_concurrent_downloads: config.max_concurrent_downloads,
         max_download_attempts: config.max_download_attempts,
         download_stall_timeout: config.download_stall_timeout.as_secs_f64(),
+        max_retry_after: config.max_retry_after.as_secs_f64(),
+        foreign_layer_allowed_networks: config.foreign_layer_allowed_networks.clone(),
         insecure_registries: config.insecure_registries.clone(),
         registry_mirrors: config
             .registry_mirrors

@@ -75,6 +75,16 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
         " download-stall-timeout: {}s",
         effective.download_stall_timeout
     )?;
+    writeln!(out, " max-retry-after: {}s", effective.max_retry_after)?;
+    writeln!(
+        out,
+        " foreign-layer-allowed-networks: {}",
+        if effective.foreign_layer_allowed_networks.is_empty() {
+            none()
+        } else {
+            effective.foreign_layer_allowed_networks.join(", ")
+        }
+    )?;
     writeln!(
         out,
         " insecure-registries: {}",

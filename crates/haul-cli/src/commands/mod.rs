@@ -141,6 +141,31 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
                 RegistryError::Connect { host, .. } => Some(format!(
                     "check that {host} is reachable from here (DNS, proxy settings, firewall)"
                 )),
+                RegistryError::RetryAfterTooLong { .. } | RegistryError::WaitedTooLong { .. } => {
+                    Some(
+                        "the registry is overloaded or throttling: pull again later, or raise \
+                         \"max-retry-after\" in the config file to wait longer"
+                            .to_owned(),
+                    )
+                }
+                RegistryError::TooSlow { .. } | RegistryError::NoResponseHeaders { .. } => Some(
+                    "the registry stopped sending; what arrived was kept, so pulling again \
+                     resumes; on a very slow link raise \"download-stall-timeout\""
+                        .to_owned(),
+                ),
+                RegistryError::InsecureRealm { registry, .. } => Some(format!(
+                    "if {registry} is yours and plain HTTP is intended, list it in \
+                     \"insecure-registries\"; otherwise its token service should use HTTPS"
+                )),
+                RegistryError::ForeignUrlRefused { .. } => Some(
+                    "foreign layers are fetched only from public addresses; an air-gapped mirror \
+                     of them can be allowed with \"foreign-layer-allowed-networks\""
+                        .to_owned(),
+                ),
+                RegistryError::TagList { .. } => Some(
+                    "the registry's tag list is broken or hostile; pull the tags you need by name"
+                        .to_owned(),
+                ),
                 _ => continue,
             };
         }
