@@ -10,7 +10,7 @@ mod common;
 use common::{Env, ok};
 use test_registry::{
     Blob, FakeRegistry, FakeRegistryOptions, Fault, Format, Image, ImageBuilder, LayerBuilder,
-    Pusher, RealRegistry, RegistryOptions, random_layer,
+    Pusher, RealRegistry, RegistryOptions, SmallDisk, random_layer,
 };
 
 /// A failure bound for conditions the test waits on, never a synchronisation delay.
@@ -320,52 +320,9 @@ async fn concurrent_pulls_download_each_shared_blob_once_and_never_show_partial_
     }
 }
 
-/// A tmpfs of `size_mib` mounted on a fresh directory, unmounted on drop. `None` when this test
-/// process may not mount (not root): the disk-space tests need a filesystem they can fill.
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size_mib: u64) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: mounting a tmpfs needs root; the full-disk test did not run");
-            return None;
-        }
-        Some(SmallDisk { path, _dir: dir })
-    }
-
-    fn grow(&self, size_mib: u64) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size_mib}m")])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn store(&self) -> String {
-        self.path.join("store").display().to_string()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
+/// The store on a small disk.
+fn store_on(disk: &SmallDisk) -> String {
+    disk.path().join("store").display().to_string()
 }
 
 fn leftovers(root: &str) -> Vec<String> {
@@ -389,7 +346,7 @@ fn leftovers(root: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pull_that_cannot_fit_is_refused_before_any_layer_is_fetched() {
-    let Some(disk) = SmallDisk::mount(16) else {
+    let Some(disk) = SmallDisk::mount(16, "the full-disk test") else {
         return;
     };
     let img = one_layer_image(50, 24 << 20);
@@ -398,7 +355,7 @@ async fn a_pull_that_cannot_fit_is_refused_before_any_layer_is_fetched() {
     let mark = registry.mark();
     let out = common::run(env.haul_bare().args([
         "--root",
-        &disk.store(),
+        &store_on(&disk),
         "pull",
         &format!("{}/big:1", registry.host()),
     ]));
@@ -406,7 +363,9 @@ async fn a_pull_that_cannot_fit_is_refused_before_any_layer_is_fetched() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("no space left on device: need ")
-            && out.stderr.contains(&format!("free under {}", disk.store())),
+            && out
+                .stderr
+                .contains(&format!("free under {}", store_on(&disk))),
         "{}",
         out.stderr
     );
@@ -417,12 +376,12 @@ async fn a_pull_that_cannot_fit_is_refused_before_any_layer_is_fetched() {
         .filter(|r| r.path.ends_with(&img.layers[0].blob.digest))
         .count();
     assert_eq!(layer_gets, 0, "nothing was downloaded");
-    assert!(index_refs(&disk.store()).is_empty());
+    assert!(index_refs(&store_on(&disk)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_that_fills_mid_pull_stops_cleanly_and_the_pull_resumes_after_freeing_space() {
-    let Some(disk) = SmallDisk::mount(24) else {
+    let Some(disk) = SmallDisk::mount(24, "the full-disk test") else {
         return;
     };
     // Small compressed, large extracted: the check before downloading lets it through, and the
@@ -442,7 +401,7 @@ async fn a_disk_that_fills_mid_pull_stops_cleanly_and_the_pull_resumes_after_fre
     let pull = || {
         common::run(
             env.haul_bare()
-                .args(["--root", &disk.store(), "pull", "-q", &name]),
+                .args(["--root", &store_on(&disk), "pull", "-q", &name]),
         )
     };
 
@@ -456,16 +415,16 @@ async fn a_disk_that_fills_mid_pull_stops_cleanly_and_the_pull_resumes_after_fre
     );
     assert!(out.stderr.contains("hint:"), "{}", out.stderr);
     assert!(
-        index_refs(&disk.store()).is_empty(),
+        index_refs(&store_on(&disk)).is_empty(),
         "no ref to an incomplete image"
     );
     assert_eq!(
-        leftovers(&disk.store()),
+        leftovers(&store_on(&disk)),
         Vec::<String>::new(),
         "temp files removed"
     );
     for blob in img.blobs() {
-        let path = Path::new(&disk.store())
+        let path = Path::new(&store_on(&disk))
             .join("blobs/sha256")
             .join(blob.digest.trim_start_matches("sha256:"));
         assert!(path.exists(), "verified blob {} kept", blob.digest);
@@ -483,7 +442,7 @@ async fn a_disk_that_fills_mid_pull_stops_cleanly_and_the_pull_resumes_after_fre
         blob_gets, 0,
         "the blobs kept from the failed pull are reused"
     );
-    assert_eq!(index_refs(&disk.store()), vec![name]);
+    assert_eq!(index_refs(&store_on(&disk)), vec![name]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,9 +7,11 @@
 
 mod common;
 
+use common::chain;
+
 use std::error::Error;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use haul::config::Config;
@@ -21,46 +23,11 @@ use haul::unpack::budget::Exceeded;
 use haul::unpack::image::{UnpackOptions, unpack};
 use test_registry::{
     Blob, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
-    media_types, random_layer, sha256_digest,
+    SmallDisk, media_types, random_layer, sha256_digest,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-/// A tmpfs of `size_mib` mounted on a fresh directory, unmounted on drop; `None` when this
-/// process may not mount (not root).
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size_mib: u64) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: mounting a tmpfs needs root; this disk-filling test did not run");
-            return None;
-        }
-        Some(SmallDisk { path, _dir: dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
 
 fn puller(store: &Store, unpack: Option<UnpackOptions>) -> Puller {
     Puller::new(
@@ -103,17 +70,6 @@ fn gzip_layer(tar: Vec<u8>) -> Layer {
         diff_id: sha256_digest(&tar),
         blob: Blob::new(media_types::OCI_LAYER_GZIP, test_registry::gzip(&tar)),
     }
-}
-
-/// The whole chain of an error, as the CLI prints it.
-fn chain(e: &(dyn Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out += &format!(": {s}");
-        cur = s.source();
-    }
-    out
 }
 
 /// The first error of type `T` in `e`'s chain.
@@ -188,7 +144,7 @@ fn zeros_layer(seed: u8, files: usize, each: usize) -> Layer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sparse_entry_declaring_an_exabyte_is_refused_before_writing() {
-    let Some(disk) = SmallDisk::mount(64) else {
+    let Some(disk) = SmallDisk::mount(64, "the sparse-bomb test") else {
         return;
     };
     let registry = RealRegistry::start(RegistryOptions::default())
@@ -206,8 +162,8 @@ async fn a_sparse_entry_declaring_an_exabyte_is_refused_before_writing() {
     assert!(layer.blob.size < 2048, "{} bytes", layer.blob.size);
     let reference = push(&registry, "team/sparse-bomb", &image_of(vec![layer])).await;
 
-    let store = Store::open(disk.path.join("store")).unwrap();
-    let before = used_bytes(&disk.path);
+    let store = Store::open(disk.path().join("store")).unwrap();
+    let before = used_bytes(disk.path());
     let err = pull(
         &puller(&store, Some(UnpackOptions::for_current_user())),
         &reference,
@@ -240,7 +196,7 @@ async fn a_sparse_entry_declaring_an_exabyte_is_refused_before_writing() {
     assert!(store.refs().unwrap().is_empty());
     assert_eq!(cache_names(&store), Vec::<String>::new(), "nothing left");
     assert!(
-        used_bytes(&disk.path) <= before + (1 << 20),
+        used_bytes(disk.path()) <= before + (1 << 20),
         "the disk holds the blobs, nothing extracted"
     );
 }
@@ -392,7 +348,7 @@ async fn a_failed_pull_leaves_no_extracted_leftovers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expansion_counts_against_free_space() {
-    let Some(disk) = SmallDisk::mount(32) else {
+    let Some(disk) = SmallDisk::mount(32, "the free-space test") else {
         return;
     };
     let registry = RealRegistry::start(RegistryOptions::default())
@@ -401,7 +357,7 @@ async fn expansion_counts_against_free_space() {
     // 64 KiB compressed, 64 MiB extracted: the check before downloading lets it through.
     let image = image_of(vec![zeros_layer(0, 1, 64 << 20)]);
     let reference = push(&registry, "team/too-big", &image).await;
-    let store = Store::open(disk.path.join("store")).unwrap();
+    let store = Store::open(disk.path().join("store")).unwrap();
     let err = pull(
         &puller(&store, Some(UnpackOptions::for_current_user())),
         &reference,

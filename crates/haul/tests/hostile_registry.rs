@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{chain, registry_error};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,34 +30,6 @@ fn image(seed: u64) -> Image {
 /// A bound on tests that would otherwise hang on the unfixed code: not a measurement, only a
 /// way for a hang to become a failure.
 const HANG: Duration = Duration::from_secs(60);
-
-/// The whole error chain, as the user reads it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// The registry error behind a pull error, wherever it is in the chain.
-fn registry_error(e: &PullError) -> Option<&RegistryError> {
-    // `PullError::Registry` is transparent: its `source()` skips the registry error itself.
-    if let PullError::Registry(r) = e {
-        return Some(r);
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<RegistryError>() {
-            return Some(r);
-        }
-        source = s.source();
-    }
-    None
-}
 
 async fn pull_with_token_expiring_in(raw: &str) -> (Result<(), PullError>, usize) {
     let registry = common::fake_registry(FakeAuth::Bearer {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::chain;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -427,18 +429,6 @@ fn assert_refused(err: LoginError) {
         chain(&err).contains("unauthorized: incorrect username or password"),
         "{err}"
     );
-}
-
-/// The error chain as the CLI prints it.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[tokio::test]

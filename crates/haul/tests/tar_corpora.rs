@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::chain;
+
 use std::path::{Path, PathBuf};
 
 use common::harness;
@@ -276,16 +278,4 @@ async fn every_corpus_tar_unpacks_as_gnu_tar_extracts_it_or_is_refused() {
     }
     println!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// An error and its sources, as the CLI prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

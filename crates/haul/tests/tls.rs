@@ -8,12 +8,14 @@
 
 mod common;
 
+use common::{chain, registry_error};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, image_of};
 use haul::config::Config;
-use haul::pull::{PullError, PullOptions, Puller};
+use haul::pull::{PullOptions, Puller};
 use haul::registry::{Anonymous, ClientOptions, RegistryClient, RegistryError};
 use haul::store::Store;
 use test_registry::{Image, RealRegistry, RegistryOptions, random_layer};
@@ -90,33 +92,6 @@ fn assert_nothing_stored(h: &Harness, reference: &str) {
         !tags.contains("tls/app"),
         "no ref may be published for {reference}: {tags}"
     );
-}
-
-/// The whole error chain, for matching on what the user would read.
-fn chain(e: &PullError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn registry_error(e: &PullError) -> Option<&RegistryError> {
-    // `PullError::Registry` is transparent: its `source()` skips the registry error itself.
-    if let PullError::Registry(r) = e {
-        return Some(r);
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<RegistryError>() {
-            return Some(r);
-        }
-        source = s.source();
-    }
-    None
 }
 
 /// Loopback may use TLS without verification: the first ping over plain HTTP gets the TLS

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod disk;
 mod error;
 mod fake;
 mod image;
@@ -50,6 +51,7 @@ mod tools;
 mod tree;
 mod util;
 
+pub use disk::SmallDisk;
 pub use error::{Result, TestError};
 pub use fake::{
     BlobHost, FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RecordedRequest, SlowHeaders,

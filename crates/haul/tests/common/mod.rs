@@ -173,3 +173,31 @@ pub fn chains(image: &Image) -> Vec<Digest> {
         .collect();
     chain_ids(&diff_ids)
 }
+
+/// The whole error chain, as the user reads it.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The registry error behind a pull error, wherever it is in the chain.
+pub fn registry_error(e: &PullError) -> Option<&haul::registry::RegistryError> {
+    // `PullError::Registry` is transparent: its `source()` skips the registry error itself.
+    if let PullError::Registry(r) = e {
+        return Some(r);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<haul::registry::RegistryError>() {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
+}
