@@ -63,6 +63,13 @@ fn haul(env: &Env) -> assert_cmd::Command {
     cmd
 }
 
+/// Makes alice's key pair and trusts her public key; returns her private key's path.
+fn trust_alice(env: &Env) -> String {
+    let (key, public) = key_pair(env, "alice");
+    ok(haul_run(env, &["trust", "key", "add", "alice", &public]));
+    key
+}
+
 fn haul_run(env: &Env, args: &[&str]) -> common::Output {
     run(haul(env).args(args))
 }
@@ -151,11 +158,7 @@ async fn content_trust_refuses_unsigned_and_untrusted_images_and_stores_nothing(
     let img = image("unsigned");
     let registry = registry_with("team/app", "1.0", &img).await;
     let env = Env::new();
-    let (_, alice_pub) = key_pair(&env, "alice");
-    ok(haul_run(
-        &env,
-        &["trust", "key", "add", "alice", &alice_pub],
-    ));
+    trust_alice(&env);
     let name = format!("{}/team/app:1.0", registry.host());
 
     let out = haul_run(&env, &["pull", "--disable-content-trust=false", &name]);
@@ -293,8 +296,7 @@ async fn trusted_pull_stores_the_checked_digest_when_the_tag_moves_after_the_che
     registry.add_image("team/app", "1.0", &v1);
     registry.add_image("team/app", "next", &v2);
     let env = Env::new();
-    let (key, public) = key_pair(&env, "alice");
-    ok(haul_run(&env, &["trust", "key", "add", "alice", &public]));
+    let key = trust_alice(&env);
     let name = format!("{}/team/app:1.0", registry.host());
     // Signing goes through haul's push side (blob upload, manifest PUT) into this registry.
     ok(haul_run(&env, &["trust", "sign", "--key", &key, &name]));
@@ -320,11 +322,7 @@ async fn unpack_and_bundle_cannot_bypass_content_trust() {
     let img = image("bypass");
     let registry = registry_with("team/app", "1.0", &img).await;
     let env = Env::new();
-    let (_, alice_pub) = key_pair(&env, "alice");
-    ok(haul_run(
-        &env,
-        &["trust", "key", "add", "alice", &alice_pub],
-    ));
+    trust_alice(&env);
     let name = format!("{}/team/app:1.0", registry.host());
 
     for command in ["unpack", "bundle"] {
@@ -353,11 +351,7 @@ async fn a_stored_unsigned_image_is_not_unpacked_with_content_trust() {
     let img = image("stored");
     let registry = registry_with("team/app", "1.0", &img).await;
     let env = Env::new();
-    let (key, alice_pub) = key_pair(&env, "alice");
-    ok(haul_run(
-        &env,
-        &["trust", "key", "add", "alice", &alice_pub],
-    ));
+    let key = trust_alice(&env);
     let name = format!("{}/team/app:1.0", registry.host());
     ok(haul_run(&env, &["pull", "-q", &name]));
     let layer_gets = registry.count("GET", &img.layers[0].blob.digest);
