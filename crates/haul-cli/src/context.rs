@@ -8,59 +8,23 @@ use anyhow::Context as _;
 use haul::config::Config;
 use haul::registry::{Anonymous, CredentialStore, DockerConfig, RegistryClient};
 use haul::store::{Store, StoreError};
+use haul::{Haul, HaulBuilder};
 
 use crate::cli::GlobalArgs;
 use crate::terminal;
 
 pub struct Context {
-    pub config: Arc<Config>,
     pub store: Store,
     pub client: RegistryClient,
 }
 
-/// No store was named and there is no private place to put one.
-#[derive(Debug)]
-pub struct NoStoreRoot;
-
-impl std::fmt::Display for NoStoreRoot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "no store location: neither HOME nor XDG_DATA_HOME is set, and haul does not fall \
-             back to a shared temporary directory, where another user could have prepared the \
-             store",
-        )
+/// `--root`, else the library's default ([`haul::store::default_root`]: `$HAUL_ROOT`,
+/// `/var/lib/haul` for root, the XDG data dir for others, never a shared temp dir).
+pub fn store_root(global: &GlobalArgs) -> Result<PathBuf, StoreError> {
+    match &global.root {
+        Some(root) => Ok(root.clone()),
+        None => haul::store::default_root(),
     }
-}
-
-impl std::error::Error for NoStoreRoot {}
-
-/// `--root`, then `$HAUL_ROOT`, then `/var/lib/haul` for root and the XDG data dir for others.
-/// Without HOME or XDG_DATA_HOME there is no private default: a store in a shared temp dir could
-/// be pre-created by anyone, with forged content (layer-cache keys are public), so that is an
-/// error rather than a fallback.
-pub fn store_root(global: &GlobalArgs) -> Result<PathBuf, NoStoreRoot> {
-    if let Some(root) = &global.root {
-        return Ok(root.clone());
-    }
-    if let Some(root) = std::env::var_os("HAUL_ROOT").filter(|r| !r.is_empty()) {
-        return Ok(PathBuf::from(root));
-    }
-    if is_root() {
-        return Ok(PathBuf::from("/var/lib/haul"));
-    }
-    // The XDG spec says to ignore relative paths in these variables.
-    let absolute = |p: PathBuf| p.is_absolute().then_some(p);
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .and_then(absolute)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .and_then(absolute)
-                .map(|h| h.join(".local/share"))
-        })
-        .map(|data| data.join("haul"))
-        .ok_or(NoStoreRoot)
 }
 
 /// Opens the store the options name, telling the user when an older, looser store was made
@@ -77,14 +41,12 @@ pub fn open_store(global: &GlobalArgs) -> anyhow::Result<Store> {
 
 /// What the user can do about a store that cannot be used.
 pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    if cause.downcast_ref::<NoStoreRoot>().is_some() {
-        return Some(
+    match cause.downcast_ref::<StoreError>()? {
+        StoreError::NoDefaultRoot => Some(
             "name a store with --root DIR or HAUL_ROOT=DIR (a directory of your own), or set \
              HOME or XDG_DATA_HOME"
                 .to_owned(),
-        );
-    }
-    match cause.downcast_ref::<StoreError>()? {
+        ),
         StoreError::ForeignOwner { .. }
         | StoreError::WritableByOthers { .. }
         | StoreError::ReplaceableParent { .. } => Some(
@@ -94,19 +56,6 @@ pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         ),
         _ => None,
     }
-}
-
-/// Whether the effective uid is root: root gets the system-wide store and trust directories.
-pub(crate) fn is_root() -> bool {
-    // Reading the effective uid from /proc avoids a libc dependency for one number.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The config file, with its warnings printed.
@@ -134,9 +83,30 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Context> {
     };
     let client = RegistryClient::new(config.clone(), credentials, Default::default())
         .context("cannot set up the HTTP client")?;
-    Ok(Context {
-        config,
-        store,
-        client,
-    })
+    Ok(Context { store, client })
+}
+
+/// The library's front door, set up from the global options (store, config file); `configure`
+/// adds the command's own choices. Its warnings are printed, escaped, as docker prints its own.
+pub fn front_door(
+    global: &GlobalArgs,
+    configure: impl FnOnce(HaulBuilder) -> HaulBuilder,
+) -> anyhow::Result<Haul> {
+    let root = store_root(global)?;
+    let mut builder = Haul::builder().root(&root);
+    if let Some(config) = &global.config {
+        builder = builder.config_file(config);
+    }
+    let haul = configure(builder).build().map_err(|e| {
+        let context = match &e {
+            haul::Error::Config(_) => "cannot load the configuration".to_owned(),
+            haul::Error::Store(_) => format!("cannot open the store at {}", root.display()),
+            _ => "cannot set up the HTTP client".to_owned(),
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
+    for warning in haul.warnings() {
+        eprintln!("WARNING: {}", terminal::escape(warning));
+    }
+    Ok(haul)
 }

@@ -1,31 +1,31 @@
 //! haul: pull OCI and Docker images from any registry into a verified OCI image layout, without a
 //! daemon.
 //!
-//! The pieces, in the order a pull uses them: [`reference`] parses and normalises a name,
-//! [`registry`] talks to the registry (challenges, tokens, credentials, retries), [`manifest`] and
-//! [`platform`] read manifests and pick the image for a platform, [`store`] keeps verified content in
-//! an OCI layout, and [`pull`] orchestrates it all, reporting [`progress`] events to the caller.
+//! The front door is [`Haul`]: set up once from the config file, the store and docker's
+//! credentials (each can be given in code instead), it pulls images, checks content trust when the
+//! configuration or the caller turns it on, and unpacks root filesystems and runtime bundles.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Arc::new(haul::config::Config::load(None)?);
-//! let client = haul::registry::RegistryClient::new(
-//!     config.clone(),
-//!     Arc::new(haul::registry::DockerConfig::load_default()?),
-//!     Default::default(),
-//! )?;
-//! let store = haul::store::Store::open("/tmp/haul-store")?;
-//! // Content trust follows the config file (and DOCKER_CONTENT_TRUST): when it is on, every pull
-//! // checks the image's signatures before downloading anything.
-//! let puller = haul::pull::Puller::new(client, store, haul::pull::PullOptions {
-//!     max_concurrent_downloads: config.max_concurrent_downloads,
-//!     ..Default::default()
-//! });
-//! let outcome = puller.pull(&"alpine".parse()?, Arc::new(haul::progress::Silent)).await?;
-//! println!("{} is {}", outcome.reference, outcome.resolved);
+//! # async fn demo() -> Result<(), haul::Error> {
+//! let haul = haul::Haul::builder().root("/tmp/haul-store").build()?;
+//! let done = haul
+//!     .unpack("alpine:3.20", "/tmp/alpine".as_ref(), Arc::new(haul::progress::Silent))
+//!     .await?;
+//! println!("{} is {}", done.image.name, done.image.resolved);
 //! # Ok(()) }
 //! ```
+//!
+//! Errors say their [`ErrorKind`] (not found, unauthorized, denied by policy, integrity, no
+//! space, network…), with the module's typed error as the source. Progress reaches a
+//! [`progress::Reporter`] of the caller's. `examples/` has a pull-and-unpack program and a custom
+//! progress reporter.
+//!
+//! The pieces behind the front door, in the order a pull uses them: [`reference`] parses and
+//! normalises a name, [`registry`] talks to the registry (challenges, tokens, credentials,
+//! retries), [`manifest`] and [`platform`] read manifests and pick the image for a platform,
+//! [`store`] keeps verified content in an OCI layout, [`trust`] checks signatures, and [`pull`]
+//! orchestrates it all.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +33,8 @@ pub mod archive;
 pub mod bundle;
 pub mod config;
 pub mod digest;
+pub mod error;
+mod front;
 pub mod gc;
 pub mod images;
 pub mod info;
@@ -50,3 +52,6 @@ pub mod tag;
 pub mod trust;
 pub mod unpack;
 pub mod verify;
+
+pub use error::{Error, ErrorKind};
+pub use front::{Haul, HaulBuilder, Unpacked};

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use haul::platform::Platform;
-use haul::pull::{AllTags, PullOptions, Puller};
+use haul::pull::AllTags;
 use haul::reference::Reference;
-use haul::unpack::image::UnpackOptions;
 
 use crate::cli::{GlobalArgs, PullArgs};
 use crate::context;
@@ -38,22 +37,26 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
         args.image.parse()?
     };
 
-    let ctx = context::load(global)?;
     let progress = Arc::new(Progress::new(args.progress, args.quiet));
-    // Content trust is the library's: the puller checks every name it pulls when the config, the
-    // environment or the flag turns it on.
-    let puller = Puller::new(
-        ctx.client,
-        ctx.store,
-        PullOptions {
-            platform,
-            max_concurrent_downloads: ctx.config.max_concurrent_downloads,
-            unpack: (!args.no_unpack).then(UnpackOptions::for_current_user),
-            content_trust: args.disable_content_trust.map(|disable| !disable),
-        },
-    );
+    // Content trust is the library's: every name the front door pulls is checked when the config,
+    // the environment or the flag turns it on.
+    let haul = context::front_door(global, |b| {
+        let b = b.extract_layers(!args.no_unpack);
+        let b = match platform {
+            Some(p) => b.platform(p),
+            None => b,
+        };
+        match args.disable_content_trust {
+            Some(disable) => b.content_trust(!disable),
+            None => b,
+        }
+    })?;
     let result = if args.all_tags {
-        match puller.pull_all_tags(&reference, progress.clone()).await {
+        match haul
+            .puller()
+            .pull_all_tags(&reference, progress.clone())
+            .await
+        {
             Ok(all) => {
                 progress.finish();
                 all_tags_result(&reference, all)
@@ -64,7 +67,8 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
             }
         }
     } else {
-        let result = puller
+        let result = haul
+            .puller()
             .pull(&reference, progress.clone())
             .await
             .map(|o| o.reference.to_string())

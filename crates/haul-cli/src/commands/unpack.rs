@@ -5,15 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use haul::Unpacked;
 use haul::platform::Platform;
-use haul::pull::{PullOptions, Puller};
 use haul::reference::Reference;
-use haul::store::RefEntry;
-use haul::unpack::image::{UnpackOptions, UnpackStats, unpack};
+use haul::unpack::image::UnpackOptions;
 
 use crate::cli::{GlobalArgs, UnpackArgs};
-use crate::context::{self, Context};
+use crate::context;
 use crate::render::{Progress, human_size};
 
 /// What to make of the image.
@@ -34,35 +32,48 @@ pub async fn run(
         .filter(|p| !p.is_empty())
         .map(str::parse::<Platform>)
         .transpose()?;
-    let ctx = context::load(global)?;
     let progress = Arc::new(Progress::new(args.progress, args.quiet));
-    let content_trust = args.disable_content_trust.map(|disable| !disable);
-    let entry =
-        stored_or_pulled(&ctx, &args.image, platform, content_trust, progress.clone()).await?;
-    // What the store calls it: docker's full name, or the name another tool wrote.
-    let shown = match entry.name.parse::<Reference>() {
-        Ok(r) if r.to_string() == entry.name => r.familiar_string(),
-        _ => entry.name.clone(),
-    };
-
-    let store = ctx.store.clone();
-    let target = args.dir.clone();
+    let haul = context::front_door(global, |b| {
+        let b = match platform {
+            Some(p) => b.platform(p),
+            None => b,
+        };
+        match args.disable_content_trust {
+            Some(disable) => b.content_trust(!disable),
+            None => b,
+        }
+    })?;
     let options = UnpackOptions {
         force: args.force,
         ..UnpackOptions::for_current_user()
     };
-    let reporter = progress.clone();
-    let stats: UnpackStats = tokio::task::spawn_blocking(move || -> anyhow::Result<UnpackStats> {
-        Ok(match output {
-            Output::RootFs => unpack(&store, &entry, &target, &options, reporter.as_ref())?,
-            Output::Bundle => {
-                haul::bundle::write_bundle(&store, &entry, &target, &options, reporter.as_ref())?
-            }
-        })
-    })
-    .await
-    .context("the unpack task failed")?
-    .with_context(|| format!("unpacking {} into {}", shown, args.dir.display()))?;
+    let done = match output {
+        Output::RootFs => {
+            haul.unpack_with(&args.image, &args.dir, &options, progress.clone())
+                .await
+        }
+        Output::Bundle => {
+            haul.bundle(&args.image, &args.dir, &options, progress.clone())
+                .await
+        }
+    };
+    let Unpacked { image, stats, .. } = done.map_err(|e| {
+        // A failed pull is named as docker names it; anything after, with the directory.
+        let familiar = args
+            .image
+            .parse::<Reference>()
+            .map_or_else(|_| args.image.clone(), |r| r.familiar_string());
+        let context = match &e {
+            haul::Error::Pull(_) | haul::Error::Reference(_) => format!("pulling {familiar}"),
+            _ => format!("unpacking {familiar} into {}", args.dir.display()),
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
+    // What the store calls it: docker's full name, or the name another tool wrote.
+    let shown = match image.name.parse::<Reference>() {
+        Ok(r) if r.to_string() == image.name => r.familiar_string(),
+        _ => image.name.clone(),
+    };
     progress.finish();
     for warning in &stats.warnings {
         eprintln!("WARNING: {}", crate::terminal::escape(warning));
@@ -78,30 +89,6 @@ pub async fn run(
     }
     println!("{}", absolute(&args.dir).display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// The stored image when it fits (and, with content trust on, is the checked digest), else pulled.
-async fn stored_or_pulled(
-    ctx: &Context,
-    image: &str,
-    platform: Option<Platform>,
-    content_trust: Option<bool>,
-    progress: Arc<Progress>,
-) -> anyhow::Result<RefEntry> {
-    let puller = Puller::new(
-        ctx.client.clone(),
-        ctx.store.clone(),
-        PullOptions {
-            platform,
-            max_concurrent_downloads: ctx.config.max_concurrent_downloads,
-            unpack: Some(UnpackOptions::for_current_user()),
-            content_trust,
-        },
-    );
-    puller
-        .stored_or_pull(image, progress)
-        .await
-        .with_context(|| format!("pulling {image}"))
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {

@@ -111,6 +111,12 @@ pub enum StoreError {
          `haul verify`"
     )]
     Planted { path: PathBuf, found: &'static str },
+    /// No store was named and there is no private place to put one (see [`default_root`]).
+    #[error(
+        "no store location: neither HOME nor XDG_DATA_HOME is set, and haul does not fall back \
+         to a shared temporary directory, where another user could have prepared the store"
+    )]
+    NoDefaultRoot,
 }
 
 impl StoreError {
@@ -120,6 +126,33 @@ impl StoreError {
             source,
         }
     }
+}
+
+/// Where the store is when the caller names none: `$HAUL_ROOT`, then `/var/lib/haul` for root,
+/// then `$XDG_DATA_HOME/haul` (`~/.local/share/haul`) for others. Without HOME or XDG_DATA_HOME
+/// there is no private default: a store in a shared temp dir could be pre-created by anyone, with
+/// forged content (layer-cache keys are public), so that is [`StoreError::NoDefaultRoot`] rather
+/// than a fallback.
+pub fn default_root() -> Result<PathBuf, StoreError> {
+    if let Some(root) = std::env::var_os("HAUL_ROOT").filter(|r| !r.is_empty()) {
+        return Ok(PathBuf::from(root));
+    }
+    if rustix::process::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/haul"));
+    }
+    // The XDG spec says to ignore relative paths in these variables.
+    let absolute = |p: PathBuf| p.is_absolute().then_some(p);
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .and_then(absolute)
+                .map(|h| h.join(".local/share"))
+        })
+        .map(|data| data.join("haul"))
+        .ok_or(StoreError::NoDefaultRoot)
 }
 
 /// A mode haul changed to make an existing store private.

@@ -1,0 +1,239 @@
+//! The front door's error: one type a caller matches on by [`ErrorKind`] (not found, unauthorized,
+//! denied by policy, integrity, no space, network, cancelled…), with the module's own typed error
+//! kept as its source for the detail.
+//!
+//! Promises: [`Error::kind`] is decided by the error's type and fields, never by its text; an
+//! error's message is the module error's message, unchanged, so what a user reads does not depend
+//! on which door a caller used.
+
+use crate::bundle::BundleError;
+use crate::config::ConfigError;
+use crate::manifest::ManifestError;
+use crate::platform::PlatformError;
+use crate::pull::PullError;
+use crate::reference::ReferenceError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use crate::unpack::apply::ApplyError;
+use crate::unpack::budget::Exceeded;
+use crate::unpack::image::UnpackError;
+use crate::unpack::stream::StreamError;
+
+/// What went wrong, in the terms a caller acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The image, tag, repository or blob does not exist (or not for the wanted platform).
+    NotFound,
+    /// The registry wants credentials, or refused the ones given.
+    Unauthorized,
+    /// haul's own policy refused: content trust, an insecure token realm, a foreign URL into a
+    /// private network.
+    DeniedByPolicy,
+    /// Content did not match its digest, size or diff_id: corrupt or forged.
+    Integrity,
+    /// The disk (or haul's expansion budget for it) has no room.
+    NoSpace,
+    /// The registry could not be reached, or stopped answering in time.
+    Network,
+    /// The registry answered something haul cannot use: a protocol violation, a hostile tag list,
+    /// an endless wait.
+    Registry,
+    /// The image uses something haul does not support (schema 1, an unknown media type).
+    Unsupported,
+    /// The image cannot be used as it is: a layer that is malformed or tries to leave its root, a
+    /// config naming a user the image does not have, a layer past the expansion limits.
+    BadImage,
+    /// What the caller passed is not valid: a reference, a platform, the configuration.
+    InvalidInput,
+    /// The work was stopped before it finished.
+    Cancelled,
+    /// The local filesystem or store failed, or is not one haul may use.
+    Local,
+}
+
+/// An error from the front door ([`crate::Haul`]). Its message is the module error's; its
+/// [`source`](StdError::source) is that error, for callers that want every detail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    Pull(#[source] PullError),
+    #[error("{0}")]
+    Unpack(#[source] UnpackError),
+    #[error("{0}")]
+    Bundle(#[source] BundleError),
+    #[error("{0}")]
+    Store(#[source] StoreError),
+    #[error("{0}")]
+    Config(#[source] ConfigError),
+    #[error("{0}")]
+    Reference(#[source] ReferenceError),
+    #[error("{0}")]
+    Platform(#[source] PlatformError),
+    #[error("{0}")]
+    Registry(#[source] RegistryError),
+    /// The blocking task that did the work stopped (panicked or was cancelled).
+    #[error("the {what} task stopped before it finished: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+macro_rules! from_module_error {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::$variant(e)
+            }
+        })*
+    };
+}
+
+from_module_error!(
+    Pull(PullError),
+    Unpack(UnpackError),
+    Bundle(BundleError),
+    Store(StoreError),
+    Config(ConfigError),
+    Reference(ReferenceError),
+    Platform(PlatformError),
+    Registry(RegistryError),
+);
+
+impl Error {
+    /// What went wrong, for a caller to branch on.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Pull(e) => pull_kind(e),
+            Error::Unpack(e) => unpack_kind(e),
+            Error::Bundle(e) => match e {
+                BundleError::Unpack(e) => unpack_kind(e),
+                BundleError::Io { .. } => ErrorKind::Local,
+                BundleError::Config(_)
+                | BundleError::UnknownUser { .. }
+                | BundleError::UnknownGroup { .. } => ErrorKind::BadImage,
+            },
+            Error::Store(e) => store_kind(e),
+            Error::Config(_) | Error::Reference(_) | Error::Platform(_) => ErrorKind::InvalidInput,
+            Error::Registry(e) => registry_kind(e),
+            Error::Task { source, .. } if source.is_cancelled() => ErrorKind::Cancelled,
+            Error::Task { .. } => ErrorKind::Local,
+        }
+    }
+}
+
+/// The kind of a pull's error.
+#[must_use]
+pub fn pull_kind(e: &PullError) -> ErrorKind {
+    match e {
+        PullError::ManifestUnknown { .. }
+        | PullError::NameUnknown { .. }
+        | PullError::PlatformMismatch { .. }
+        | PullError::RefVanished { .. } => ErrorKind::NotFound,
+        PullError::AccessDenied { .. } => ErrorKind::Unauthorized,
+        PullError::Trust(_) => ErrorKind::DeniedByPolicy,
+        PullError::LayerVerification { source, .. } => match store_kind(source) {
+            ErrorKind::Local if !crate::space::is_no_space(source.as_ref()) => ErrorKind::Integrity,
+            other => other,
+        },
+        PullError::NoSpace { .. } => ErrorKind::NoSpace,
+        PullError::Manifest { source, .. } => manifest_kind(source),
+        PullError::Registry(e) => registry_kind(e),
+        PullError::Store(e) => store_kind(e),
+        PullError::Extract { source, .. } => unpack_kind(source),
+        PullError::Reference(_) | PullError::PinMismatch { .. } => ErrorKind::InvalidInput,
+        PullError::Task(_) => ErrorKind::Cancelled,
+    }
+}
+
+/// The kind of an unpack's error.
+#[must_use]
+pub fn unpack_kind(e: &UnpackError) -> ErrorKind {
+    if crate::space::is_no_space(e) {
+        return ErrorKind::NoSpace;
+    }
+    match e {
+        UnpackError::TargetNotEmpty { .. } => ErrorKind::InvalidInput,
+        UnpackError::Io { .. } => ErrorKind::Local,
+        UnpackError::Store(e) => store_kind(e),
+        UnpackError::Manifest { source, .. } => manifest_kind(source),
+        UnpackError::UnsupportedCompression { .. } => ErrorKind::Unsupported,
+        UnpackError::Apply { source, .. } => match source {
+            ApplyError::Io { .. } | ApplyError::OpenRoot { .. } => ErrorKind::Local,
+            ApplyError::RootNotEmpty { .. } | ApplyError::RootNotDirectory { .. } => {
+                ErrorKind::InvalidInput
+            }
+            ApplyError::TooLarge { reason, .. } => match reason {
+                Exceeded::Space { .. } => ErrorKind::NoSpace,
+                Exceeded::Layer { .. } | Exceeded::Image { .. } => ErrorKind::BadImage,
+            },
+            ApplyError::UnsupportedType { .. } | ApplyError::UnsupportedSparse { .. } => {
+                ErrorKind::Unsupported
+            }
+            // A layer that tries to escape, lies in its headers or ends early.
+            _ => ErrorKind::BadImage,
+        },
+        UnpackError::Stream { source, .. } => match source {
+            StreamError::TooLarge { .. } => ErrorKind::BadImage,
+            StreamError::DiffIdMismatch { .. } => ErrorKind::Integrity,
+        },
+        UnpackError::Stopped => ErrorKind::Cancelled,
+    }
+}
+
+/// The kind of a store's error.
+#[must_use]
+pub fn store_kind(e: &StoreError) -> ErrorKind {
+    if crate::space::is_no_space(e) {
+        return ErrorKind::NoSpace;
+    }
+    match e {
+        StoreError::Verify { .. } => ErrorKind::Integrity,
+        StoreError::Missing(_) => ErrorKind::NotFound,
+        StoreError::NoDefaultRoot => ErrorKind::InvalidInput,
+        _ => ErrorKind::Local,
+    }
+}
+
+/// The kind of a manifest's error.
+fn manifest_kind(e: &ManifestError) -> ErrorKind {
+    match e {
+        ManifestError::NoMatchingPlatform { .. } => ErrorKind::NotFound,
+        ManifestError::Schema1 { .. }
+        | ManifestError::UnsupportedMediaType(_)
+        | ManifestError::NotAnImage { .. }
+        | ManifestError::UnsupportedLayer(_) => ErrorKind::Unsupported,
+        _ => ErrorKind::Registry,
+    }
+}
+
+/// The kind of a registry's error.
+#[must_use]
+pub fn registry_kind(e: &RegistryError) -> ErrorKind {
+    match e {
+        RegistryError::ManifestUnknown { .. }
+        | RegistryError::NameUnknown { .. }
+        | RegistryError::BlobUnknown { .. } => ErrorKind::NotFound,
+        RegistryError::Unauthorized { .. }
+        | RegistryError::Denied { .. }
+        | RegistryError::Credentials(_) => ErrorKind::Unauthorized,
+        RegistryError::Verify { .. } | RegistryError::DigestMismatch { .. } => ErrorKind::Integrity,
+        RegistryError::Connect { .. }
+        | RegistryError::Tls { .. }
+        | RegistryError::Transport { .. }
+        | RegistryError::TooManyRequests { .. }
+        | RegistryError::Unavailable { .. }
+        | RegistryError::TooSlow { .. }
+        | RegistryError::NoResponseHeaders { .. } => ErrorKind::Network,
+        RegistryError::InsecureRealm { .. } | RegistryError::ForeignUrlRefused { .. } => {
+            ErrorKind::DeniedByPolicy
+        }
+        RegistryError::Manifest { source, .. } => manifest_kind(source),
+        RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Network,
+        _ => ErrorKind::Registry,
+    }
+}
