@@ -9,9 +9,9 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Arc::new(haul::config::Config::load(None)?);
+//! let config = haul::config::Config::load(None)?;
 //! let client = haul::registry::RegistryClient::new(
-//!     config.clone(),
+//!     config.registry_settings(),
 //!     Arc::new(haul::registry::DockerConfig::load_default()?),
 //!     Default::default(),
 //! )?;
@@ -20,6 +20,7 @@
 //! // checks the image's signatures before downloading anything.
 //! let puller = haul::pull::Puller::new(client, store, haul::pull::PullOptions {
 //!     max_concurrent_downloads: config.max_concurrent_downloads,
+//!     trust: config.trust.clone(),
 //!     ..Default::default()
 //! });
 //! let outcome = puller.pull(&"alpine".parse()?, Arc::new(haul::progress::Silent)).await?;

@@ -50,6 +50,7 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
             max_concurrent_downloads: ctx.config.max_concurrent_downloads,
             unpack: (!args.no_unpack).then(UnpackOptions::for_current_user),
             content_trust: args.disable_content_trust.map(|disable| !disable),
+            trust: ctx.config.trust.clone(),
         },
     );
     let result = if args.all_tags {

@@ -96,6 +96,7 @@ async fn stored_or_pulled(
             max_concurrent_downloads: ctx.config.max_concurrent_downloads,
             unpack: Some(UnpackOptions::for_current_user()),
             content_trust,
+            trust: ctx.config.trust.clone(),
         },
     );
     puller
