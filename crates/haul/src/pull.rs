@@ -6,6 +6,12 @@
 //! with `Range` where the registry allows. The ref is published last, after every blob it reaches is
 //! committed, so a failed or interrupted pull never leaves a name pointing at a partial image; the
 //! blobs it did verify stay for the next pull to reuse.
+//!
+//! This file orchestrates; the parts are beside it: `manifests` (name → document → image),
+//! `layer` (one layer's download slot and extraction), `ingest` (a blob into the store through
+//! the registry's [`crate::registry::Repository::fetch_blob`], which owns resume, retries, mirrors
+//! and verification), `tee` (the extraction's copy of a download), `reporting` (download progress
+//! off the stream) and `all_tags`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -18,11 +24,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
-use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
+use crate::manifest::{self, Descriptor, ImageConfig, ManifestError};
 use crate::platform::Platform;
 use crate::progress::{Event, InOrder, LayerStatus, Reporter};
 use crate::reference::Reference;
-use crate::registry::{RegistryClient, RegistryError, Repository};
+use crate::registry::{RegistryClient, RegistryError};
 use crate::space::{self, Size};
 use crate::store::{RefEntry, Store, StoreError};
 use crate::trust::{self, Keyring, TrustConfig, TrustError, TrustVerifier};
@@ -33,12 +39,14 @@ use crate::unpack::image::{UnpackError, UnpackOptions};
 mod all_tags;
 mod ingest;
 mod layer;
+mod manifests;
 mod reporting;
 mod tee;
 
 pub use all_tags::{AllTags, SkippedTag};
 use all_tags::{TAGS_AT_ONCE, artifact_tag};
 use layer::{BlobContext, LayerJob};
+use manifests::{manifest_media_type, map_name_error, parse_image};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -184,13 +192,6 @@ pub struct Puller {
     extract_slots: Arc<Semaphore>,
     /// Set when content trust is on: every pull checks signatures here first.
     trust: Option<Arc<TrustVerifier>>,
-}
-
-/// A manifest document: its exact bytes and how it was served.
-struct Document {
-    digest: Digest,
-    bytes: Vec<u8>,
-    content_type: Option<String>,
 }
 
 impl Puller {
@@ -641,100 +642,6 @@ impl Puller {
         })
     }
 
-    /// The document the reference names: by digest from the store when present, else from the
-    /// registry; a tag is resolved with HEAD first.
-    async fn resolve(
-        &self,
-        reference: &Reference,
-        repo: &Repository,
-    ) -> Result<Document, PullError> {
-        let digest = match reference.digest() {
-            Some(d) => d.clone(),
-            None => {
-                let tag = reference.tag_or_default();
-                let head = repo
-                    .head_manifest(tag)
-                    .await
-                    .map_err(|e| map_manifest_error(reference, e))?;
-                match head {
-                    Some(h) => h.digest,
-                    None => {
-                        // No digest header: the GET by tag is the resolution.
-                        let fetched = repo
-                            .get_manifest(tag)
-                            .await
-                            .map_err(|e| map_manifest_error(reference, e))?;
-                        return Ok(Document {
-                            digest: fetched.digest,
-                            bytes: fetched.bytes,
-                            content_type: fetched.content_type,
-                        });
-                    }
-                }
-            }
-        };
-        self.load_document(reference, repo, &digest).await
-    }
-
-    async fn load_document(
-        &self,
-        reference: &Reference,
-        repo: &Repository,
-        digest: &Digest,
-    ) -> Result<Document, PullError> {
-        if self.store.has_blob(digest) {
-            let bytes = self
-                .store
-                .read_blob(digest, manifest::MAX_MANIFEST_BYTES as u64)?;
-            return Ok(Document {
-                digest: digest.clone(),
-                bytes,
-                content_type: None,
-            });
-        }
-        let fetched = repo
-            .get_manifest(&digest.to_string())
-            .await
-            .map_err(|e| map_manifest_error(reference, e))?;
-        Ok(Document {
-            digest: fetched.digest,
-            bytes: fetched.bytes,
-            content_type: fetched.content_type,
-        })
-    }
-
-    /// Follows an index to the manifest for the wanted platform. Returns the image manifest, the
-    /// platform it was picked for (if from an index) and the index itself.
-    async fn select_image(
-        &self,
-        reference: &Reference,
-        repo: &Repository,
-        top: Document,
-    ) -> Result<(Document, Option<Platform>, Option<Document>), PullError> {
-        let parsed =
-            manifest::parse(top.content_type.as_deref(), &top.bytes).map_err(|source| {
-                PullError::Manifest {
-                    context: format!("{reference}"),
-                    source,
-                }
-            })?;
-        match parsed {
-            Manifest::Image(_) => Ok((top, None, None)),
-            Manifest::Index(index) => {
-                let wanted = self.options.platform.clone().unwrap_or_else(Platform::host);
-                let entry = index
-                    .select(&wanted)
-                    .map_err(|source| PullError::Manifest {
-                        context: format!("{reference}"),
-                        source,
-                    })?;
-                let platform = entry.platform.clone();
-                let child = self.load_document(reference, repo, &entry.digest).await?;
-                Ok((child, platform, Some(top)))
-            }
-        }
-    }
-
     /// Downloads the layers the store lacks and, when unpacking, extracts each into the layer
     /// cache as soon as it is committed, while the others are still downloading.
     async fn fetch_layers(
@@ -921,6 +828,7 @@ impl Puller {
         }
     }
 }
+
 /// A layer refused because extracting it would not fit the free space is the pull not fitting:
 /// reported as such, with what it was known to need.
 fn no_space_for_expansion(e: PullError) -> PullError {
@@ -937,69 +845,4 @@ fn no_space_for_expansion(e: PullError) -> PullError {
         cur = err.source();
     }
     e
-}
-
-fn parse_image(reference: &Reference, doc: &Document) -> Result<ImageManifest, PullError> {
-    let context = || format!("{reference} (manifest {})", doc.digest);
-    match manifest::parse(doc.content_type.as_deref(), &doc.bytes) {
-        Ok(Manifest::Image(m)) => {
-            m.check_is_image().map_err(|source| PullError::Manifest {
-                context: context(),
-                source,
-            })?;
-            Ok(m)
-        }
-        Ok(Manifest::Index(_)) => Err(PullError::Manifest {
-            context: context(),
-            source: ManifestError::UnsupportedMediaType(
-                "an index nested inside an index".to_owned(),
-            ),
-        }),
-        Err(source) => Err(PullError::Manifest {
-            context: context(),
-            source,
-        }),
-    }
-}
-
-fn manifest_media_type(m: &ImageManifest, doc: &Document) -> String {
-    m.media_type
-        .clone()
-        .or_else(|| {
-            doc.content_type
-                .as_deref()
-                .map(|c| manifest::media_type::essence(c).to_owned())
-        })
-        .filter(|mt| manifest::media_type::is_image_manifest(mt))
-        .unwrap_or_else(|| manifest::media_type::OCI_MANIFEST.to_owned())
-}
-
-fn map_manifest_error(reference: &Reference, e: RegistryError) -> PullError {
-    match e {
-        RegistryError::ManifestUnknown { .. } => PullError::ManifestUnknown {
-            reference: reference.familiar_string(),
-            source: e,
-        },
-        other => map_name_error(reference, other),
-    }
-}
-
-fn map_name_error(reference: &Reference, e: RegistryError) -> PullError {
-    match e {
-        RegistryError::NameUnknown { .. } => PullError::NameUnknown {
-            repository: reference.familiar_name(),
-            source: e,
-        },
-        RegistryError::Denied { .. } => PullError::AccessDenied {
-            repository: reference.familiar_name(),
-            source: e,
-        },
-        RegistryError::Unauthorized { ref message, .. } if message == "authentication required" => {
-            PullError::AccessDenied {
-                repository: reference.familiar_name(),
-                source: e,
-            }
-        }
-        other => PullError::Registry(other),
-    }
 }
