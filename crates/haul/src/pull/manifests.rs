@@ -115,7 +115,10 @@ impl Puller {
     }
 }
 
-pub(super) fn parse_image(reference: &Reference, doc: &Document) -> Result<ImageManifest, PullError> {
+pub(super) fn parse_image(
+    reference: &Reference,
+    doc: &Document,
+) -> Result<ImageManifest, PullError> {
     let context = || format!("{reference} (manifest {})", doc.digest);
     match manifest::parse(doc.content_type.as_deref(), &doc.bytes) {
         Ok(Manifest::Image(m)) => {

@@ -24,6 +24,7 @@ use crate::digest::Digest;
 /// mirror's problem (a cache that keeps dropping the stream) and the upstream should serve it.
 pub(super) const MIRROR_TRIES_PER_BLOB: u32 = 2;
 
+/// One place a repository's content is fetched from: a mirror or the registry itself.
 #[derive(Debug, Clone)]
 pub(super) struct Endpoint {
     /// `host[:port]` contacted: the key for challenges, tokens and the plain-HTTP rule.
@@ -138,8 +139,6 @@ impl Repository {
         op(&self.upstream, self.attempts()).await
     }
 
-    /// Resolves a tag (or digest) with HEAD, which Docker Hub does not count against pull quotas.
-
     /// The endpoint the next attempt at `digest` starts from, and what the attempts so far were
     /// (endpoint, attempts in a row there).
     pub(super) fn blob_start(&self, digest: &Digest) -> (usize, Option<(usize, u32)>) {
@@ -245,9 +244,11 @@ mod tests {
             "127.0.0.1:1".to_owned(),
             vec!["http://127.0.0.1:2".parse().unwrap()],
         );
-        let mut config = RegistrySettings::default();
-        config.registry_mirrors = mirrors;
-        config.max_download_attempts = 1;
+        let config = RegistrySettings {
+            registry_mirrors: mirrors,
+            max_download_attempts: 1,
+            ..RegistrySettings::default()
+        };
         let client =
             RegistryClient::new(config, Arc::new(Anonymous), ClientOptions::default()).unwrap();
         let repo = client.repository(&"127.0.0.1:1/a/b:1".parse().unwrap());

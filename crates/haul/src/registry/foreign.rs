@@ -281,8 +281,10 @@ mod tests {
 
     #[test]
     fn configured_networks_are_allowed_and_nothing_else() {
-        let mut config = RegistrySettings::default();
-        config.foreign_layer_allowed_networks = vec!["10.1.0.0/16".into(), "127.0.0.2".into()];
+        let config = RegistrySettings {
+            foreign_layer_allowed_networks: vec!["10.1.0.0/16".into(), "127.0.0.2".into()],
+            ..RegistrySettings::default()
+        };
         assert!(allowed(&config, "10.1.200.3".parse().unwrap()));
         assert!(allowed(&config, "127.0.0.2".parse().unwrap()));
         assert!(!allowed(&config, "10.2.0.1".parse().unwrap()));

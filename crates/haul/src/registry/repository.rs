@@ -98,6 +98,7 @@ impl Repository {
         h
     }
 
+    /// Resolves a tag (or digest) with HEAD, which Docker Hub does not count against pull quotas.
     /// `None` when the registry's answer carries no usable digest; the caller then GETs.
     pub async fn head_manifest(
         &self,
