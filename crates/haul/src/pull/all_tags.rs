@@ -9,7 +9,7 @@ use crate::reference::Reference;
 /// How many tags `--all-tags` pulls at once.
 pub(super) const TAGS_AT_ONCE: usize = 8;
 
-/// What [`Puller::pull_all_tags`] did, tag by tag, in tag order.
+/// What [`super::Puller::pull_all_tags`] did, tag by tag, in tag order.
 #[derive(Debug, Default)]
 pub struct AllTags {
     pub pulled: Vec<PullOutcome>,

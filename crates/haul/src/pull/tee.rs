@@ -97,9 +97,13 @@ impl<S: BlobSink> BlobSink for Teed<S> {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), S::Error> {
-        self.inner.write(chunk.clone()).await?;
-        if let Some(t) = self.tee.as_mut() {
-            t.send(chunk).await;
+        match self.tee.as_mut() {
+            // A second handle on the same bytes: a reference count, not a copy.
+            Some(t) => {
+                self.inner.write(chunk.clone()).await?;
+                t.send(chunk).await;
+            }
+            None => self.inner.write(chunk).await?,
         }
         Ok(())
     }

@@ -13,10 +13,10 @@
 //!   exponential backoff and jitter, honouring `Retry-After` within `max-retry-after` and the
 //!   per-request wait budget ([`super::retry`]); a 401 refreshes the token once.
 //! - Credentials go to a token realm only over HTTPS, unless the registry is itself insecure and
-//!   the realm is on its host ([`RegistryClient::realm_client`]).
+//!   the realm is on its host (`RegistryClient::realm_client`).
 //!
-//! What a repository does with the client is in [`super::repository`] (manifests),
-//! [`super::tags`] and [`super::blob`]; where its requests go in [`super::endpoints`].
+//! What a repository does with the client is in `registry/repository.rs` (manifests),
+//! `tags.rs` and `blob.rs`; where its requests go in `endpoints.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
