@@ -81,7 +81,7 @@ pub fn load(global: &GlobalArgs) -> anyhow::Result<Context> {
             Arc::new(Anonymous)
         }
     };
-    let client = RegistryClient::new(config.clone(), credentials, Default::default())
+    let client = RegistryClient::new(config.registry_settings(), credentials, Default::default())
         .context("cannot set up the HTTP client")?;
     Ok(Context { store, client })
 }

@@ -7,24 +7,21 @@
 //! bad value is an error naming the key and the file.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::registry::RegistrySettings;
+pub use crate::registry::settings::{
+    DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
+    Proxies, host_name, is_loopback, redact_userinfo,
+};
+use crate::registry::settings::{insecure_match, network, parse_cidr};
+
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
-pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
-/// How long a transfer may go without receiving a byte before the attempt counts as failed.
-pub const DEFAULT_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
 const MAX_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// The longest `Retry-After` obeyed: a registry asking for more fails the request at once,
-/// naming the wait, rather than holding the pull (docker would wait as long as it is told).
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// What one request (a blob download with all its attempts) may spend waiting between attempts,
-/// in multiples of `max-retry-after`: five full waits, as many as the default attempts allow.
-const RETRY_WAIT_BUDGET_FACTOR: u32 = 5;
 
 /// Docker Hub's name as mirrors are keyed.
 const DOCKER_HUB: &str = "docker.io";
@@ -47,44 +44,6 @@ const IGNORED_DAEMON_KEYS: &[&str] = &[
     "max-concurrent-uploads",
 ];
 
-/// The `proxies` key. When any proxy is set here, it replaces `HTTP_PROXY`/`HTTPS_PROXY`/
-/// `NO_PROXY` from the environment (as docker's daemon.json does). Proxy URLs may carry
-/// credentials, so `Debug` and [`Proxies::redacted`] hide them.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Proxies {
-    pub http: Option<String>,
-    pub https: Option<String>,
-    pub no_proxy: Option<String>,
-}
-
-impl Proxies {
-    /// Whether the config file sets a proxy (and so overrides the environment's).
-    pub fn is_set(&self) -> bool {
-        self.http.is_some() || self.https.is_some()
-    }
-
-    /// The same settings with any user name and password in the URLs shown as `xxxxx`, as
-    /// `docker info` prints them: safe for logs, errors and `haul info`.
-    pub fn redacted(&self) -> Proxies {
-        Proxies {
-            http: self.http.as_deref().map(redact_userinfo),
-            https: self.https.as_deref().map(redact_userinfo),
-            no_proxy: self.no_proxy.clone(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Proxies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = self.redacted();
-        f.debug_struct("Proxies")
-            .field("http", &r.http)
-            .field("https", &r.https)
-            .field("no_proxy", &r.no_proxy)
-            .finish()
-    }
-}
-
 /// The proxy settings the environment gives (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
 /// lowercase forms, as curl reads them), for display: used when the config file sets none.
 pub fn env_proxies() -> Proxies {
@@ -98,39 +57,6 @@ pub fn env_proxies() -> Proxies {
         https: var(&["HTTPS_PROXY", "https_proxy"]),
         no_proxy: var(&["NO_PROXY", "no_proxy"]),
     }
-}
-
-/// Replaces the user name and password of every `scheme://user:password@host` in `text` with
-/// `xxxxx`. Works on free text (error messages), not only on whole URLs, because transport
-/// errors may quote a proxy URL anywhere in their chain.
-pub fn redact_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or whitespace; userinfo is before its
-        // last '@'.
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                out.push_str(if userinfo.contains(':') {
-                    "xxxxx:xxxxx"
-                } else {
-                    "xxxxx"
-                });
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[derive(Debug, Clone)]
@@ -329,30 +255,21 @@ impl Config {
 
     /// Whether plain HTTP (and unverified TLS) is allowed for `host` (`name[:port]`).
     pub fn is_insecure(&self, host: &str) -> bool {
-        self.insecure_registries.iter().any(|entry| {
-            if entry == host {
-                return true;
-            }
-            if let Some((net, bits)) = parse_cidr(entry) {
-                return host_ip(host).is_some_and(|ip| cidr_contains(net, bits, ip));
-            }
-            // An entry without a port covers every port of that host, as in docker.
-            !entry.contains(':') && host_without_port(host) == entry
-        })
+        insecure_match(&self.insecure_registries, host)
     }
 
-    /// Whether `foreign-layer-allowed-networks` lets foreign layer URLs reach `ip`.
-    pub fn allows_foreign_network(&self, ip: IpAddr) -> bool {
-        self.foreign_layer_allowed_networks
-            .iter()
-            .filter_map(|n| network(n))
-            .any(|(net, bits)| cidr_contains(net, bits, ip))
-    }
-
-    /// The most one request may wait between its attempts, in all.
-    pub fn retry_wait_budget(&self) -> Duration {
-        self.max_retry_after
-            .saturating_mul(RETRY_WAIT_BUDGET_FACTOR)
+    /// What the registry client needs of this file: the transport settings for every host.
+    pub fn registry_settings(&self) -> RegistrySettings {
+        // A literal, not `..Default::default()`: a setting added there must be mapped here.
+        RegistrySettings {
+            insecure_registries: self.insecure_registries.clone(),
+            registry_mirrors: self.registry_mirrors.clone(),
+            proxies: self.proxies.clone(),
+            download_stall_timeout: self.download_stall_timeout,
+            max_download_attempts: self.max_download_attempts,
+            max_retry_after: self.max_retry_after,
+            foreign_layer_allowed_networks: self.foreign_layer_allowed_networks.clone(),
+        }
     }
 
     /// Mirrors configured for `registry`, in the order they are to be tried.
@@ -377,15 +294,6 @@ fn seconds(v: &Value, max: Duration) -> Option<Duration> {
         .filter(|s| *s > 0.0)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .filter(|d| *d <= max)
-}
-
-/// A CIDR, or a single address as the network of just that address.
-fn network(s: &str) -> Option<(IpAddr, u8)> {
-    if let Some(cidr) = parse_cidr(s) {
-        return Some(cidr);
-    }
-    let ip: IpAddr = s.parse().ok()?;
-    Some((ip, if ip.is_ipv4() { 32 } else { 128 }))
 }
 
 fn positive(v: &Value) -> Option<u64> {
@@ -475,57 +383,6 @@ fn parse_proxies(v: &Value) -> Result<Proxies, String> {
         url::Url::parse(s).map_err(|_| "proxy is not a valid URL".to_owned())?;
     }
     Ok(p)
-}
-
-/// The name or address of `host[:port]`, without the port (and without an IPv6 address's
-/// brackets).
-pub fn host_name(host: &str) -> &str {
-    host_without_port(host)
-}
-
-fn host_without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-fn host_ip(host: &str) -> Option<IpAddr> {
-    let h = host_without_port(host);
-    if h == "localhost" {
-        return Some(IpAddr::from([127, 0, 0, 1]));
-    }
-    h.parse().ok()
-}
-
-/// Whether `host` is on the loopback interface: such registries may speak plain HTTP, as in docker.
-pub fn is_loopback(host: &str) -> bool {
-    host_ip(host).is_some_and(|ip| ip.is_loopback())
-}
-
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (net, bits) = s.split_once('/')?;
-    let net: IpAddr = net.parse().ok()?;
-    let bits: u8 = bits.parse().ok()?;
-    let max = if net.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((net, bits))
-}
-
-fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -172,16 +172,17 @@ impl HaulBuilder {
                 }
             },
         };
-        let max_concurrent_downloads = config.max_concurrent_downloads;
-        let client = RegistryClient::new(Arc::new(config), credentials, self.client_options)?;
+        let client =
+            RegistryClient::new(config.registry_settings(), credentials, self.client_options)?;
         let mut puller = Puller::new(
             client,
             store.clone(),
             PullOptions {
                 platform: self.platform,
-                max_concurrent_downloads,
+                max_concurrent_downloads: config.max_concurrent_downloads,
                 unpack: self.extract_layers.then(UnpackOptions::for_current_user),
                 content_trust: self.content_trust,
+                trust: config.trust,
             },
         );
         if let Some(verifier) = self.trust_verifier {

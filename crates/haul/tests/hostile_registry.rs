@@ -515,7 +515,7 @@ fn puller_for_named_registry(registry: &RealRegistry, config: Config) -> (common
     );
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = RegistryClient::new(
-        Arc::new(config),
+        config.registry_settings(),
         Arc::new(StaticCredentials(users)),
         ClientOptions {
             retry_base_delay: Duration::from_millis(10),

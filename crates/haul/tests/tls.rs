@@ -49,7 +49,7 @@ fn harness_resolving(registry: &RealRegistry, config: Config) -> Harness {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let addr = ([127, 0, 0, 1], registry.port()).into();
     let client = RegistryClient::new(
-        Arc::new(config),
+        config.registry_settings(),
         Arc::new(Anonymous),
         ClientOptions {
             retry_base_delay: Duration::from_millis(10),
@@ -68,6 +68,7 @@ fn harness_resolving(registry: &RealRegistry, config: Config) -> Harness {
             max_concurrent_downloads: 3,
             unpack: None,
             content_trust: None,
+            trust: Default::default(),
         },
     );
     Harness { dir, store, puller }

@@ -1298,6 +1298,7 @@ async fn every_pull_path_checks_trust_when_the_config_enables_it() {
         store.clone(),
         PullOptions {
             unpack: None,
+            trust: config.trust.clone(),
             ..PullOptions::default()
         },
     );
@@ -1367,10 +1368,11 @@ async fn every_pull_path_checks_trust_when_the_config_enables_it() {
 
     // An explicit choice overrides the config, as docker's flag does.
     let untrusting = Puller::new(
-        fast_client(config, Arc::new(Anonymous)),
+        fast_client(config.clone(), Arc::new(Anonymous)),
         store,
         PullOptions {
             content_trust: Some(false),
+            trust: config.trust,
             ..PullOptions::default()
         },
     );

@@ -27,9 +27,13 @@ pub async fn login(global: &GlobalArgs, args: &LoginArgs) -> anyhow::Result<Exit
         return Err(UsageError("Must provide --username with --password-stdin").into());
     }
     let server = server(args.server.as_deref())?;
-    let config = Arc::new(context::load_config(global)?);
-    let client = RegistryClient::new(config, Arc::new(Anonymous), Default::default())
-        .context("cannot set up the HTTP client")?;
+    let config = context::load_config(global)?;
+    let client = RegistryClient::new(
+        config.registry_settings(),
+        Arc::new(Anonymous),
+        Default::default(),
+    )
+    .context("cannot set up the HTTP client")?;
     let docker_config = DockerConfig::load_default().context("reading docker's config.json")?;
 
     let interactive = std::io::stdin().is_terminal();

@@ -42,7 +42,7 @@ async fn inspect(global: &GlobalArgs, args: &ManifestInspectArgs) -> anyhow::Res
 /// A registry client with docker's credentials, built without opening the store (this command
 /// must not create or change one).
 fn client(global: &GlobalArgs) -> anyhow::Result<RegistryClient> {
-    let config = Arc::new(context::load_config(global)?);
+    let config = context::load_config(global)?;
     let credentials: Arc<dyn CredentialStore> = match DockerConfig::load_default() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -53,6 +53,6 @@ fn client(global: &GlobalArgs) -> anyhow::Result<RegistryClient> {
             Arc::new(Anonymous)
         }
     };
-    RegistryClient::new(config, credentials, Default::default())
+    RegistryClient::new(config.registry_settings(), credentials, Default::default())
         .context("cannot set up the HTTP client")
 }

@@ -93,8 +93,12 @@ fn client(
 ) -> anyhow::Result<(Arc<Config>, RegistryClient, Arc<dyn CredentialStore>)> {
     let config = Arc::new(config);
     let creds = credentials();
-    let client = RegistryClient::new(config.clone(), creds.clone(), Default::default())
-        .context("cannot set up the HTTP client")?;
+    let client = RegistryClient::new(
+        config.registry_settings(),
+        creds.clone(),
+        Default::default(),
+    )
+    .context("cannot set up the HTTP client")?;
     Ok((config, client, creds))
 }
 

@@ -29,7 +29,7 @@ pub enum Challenge {
 
 /// The challenge to answer among a 401's `WWW-Authenticate` headers: Bearer when offered (it scopes
 /// access and keeps passwords away from the registry itself), else the first one.
-pub fn preferred(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+pub(crate) fn preferred(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
     let values: Vec<&str> = headers
         .get_all(reqwest::header::WWW_AUTHENTICATE)
         .iter()

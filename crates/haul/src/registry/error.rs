@@ -339,7 +339,7 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
         source = s.source();
     }
     // A proxy's URL (with its credentials) can appear in connect errors.
-    let detail = crate::config::redact_userinfo(&strip_url(&detail));
+    let detail = super::settings::redact_userinfo(&strip_url(&detail));
     if tls {
         RegistryError::Tls {
             host: host.to_owned(),

@@ -10,11 +10,18 @@
 //! that passed (no second lookup for DNS rebinding to exploit), literal addresses are checked
 //! before the request and on every redirect. Through a proxy, the proxy resolves names itself;
 //! haul then checks literal addresses only.
+//!
+//! The URLs are tried only when the registry itself cannot serve the layer (a non-retryable
+//! error), in order, without credentials, through a client of their own.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::Config;
+use super::error::{self, ForeignUrlRefusal, RegistryError};
+use super::http::refused_address;
+use super::repository::Repository;
+use super::settings::RegistrySettings;
+use crate::manifest::{Descriptor, media_type};
 
 /// Whether `ip` is an ordinary address on the public internet.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -79,9 +86,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Whether foreign layer URLs may reach `ip` under `config`.
-pub fn allowed(config: &Config, ip: IpAddr) -> bool {
-    is_public(ip) || config.allows_foreign_network(ip)
+/// Whether foreign layer URLs may reach `ip` under `settings`.
+pub fn allowed(settings: &RegistrySettings, ip: IpAddr) -> bool {
+    is_public(ip) || settings.allows_foreign_network(ip)
 }
 
 /// An address a foreign layer URL led to and haul refused; found in a transport error's chain.
@@ -91,18 +98,18 @@ pub(crate) struct RefusedAddress(pub IpAddr);
 
 /// Resolves names like the system does, then keeps only the addresses [`allowed`] lets through.
 pub(crate) struct GuardedResolver {
-    pub config: Arc<Config>,
+    pub settings: Arc<RegistrySettings>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let config = self.config.clone();
+        let settings = self.settings.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let (usable, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                found.into_iter().partition(|a| allowed(&config, a.ip()));
+                found.into_iter().partition(|a| allowed(&settings, a.ip()));
             match (usable.is_empty(), refused.first()) {
                 (true, Some(first)) => Err(Box::new(RefusedAddress(first.ip())) as _),
                 _ => Ok(Box::new(usable.into_iter()) as reqwest::dns::Addrs),
@@ -113,10 +120,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// Why `url` may not be fetched before any lookup: its scheme, or a literal address.
 pub(crate) fn check_literal(
-    config: &Config,
+    settings: &RegistrySettings,
     url: &url::Url,
-) -> Result<(), super::error::ForeignUrlRefusal> {
-    use super::error::ForeignUrlRefusal;
+) -> Result<(), ForeignUrlRefusal> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ForeignUrlRefusal::Scheme);
     }
@@ -125,7 +131,7 @@ pub(crate) fn check_literal(
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         _ => return Ok(()),
     };
-    if allowed(config, ip) {
+    if allowed(settings, ip) {
         Ok(())
     } else {
         Err(ForeignUrlRefusal::Address(ip))
@@ -133,17 +139,93 @@ pub(crate) fn check_literal(
 }
 
 /// Redirects are held to the same rules as the URL itself (names are checked by the resolver).
-pub(crate) fn redirect_policy(config: Arc<Config>) -> reqwest::redirect::Policy {
+pub(crate) fn redirect_policy(settings: Arc<RegistrySettings>) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= 10 {
             return attempt.error("too many redirects");
         }
-        match check_literal(&config, attempt.url()) {
+        match check_literal(&settings, attempt.url()) {
             Ok(()) => attempt.follow(),
-            Err(super::error::ForeignUrlRefusal::Address(ip)) => attempt.error(RefusedAddress(ip)),
+            Err(ForeignUrlRefusal::Address(ip)) => attempt.error(RefusedAddress(ip)),
             Err(reason) => attempt.error(reason.to_string()),
         }
     })
+}
+
+impl Repository {
+    /// Whether `desc` may be fetched from its `urls` when the registry does not serve it: only a
+    /// foreign (non-distributable) layer. Any other layer's `urls` are ignored, or a registry
+    /// could make haul request whatever it likes by 404ing a blob.
+    pub(super) fn may_use_urls(desc: &Descriptor) -> bool {
+        !desc.urls.is_empty() && media_type::is_non_distributable(&desc.media_type)
+    }
+
+    /// Tries a foreign layer's URLs in order, without registry credentials. When none serves
+    /// it, a URL refused for where it leads is the error (the user can allow that network);
+    /// otherwise the registry's own.
+    pub(super) async fn foreign(
+        &self,
+        desc: &Descriptor,
+        registry_error: RegistryError,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut refused = None;
+        for url in &desc.urls {
+            match self.foreign_blob(url).await {
+                Ok(r) => return Ok(r),
+                Err(e @ RegistryError::ForeignUrlRefused { .. }) => {
+                    tracing::warn!(%url, error = %e, "foreign layer URL refused");
+                    refused.get_or_insert(e);
+                }
+                Err(e) => tracing::debug!(%url, error = %e, "foreign layer URL failed"),
+            }
+        }
+        Err(refused.unwrap_or(registry_error))
+    }
+
+    /// Downloads a foreign layer from `url`: no credentials, no registry auth, and only from
+    /// addresses [`allowed`] lets through (checked on the literal address, on every address a name
+    /// resolves to, and on every redirect).
+    async fn foreign_blob(&self, url: &str) -> Result<reqwest::Response, RegistryError> {
+        let parsed = url::Url::parse(url).map_err(|e| RegistryError::BadUrl {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let refused = |reason| RegistryError::ForeignUrlRefused {
+            url: url.to_owned(),
+            reason,
+        };
+        check_literal(self.client.settings(), &parsed).map_err(refused)?;
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        let within = self.client.stall_timeout();
+        let req = self.client.foreign_http()?.get(parsed);
+        let resp = match tokio::time::timeout(within, req.send()).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                if let Some(ip) = refused_address(&e) {
+                    return Err(refused(ForeignUrlRefusal::Address(ip)));
+                }
+                return Err(if e.is_timeout() && !e.is_connect() && !e.is_body() {
+                    RegistryError::NoResponseHeaders {
+                        host,
+                        after: within,
+                    }
+                } else {
+                    error::from_reqwest(&host, &e)
+                });
+            }
+            Err(_) => {
+                return Err(RegistryError::NoResponseHeaders {
+                    host,
+                    after: within,
+                });
+            }
+        };
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(error::from_response(url, &host, status, b"", None));
+        }
+        Ok(resp)
+    }
 }
 
 #[cfg(test)]
@@ -199,9 +281,9 @@ mod tests {
 
     #[test]
     fn configured_networks_are_allowed_and_nothing_else() {
-        let config = Config {
+        let config = RegistrySettings {
             foreign_layer_allowed_networks: vec!["10.1.0.0/16".into(), "127.0.0.2".into()],
-            ..Config::default()
+            ..RegistrySettings::default()
         };
         assert!(allowed(&config, "10.1.200.3".parse().unwrap()));
         assert!(allowed(&config, "127.0.0.2".parse().unwrap()));
@@ -221,7 +303,7 @@ mod tests {
     async fn names_resolving_to_loopback_are_refused_by_the_resolver() {
         use reqwest::dns::Resolve;
         let resolver = GuardedResolver {
-            config: Arc::new(Config::default()),
+            settings: Arc::new(RegistrySettings::default()),
         };
         let err = match resolver.resolve("localhost".parse().unwrap()).await {
             Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),

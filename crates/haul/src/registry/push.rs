@@ -121,7 +121,7 @@ impl Pusher {
         body: Option<Bytes>,
     ) -> Result<reqwest::Response, RegistryError> {
         let host = reference.api_host();
-        let attempts = self.client.config().max_download_attempts.max(1);
+        let attempts = self.client.settings().max_download_attempts.max(1);
         let mut attempt = 1;
         let mut fresh = false;
         loop {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::error::RegistryError;
-use crate::config::Config;
+use super::settings::RegistrySettings;
 
 /// The waits of one request across its attempts.
 #[derive(Debug, Clone)]
@@ -21,10 +21,11 @@ pub struct RetryWaits {
 }
 
 impl RetryWaits {
-    pub fn new(config: &Config) -> Self {
+    /// No wait yet, with `settings`' `max-retry-after` and wait budget.
+    pub fn new(settings: &RegistrySettings) -> Self {
         RetryWaits {
-            limit: config.max_retry_after,
-            budget: config.retry_wait_budget(),
+            limit: settings.max_retry_after,
+            budget: settings.retry_wait_budget(),
             waited: Duration::ZERO,
         }
     }
@@ -86,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_retry_after_beyond_the_limit_fails_naming_the_wait() {
-        let mut waits = RetryWaits::new(&Config::default());
+        let mut waits = RetryWaits::new(&RegistrySettings::default());
         for secs in [61, 999_999, u64::MAX] {
             let err = waits
                 .delay("r.example", asking(secs), Duration::ZERO)
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn waits_add_up_to_a_bounded_budget() {
-        let mut waits = RetryWaits::new(&Config::default());
+        let mut waits = RetryWaits::new(&RegistrySettings::default());
         // 5 × 60 s, then the next ask is refused whatever its size.
         for _ in 0..5 {
             waits.delay("r", asking(60), Duration::ZERO).unwrap();
@@ -118,7 +119,7 @@ mod tests {
             matches!(err, RegistryError::WaitedTooLong { waited, .. } if waited.as_secs() == 300)
         );
         // Backoff counts too, and saturates instead of overflowing.
-        let mut waits = RetryWaits::new(&Config::default());
+        let mut waits = RetryWaits::new(&RegistrySettings::default());
         assert!(waits.delay("r", transient(), Duration::MAX).is_err());
         assert_eq!(
             waits

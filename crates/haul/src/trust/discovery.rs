@@ -208,7 +208,7 @@ async fn referrers(
                 Method::GET,
                 &p,
                 headers.clone(),
-                client.config().max_download_attempts,
+                client.settings().max_download_attempts,
             )
             .await
         {

@@ -618,7 +618,13 @@ impl Keyring {
     /// The keyring the configuration names (`trust.dir`), else [`Keyring::default_dir`] for the
     /// effective user.
     pub fn configured(config: &crate::config::Config) -> Keyring {
-        match &config.trust.dir {
+        Keyring::from_trust_config(&config.trust)
+    }
+
+    /// The keyring `trust` names (its `dir`), else [`Keyring::default_dir`] for the effective
+    /// user.
+    pub fn from_trust_config(trust: &super::TrustConfig) -> Keyring {
+        match &trust.dir {
             Some(dir) => Keyring::new(dir),
             None => Keyring::new(Keyring::default_dir(rustix::process::geteuid().is_root())),
         }

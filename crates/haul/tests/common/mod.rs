@@ -26,7 +26,7 @@ pub struct Harness {
 pub fn fast_client(config: Config, credentials: Arc<dyn CredentialStore>) -> RegistryClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     RegistryClient::new(
-        Arc::new(config),
+        config.registry_settings(),
         credentials,
         ClientOptions {
             retry_base_delay: Duration::from_millis(10),
@@ -66,6 +66,7 @@ pub fn puller_for(
             max_concurrent_downloads: concurrency,
             unpack: None,
             content_trust: None,
+            trust: Default::default(),
         },
     )
 }
@@ -131,6 +132,7 @@ pub fn unpacking_harness() -> Harness {
             max_concurrent_downloads: 3,
             unpack: Some(UnpackOptions::for_current_user()),
             content_trust: None,
+            trust: Default::default(),
         },
     );
     Harness { dir, store, puller }

@@ -1,0 +1,147 @@
+//! The extraction's copy of a download: every chunk the store's ingest takes is also sent, as the
+//! same [`Bytes`] (no copy), to an extraction reading on a blocking thread.
+//!
+//! Promises:
+//! - The extraction sees the blob's bytes in order, from byte 0, or an error: a download that
+//!   resumed a partial or started over ends the copy with an error (the extraction has missed or
+//!   seen bytes that do not count), and the layer is extracted from the stored blob instead.
+//! - The copy ends cleanly only for a blob verified and committed ([`Tee::finish`] after
+//!   `complete` is set); anything else ends it with an error, so an extraction never publishes a
+//!   layer from bytes that were not the blob.
+//! - Bounded: at most [`TEE_DEPTH`] chunks in flight; a slower extraction slows the download
+//!   instead of buffering the layer. An extraction that stopped (failed) no longer receives
+//!   chunks and the download goes on without it.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::digest::VerifyError;
+use crate::registry::BlobSink;
+
+/// Chunks of a download in flight to its extraction. hyper hands out chunks of up to a few hundred
+/// KiB, so this bounds the buffer to a few MiB per layer: enough to ride out bursts on either side;
+/// when extraction is slower, the download waits instead of buffering the layer.
+pub(super) const TEE_DEPTH: usize = 16;
+
+/// The sending side of the extraction's copy.
+pub(super) struct Tee {
+    tx: Option<mpsc::Sender<Result<Bytes, String>>>,
+    /// Set once the blob these chunks make up is verified and committed.
+    pub(super) complete: bool,
+}
+
+/// A copy of a download and the reader the extraction takes it from.
+pub(super) fn tee() -> (Tee, ChannelReader) {
+    let (tx, rx) = mpsc::channel(TEE_DEPTH);
+    (
+        Tee {
+            tx: Some(tx),
+            complete: false,
+        },
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        },
+    )
+}
+
+impl Tee {
+    async fn send(&mut self, chunk: Bytes) {
+        if let Some(tx) = &self.tx
+            && tx.send(Ok(chunk)).await.is_err()
+        {
+            // The extraction stopped (it failed); the download goes on without it.
+            self.tx = None;
+        }
+    }
+
+    /// Ends the stream with an error: what the extraction saw is not the blob.
+    pub(super) async fn abort(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx
+                .send(Err(
+                    "the download restarted; extracting from the stored blob".to_owned(),
+                ))
+                .await;
+        }
+    }
+
+    /// Ends the stream: cleanly when the blob was committed, with an error otherwise.
+    pub(super) async fn finish(&mut self) {
+        if self.complete {
+            self.tx = None;
+        } else {
+            self.abort().await;
+        }
+    }
+}
+
+/// Ends the extraction's copy of a download that cannot be followed from byte 0.
+pub(super) async fn abort(tee: &mut Option<Tee>) {
+    if let Some(mut t) = tee.take() {
+        t.abort().await;
+    }
+}
+
+/// A sink that hands every chunk to `inner` and then to the extraction, if there is one.
+pub(super) struct Teed<S> {
+    pub(super) inner: S,
+    pub(super) tee: Option<Tee>,
+}
+
+impl<S: BlobSink> BlobSink for Teed<S> {
+    type Error = S::Error;
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), S::Error> {
+        match self.tee.as_mut() {
+            // A second handle on the same bytes: a reference count, not a copy.
+            Some(t) => {
+                self.inner.write(chunk.clone()).await?;
+                t.send(chunk).await;
+            }
+            None => self.inner.write(chunk).await?,
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> Result<(), S::Error> {
+        self.inner.restart().await?;
+        // The extraction has seen bytes that no longer count: it cannot follow a restart.
+        abort(&mut self.tee).await;
+        Ok(())
+    }
+
+    fn verify(&mut self) -> Result<(), VerifyError> {
+        self.inner.verify()
+    }
+
+    fn retrying(&mut self, notice: &crate::registry::RetryNotice) {
+        self.inner.retrying(notice);
+    }
+}
+
+/// The receiving end of a [`Tee`], read by the extraction on a blocking thread.
+pub(super) struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(reason)) => return Err(std::io::Error::other(reason)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,366 @@
+//! One blob, fetched whole: resumed, retried, moved between endpoints and verified here, so a
+//! caller hands [`Repository::fetch_blob`] a descriptor and a [`BlobSink`] and gets back either
+//! the whole blob in the sink or an error.
+//!
+//! Promises:
+//! - **Resume.** The download continues from [`BlobSink::position`] with `Range: bytes=N-`, and
+//!   accepts the answer only as a 206 whose `Content-Range` starts at N. Any other answer starts
+//!   over: the sink is told to [`restart`](BlobSink::restart) and the whole body follows.
+//! - **Retries.** Transient failures (connect, 5xx, 408, 429, no headers in time, a body that
+//!   stalls, dribbles below the minimum rate or ends short) are tried again, up to
+//!   `max-download-attempts` in all. An attempt that delivered bytes resumes at once, without
+//!   backoff; one that did not backs off exponentially with jitter, or waits what `Retry-After`
+//!   asked within `max-retry-after` and the per-download wait budget ([`super::retry`]). Each wait
+//!   is announced to the sink first ([`BlobSink::retrying`]).
+//! - **Endpoints.** Mirrors first ([`super::endpoints`]). Bytes from a mirror that fail
+//!   verification drop that mirror for this blob, and the next endpoint serves it from byte 0;
+//!   the registry's own bad bytes fail the download.
+//! - **Foreign layers.** A non-distributable layer the registry cannot serve is fetched from its
+//!   `urls`, only where [`super::foreign`] allows.
+//! - **Verification.** Bytes past the declared size are refused before the sink sees them; a body
+//!   that ends short is retried; at the end the sink's own digest check decides
+//!   ([`BlobSink::verify`]). The digest is computed once, by the sink as it stores the bytes (the
+//!   store's ingest hashes what it writes), not a second time here. A partial that an earlier
+//!   process left and that turns out not to be a prefix of the blob is dropped and the blob
+//!   fetched whole, once.
+//! - **Cost.** The chunks hyper hands out reach the sink as they are ([`Bytes`], no copy); per
+//!   chunk one size comparison and the minimum-rate clock, no system call of its own.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
+use reqwest::{Method, StatusCode};
+
+use super::endpoints::Endpoint;
+use super::error::RegistryError;
+use super::repository::Repository;
+use super::retry::RetryWaits;
+use super::throughput::MinRate;
+use crate::digest::{Digest, VerifyError};
+use crate::manifest::Descriptor;
+
+/// Where [`Repository::fetch_blob`] puts a blob's bytes: the store's ingest in a pull, with
+/// whatever wraps it (progress, a copy for an extraction).
+pub trait BlobSink: Send {
+    /// Why the sink could not take bytes (a full disk): never retried.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Bytes the sink already holds, a partial download resumed: the download asks for the rest.
+    fn position(&self) -> u64;
+
+    /// Takes the next bytes of the blob, which follow those it holds.
+    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Drops every byte held: the download starts over from byte 0.
+    fn restart(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether the bytes held, exactly the declared size of them, are the blob: its digest.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the bytes held ([`VerifyError::Mismatch`] for another digest).
+    fn verify(&mut self) -> Result<(), VerifyError>;
+
+    /// An attempt failed and the next starts after `notice.delay`.
+    fn retrying(&mut self, notice: &RetryNotice) {
+        let _ = notice;
+    }
+}
+
+/// A failed attempt at a blob, about to be tried again.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RetryNotice {
+    /// The attempt that failed, from 1.
+    pub attempt: u32,
+    /// How long until the next one: zero after a transfer that made progress.
+    pub delay: Duration,
+    /// Why the attempt failed.
+    pub reason: String,
+}
+
+/// Why [`Repository::fetch_blob`] failed. The sink keeps what it holds; whether that is worth
+/// keeping for a later resume is the caller's to decide (not after `Verify`).
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError<E> {
+    /// The registry (or a foreign URL) did not serve the blob, within the attempts allowed.
+    #[error(transparent)]
+    Registry(RegistryError),
+    /// What was served is not the blob: more bytes than its size, or another digest.
+    #[error("blob {digest} failed verification: {source}")]
+    Verify {
+        /// The blob asked for.
+        digest: Digest,
+        /// What was wrong.
+        #[source]
+        source: VerifyError,
+    },
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(E),
+}
+
+/// How one attempt ended, when not with the whole body.
+enum Failed<E> {
+    Remote(RegistryError),
+    /// More bytes than the descriptor's size.
+    TooLong,
+    Sink(E),
+}
+
+impl Repository {
+    /// Fetches the blob `desc` describes into `sink`, continuing from what the sink holds.
+    /// Returns once every byte is in the sink and [`BlobSink::verify`] accepted them; see the
+    /// module's promises for what happens on the way.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::Registry`] when no endpoint served the blob within the attempts and waits
+    /// allowed, [`BlobError::Verify`] when the registry itself served other content, and
+    /// [`BlobError::Sink`] as soon as the sink fails.
+    pub async fn fetch_blob<S: BlobSink>(
+        &self,
+        desc: &Descriptor,
+        sink: &mut S,
+    ) -> Result<(), BlobError<S::Error>> {
+        let digest = &desc.digest;
+        let max_attempts = self.client.settings().max_download_attempts;
+        let mut waits = RetryWaits::new(self.client.settings());
+        let mut attempt = 1;
+        // What an earlier process left may not be a prefix of this blob (a crash can leave
+        // anything): until a restart, a wrong digest may be the partial's fault.
+        let mut partial_unproven = sink.position() > 0;
+        loop {
+            let before = sink.position();
+            let source = match self.transfer(desc, sink, &mut partial_unproven).await {
+                Ok(()) => match sink.verify() {
+                    Ok(()) => return Ok(()),
+                    Err(_) if partial_unproven => {
+                        tracing::debug!(%digest, "resumed partial was wrong; starting over");
+                        sink.restart().await.map_err(BlobError::Sink)?;
+                        partial_unproven = false;
+                        continue;
+                    }
+                    Err(source) => source,
+                },
+                Err(Failed::TooLong) => VerifyError::TooLong {
+                    expected: desc.size,
+                },
+                Err(Failed::Sink(e)) => return Err(BlobError::Sink(e)),
+                Err(Failed::Remote(e)) => {
+                    if !e.is_retryable() || attempt >= max_attempts {
+                        return Err(BlobError::Registry(e));
+                    }
+                    // A connection that broke after delivering bytes says nothing about the
+                    // registry being overloaded: resume at once. Failures without progress back
+                    // off, and the registry's own Retry-After wins.
+                    let backoff = if sink.position() > before {
+                        Duration::ZERO
+                    } else {
+                        self.client.backoff(attempt)
+                    };
+                    let reason = e.to_string();
+                    let delay = waits
+                        .delay(self.host(), e, backoff)
+                        .map_err(BlobError::Registry)?;
+                    sink.retrying(&RetryNotice {
+                        attempt,
+                        delay,
+                        reason,
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            // Content that is not the blob: a mirror's is asked of the next endpoint, the
+            // registry's fails the download.
+            if !self.reject_blob_source(digest) {
+                return Err(BlobError::Verify {
+                    digest: digest.clone(),
+                    source,
+                });
+            }
+            tracing::warn!(%digest, error = %source, "a mirror served a corrupt blob; asking the next endpoint");
+            sink.restart().await.map_err(BlobError::Sink)?;
+            partial_unproven = false;
+        }
+    }
+
+    /// One attempt: continues from what the sink holds when the endpoint honours `Range`,
+    /// starts over otherwise, and streams the body into the sink.
+    async fn transfer<S: BlobSink>(
+        &self,
+        desc: &Descriptor,
+        sink: &mut S,
+        partial_unproven: &mut bool,
+    ) -> Result<(), Failed<S::Error>> {
+        let offset = sink.position();
+        let response = match self.blob(&desc.digest, offset).await {
+            Ok(r) => r,
+            Err(e) if Repository::may_use_urls(desc) && !e.is_retryable() => {
+                self.foreign(desc, e).await.map_err(Failed::Remote)?
+            }
+            Err(e) => return Err(Failed::Remote(e)),
+        };
+        let mut position = offset;
+        if offset > 0 && !resumes_at(response.status(), response.headers(), offset) {
+            sink.restart().await.map_err(Failed::Sink)?;
+            *partial_unproven = false;
+            position = 0;
+        }
+        let host = response.url().host_str().unwrap_or_default().to_owned();
+        let mut stream = response.bytes_stream();
+        // A server dribbling bytes never trips the idle timeout; a minimum rate ends it.
+        let mut rate = MinRate::new(self.client.stall_timeout());
+        while let Some(chunk) = rate
+            .next(&mut stream, &host)
+            .await
+            .map_err(Failed::Remote)?
+        {
+            position = position.saturating_add(chunk.len() as u64);
+            if position > desc.size {
+                return Err(Failed::TooLong);
+            }
+            sink.write(chunk).await.map_err(Failed::Sink)?;
+        }
+        if position < desc.size {
+            return Err(Failed::Remote(RegistryError::Verify {
+                url: host,
+                source: VerifyError::TooShort {
+                    expected: desc.size,
+                    actual: position,
+                },
+            }));
+        }
+        Ok(())
+    }
+
+    /// Starts a blob download at byte `offset` (a `Range` request when non-zero). The response is
+    /// 200 (whole blob) or 206; the caller checks which and streams the body. Tried once per
+    /// endpoint: the caller's retry loop covers the request and the body together, so failures
+    /// are not retried twice over.
+    ///
+    /// Mirrors come first. A mirror that cannot be reached is skipped for good; one that answers
+    /// with an error (404 included) is skipped for this blob only; one whose streams keep
+    /// failing gets [`super::endpoints::MIRROR_TRIES_PER_BLOB`] attempts at a blob before the
+    /// next endpoint takes over. A resumed attempt (`offset` > 0) may land on another endpoint
+    /// than the bytes so far came from: the content is the same by digest, and the caller
+    /// accepts only a matching 206.
+    pub(crate) async fn blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let path = format!("v2/{}/blobs/{digest}", self.name);
+        let mut headers = HeaderMap::new();
+        if offset > 0 {
+            let v = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| {
+                RegistryError::BadUrl {
+                    url: path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            headers.insert(RANGE, v);
+        }
+        let upstream = self.mirrors.len();
+        let (first, previous) = self.blob_start(digest);
+        let scope = self.scope();
+        for i in first..upstream {
+            if !self.mirror_reachable(i) {
+                continue;
+            }
+            match self
+                .blob_at(&self.mirrors[i], &scope, &path, &headers, digest)
+                .await
+            {
+                Ok(resp) => {
+                    self.note_blob_attempt(digest, i, previous);
+                    return Ok(resp);
+                }
+                Err(e) => self.mirror_failed(i, "blob", &e),
+            }
+        }
+        self.note_blob_attempt(digest, upstream, previous);
+        self.blob_at(&self.upstream, &scope, &path, &headers, digest)
+            .await
+    }
+
+    async fn blob_at(
+        &self,
+        endpoint: &Endpoint,
+        scope: &str,
+        path: &str,
+        headers: &HeaderMap,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, RegistryError> {
+        match self
+            .client
+            .execute_at(endpoint, scope, Method::GET, path, headers.clone(), 1)
+            .await
+        {
+            Err(RegistryError::Status { status: 404, .. }) => Err(RegistryError::BlobUnknown {
+                digest: digest.to_string(),
+            }),
+            other => other,
+        }
+    }
+}
+
+/// A resumed request is usable only as a 206 whose `Content-Range` starts where we stopped.
+fn resumes_at(status: StatusCode, headers: &HeaderMap, offset: u64) -> bool {
+    if status != StatusCode::PARTIAL_CONTENT {
+        return false;
+    }
+    headers
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|start| start.parse::<u64>().ok())
+        == Some(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_is_only_a_206_starting_where_we_stopped() {
+        let range = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_RANGE, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        let cases = [
+            (
+                StatusCode::PARTIAL_CONTENT,
+                range("bytes 100-199/200"),
+                true,
+            ),
+            (StatusCode::PARTIAL_CONTENT, range("bytes 0-199/200"), false),
+            (
+                StatusCode::PARTIAL_CONTENT,
+                range("bytes 101-199/200"),
+                false,
+            ),
+            (
+                StatusCode::PARTIAL_CONTENT,
+                range("items 100-199/200"),
+                false,
+            ),
+            (StatusCode::PARTIAL_CONTENT, HeaderMap::new(), false),
+            (StatusCode::OK, range("bytes 100-199/200"), false),
+            (StatusCode::OK, HeaderMap::new(), false),
+        ];
+        for (status, headers, resumes) in cases {
+            assert_eq!(
+                resumes_at(status, &headers, 100),
+                resumes,
+                "{status} {headers:?}"
+            );
+        }
+    }
+}

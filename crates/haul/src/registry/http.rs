@@ -1,0 +1,241 @@
+//! The HTTP layer under the registry client: how its reqwest clients are built (user agent,
+//! timeouts, extra roots, proxies, the guarded resolver for foreign URLs) and the few things every
+//! request does with a response (the header deadline, capped body reads, `Retry-After`).
+//!
+//! Promises:
+//! - A response whose headers have not arrived within `download-stall-timeout` fails as
+//!   [`RegistryError::NoResponseHeaders`]; a body read here is refused as soon as it passes its cap
+//!   or arrives slower than [`MinRate`] allows.
+//! - The config file's proxies replace the environment's; their credentials never appear in an
+//!   error.
+//! - Nothing here retries or picks an endpoint: [`super::client`] and [`super::blob`] do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+use super::client::ClientOptions;
+use super::error::{self, RegistryError};
+use super::foreign;
+use super::settings::{self, DEFAULT_DOWNLOAD_STALL_TIMEOUT, RegistrySettings};
+use super::throughput::MinRate;
+
+const USER_AGENT: &str = concat!("haul/", env!("CARGO_PKG_VERSION"));
+/// Error bodies are only read to find the registry's error code.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Whether a `/v2/` answer comes from a registry: it is open to us, or asks us to log in.
+pub(super) fn looks_like_registry(resp: &reqwest::Response) -> bool {
+    resp.status().is_success()
+        || resp.status() == StatusCode::UNAUTHORIZED
+        || resp
+            .headers()
+            .contains_key("docker-distribution-api-version")
+}
+
+/// A client for registries and token realms; `accept_invalid` for hosts allowed plain HTTP.
+pub(super) fn build_http(
+    settings: &RegistrySettings,
+    options: &ClientOptions,
+    read_timeout: Duration,
+    accept_invalid: bool,
+) -> Result<reqwest::Client, RegistryError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(read_timeout)
+        .http2_adaptive_window(true)
+        .tls_danger_accept_invalid_certs(accept_invalid);
+    for (name, addr) in &options.resolve {
+        b = b.resolve(name, *addr);
+    }
+    b = trust_extra_roots(b, options)?;
+    b = apply_proxies(b, settings)?;
+    b.build().map_err(|e| RegistryError::Transport {
+        host: "(client setup)".to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// The client for foreign layer URLs: verified TLS, no `resolve` overrides, names resolved by
+/// [`foreign::GuardedResolver`] and redirects checked by [`foreign::redirect_policy`].
+pub(super) fn build_foreign_http(
+    settings: &Arc<RegistrySettings>,
+    options: &ClientOptions,
+    read_timeout: Duration,
+) -> Result<reqwest::Client, RegistryError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(read_timeout)
+        .dns_resolver(Arc::new(foreign::GuardedResolver {
+            settings: settings.clone(),
+        }))
+        .redirect(foreign::redirect_policy(settings.clone()));
+    b = trust_extra_roots(b, options)?;
+    b = apply_proxies(b, settings)?;
+    b.build().map_err(|e| RegistryError::Transport {
+        host: "(client setup)".to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// `options.root_certificates` trusted besides the system's roots.
+fn trust_extra_roots(
+    mut b: reqwest::ClientBuilder,
+    options: &ClientOptions,
+) -> Result<reqwest::ClientBuilder, RegistryError> {
+    for der in &options.root_certificates {
+        let cert = reqwest::Certificate::from_der(der).map_err(|e| RegistryError::Tls {
+            host: "(client setup)".to_owned(),
+            detail: format!("an extra root certificate: {e}"),
+        })?;
+        b = b.tls_certs_merge([cert]);
+    }
+    Ok(b)
+}
+
+/// The config file's `proxies`, when it sets any, replace the environment's: reqwest reads
+/// `HTTP(S)_PROXY`/`NO_PROXY` only when no proxy is given to the builder, which is docker's rule
+/// for daemon.json too. Loopback destinations are not exempt unless `no-proxy` says so (curl's
+/// rule), so a proxy configured for everything gets everything. A proxy's `user:password@` is
+/// sent as `Proxy-Authorization` by reqwest and masked in every error.
+fn apply_proxies(
+    mut b: reqwest::ClientBuilder,
+    settings: &RegistrySettings,
+) -> Result<reqwest::ClientBuilder, RegistryError> {
+    let p = &settings.proxies;
+    let no_proxy = p
+        .no_proxy
+        .as_deref()
+        .and_then(reqwest::NoProxy::from_string);
+    let bad = |e: reqwest::Error| RegistryError::BadUrl {
+        url: "(proxy from the config file)".to_owned(),
+        detail: settings::redact_userinfo(&e.to_string()),
+    };
+    if let Some(http) = &p.http {
+        b = b.proxy(
+            reqwest::Proxy::http(http)
+                .map_err(bad)?
+                .no_proxy(no_proxy.clone()),
+        );
+    }
+    if let Some(https) = &p.https {
+        b = b.proxy(
+            reqwest::Proxy::https(https)
+                .map_err(bad)?
+                .no_proxy(no_proxy),
+        );
+    }
+    Ok(b)
+}
+
+/// `Retry-After` as seconds or an HTTP date. Any number of seconds parses (saturating at the
+/// largest `u64`), so an absurd ask is refused by [`super::retry::RetryWaits`] as what it is rather than
+/// ignored; a date in the past means now.
+pub(super) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Sends `req`, failing with [`RegistryError::NoResponseHeaders`] when its response has not
+/// begun (headers complete) within `within`. reqwest's own read timeout ends the same wait; this
+/// one names it, and holds whatever reqwest does with its timeouts.
+pub(crate) async fn send_within(
+    req: reqwest::RequestBuilder,
+    host: &str,
+    within: Duration,
+) -> Result<reqwest::Response, RegistryError> {
+    let no_headers = || RegistryError::NoResponseHeaders {
+        host: host.to_owned(),
+        after: within,
+    };
+    match tokio::time::timeout(within, req.send()).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if e.is_timeout() && !e.is_connect() && !e.is_body() => Err(no_headers()),
+        Ok(Err(e)) => Err(error::from_reqwest(host, &e)),
+        Err(_) => Err(no_headers()),
+    }
+}
+
+/// Reads a whole body, failing as soon as it passes `limit` bytes, or when it arrives slower than
+/// [`MinRate`] allows over the default `download-stall-timeout`.
+pub(crate) async fn read_capped(
+    resp: reqwest::Response,
+    limit: usize,
+    url: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    read_capped_within(resp, limit, url, DEFAULT_DOWNLOAD_STALL_TIMEOUT).await
+}
+
+/// [`read_capped`] with the minimum rate measured over `window`.
+pub(crate) async fn read_capped_within(
+    resp: reqwest::Response,
+    limit: usize,
+    url: &str,
+    window: Duration,
+) -> Result<Vec<u8>, RegistryError> {
+    let host = resp.url().host_str().unwrap_or_default().to_owned();
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(RegistryError::TooLarge {
+            url: url.to_owned(),
+            limit,
+        });
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let mut rate = MinRate::new(window);
+    while let Some(chunk) = rate.next(&mut stream, &host).await? {
+        if out.len().saturating_add(chunk.len()) > limit {
+            return Err(RegistryError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The address [`foreign`] refused somewhere in a transport error's chain, if that is why it failed.
+pub(crate) fn refused_address(err: &reqwest::Error) -> Option<std::net::IpAddr> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(foreign::RefusedAddress(ip)) = s.downcast_ref::<foreign::RefusedAddress>() {
+            return Some(*ip);
+        }
+        source = s.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn parses_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+    }
+}
