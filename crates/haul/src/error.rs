@@ -146,7 +146,9 @@ pub fn pull_kind(e: &PullError) -> ErrorKind {
         PullError::Store(e) => store_kind(e),
         PullError::Extract { source, .. } => unpack_kind(source),
         PullError::Reference(_) | PullError::PinMismatch { .. } => ErrorKind::InvalidInput,
-        PullError::Task(_) => ErrorKind::Cancelled,
+        PullError::Task(e) if e.is_cancelled() => ErrorKind::Cancelled,
+        PullError::Task(_) => ErrorKind::Local,
+        PullError::Stopped => ErrorKind::Cancelled,
     }
 }
 

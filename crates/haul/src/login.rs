@@ -213,6 +213,7 @@ async fn verify(
         return Err(RegistryError::Unauthorized {
             host: host.to_owned(),
             message: "incorrect username or password".to_owned(),
+            anonymous: false,
         });
     }
     let body = read_capped(resp, 64 * 1024, v2.as_str())

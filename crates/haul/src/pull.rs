@@ -93,8 +93,13 @@ pub enum PullError {
         #[source]
         source: Box<UnpackError>,
     },
-    #[error("a download task failed: {0}")]
-    Task(String),
+    /// A task of the pull stopped before it finished: it panicked, or the runtime is shutting
+    /// down.
+    #[error("a task of the pull stopped before it finished: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The puller's download or extraction slots were closed under the pull.
+    #[error("the pull was stopped")]
+    Stopped,
     /// Refused before downloading (`more_than` false), or the disk filled anyway during the pull:
     /// then all that is known is that the pull needed more than was free when it started.
     #[error(
@@ -482,7 +487,7 @@ impl Puller {
         let store = self.store.clone();
         let _writer = tokio::task::spawn_blocking(move || store.writer_lock())
             .await
-            .map_err(|e| PullError::Task(e.to_string()))??;
+            .map_err(PullError::Task)??;
         let repo = self.client.repository(reference);
         if reference.tag().is_none() && reference.digest().is_none() {
             reporter.report(Event::UsingDefaultTag {
@@ -565,9 +570,7 @@ impl Puller {
             });
 
         if !up_to_date {
-            let (count, bytes) = self
-                .fetch_layers(reference, &ctx, layers, free_at_start)
-                .await?;
+            let (count, bytes) = self.fetch_layers(&ctx, layers, free_at_start).await?;
             downloaded = (downloaded.0 + count, downloaded.1 + bytes);
         }
         let (blobs_downloaded, bytes_downloaded) = downloaded;
@@ -646,7 +649,6 @@ impl Puller {
     /// cache as soon as it is committed, while the others are still downloading.
     async fn fetch_layers(
         &self,
-        reference: &Reference,
         ctx: &Arc<BlobContext>,
         layers: Vec<LayerJob>,
         free_at_start: &AtomicU64,
@@ -728,7 +730,7 @@ impl Puller {
                     continue;
                 }
                 Ok(Err(e)) => no_space_for_expansion(e),
-                Err(e) => PullError::Task(format!("{reference}: {e}")),
+                Err(e) => PullError::Task(e),
             };
             // Extractions still running stop at their next read, and what this pull extracted
             // goes unless a ref reaches it or someone uses it.

@@ -79,8 +79,9 @@ pub enum VerifyError {
         #[source]
         source: Box<UnpackError>,
     },
-    #[error("the verify task failed: {0}")]
-    Task(String),
+    /// The blocking task that did the work stopped (panicked or was cancelled).
+    #[error("the verify task stopped before it finished: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// What a blob is to the image that reaches it.
@@ -405,7 +406,7 @@ pub async fn repair(
     let s = store.clone();
     let _lock = tokio::task::spawn_blocking(move || s.writer_lock())
         .await
-        .map_err(|e| VerifyError::Task(e.to_string()))??;
+        .map_err(VerifyError::Task)??;
     let mut out = RepairReport::default();
     let mut attempted = HashSet::new();
     for _ in 0..MAX_ROUNDS {
@@ -438,7 +439,7 @@ async fn verify_in_background(
     let images = images.to_vec();
     tokio::task::spawn_blocking(move || verify_locked(&store, &images))
         .await
-        .map_err(|e| VerifyError::Task(e.to_string()))?
+        .map_err(VerifyError::Task)?
 }
 
 /// Replaces one bad blob with the registry's copy.
@@ -543,7 +544,7 @@ async fn extract_again(
         Ok::<(), UnpackError>(())
     })
     .await
-    .map_err(|e| VerifyError::Task(e.to_string()))?
+    .map_err(VerifyError::Task)?
     .map_err(|e| VerifyError::Cache {
         chain_id: key,
         source: Box::new(e),

@@ -59,7 +59,17 @@ async fn basic_auth_needs_the_right_password() {
         None,
     );
     let err = h.pull(&reference).await.unwrap_err();
-    assert!(!matches!(err, PullError::ManifestUnknown { .. }), "{err:?}");
+    // Credentials were sent and refused: not "may require login", but refused credentials.
+    assert!(
+        matches!(
+            err,
+            PullError::Registry(RegistryError::Unauthorized {
+                anonymous: false,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     assert_eq!(h.store.refs().unwrap().len(), 0);
 
     let h = harness_with(

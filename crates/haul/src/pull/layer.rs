@@ -117,7 +117,7 @@ impl BlobContext {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|e| PullError::Task(e.to_string()))?;
+                .map_err(|_| PullError::Stopped)?;
             let ctx = self.clone();
             let job = layer.clone();
             tokio::task::spawn_blocking(move || {
@@ -129,7 +129,7 @@ impl BlobContext {
                 )
             })
             .await
-            .map_err(|e| PullError::Task(e.to_string()))?
+            .map_err(PullError::Task)?
             .map_err(extract_error)?;
         }
         self.layer_event(true, &digest, LayerStatus::PullComplete);
@@ -179,9 +179,7 @@ impl BlobContext {
         if let Some(mut t) = tee.take() {
             t.finish().await;
         }
-        let result = extraction
-            .await
-            .map_err(|e| PullError::Task(e.to_string()))?;
+        let result = extraction.await.map_err(PullError::Task)?;
         let downloaded = fetched?;
         // Only a stream that carried the whole committed blob counts; after a restart or a
         // blob committed by another process, extract from the stored blob instead.
@@ -194,7 +192,7 @@ impl BlobContext {
                 let session = session.clone();
                 tokio::task::spawn_blocking(move || session.publish(pending))
                     .await
-                    .map_err(|e| PullError::Task(e.to_string()))?
+                    .map_err(PullError::Task)?
                     .map_err(extract_error)?;
             }
         }
@@ -214,7 +212,7 @@ impl BlobContext {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|e| PullError::Task(e.to_string()))
+                    .map_err(|_| PullError::Stopped)
             }
         }
     }

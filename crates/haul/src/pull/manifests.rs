@@ -173,12 +173,13 @@ pub(super) fn map_name_error(reference: &Reference, e: RegistryError) -> PullErr
             repository: reference.familiar_name(),
             source: e,
         },
-        RegistryError::Unauthorized { ref message, .. } if message == "authentication required" => {
-            PullError::AccessDenied {
-                repository: reference.familiar_name(),
-                source: e,
-            }
-        }
+        // Refused without credentials: the repository may be private (docker's wording).
+        RegistryError::Unauthorized {
+            anonymous: true, ..
+        } => PullError::AccessDenied {
+            repository: reference.familiar_name(),
+            source: e,
+        },
         other => PullError::Registry(other),
     }
 }

@@ -97,6 +97,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether credentials are filed for `registry` (what a 401 means depends on it).
+    pub(crate) async fn has_credential(&self, registry: &str) -> Result<bool, RegistryError> {
+        Ok(self.credential(registry).await?.is_some())
+    }
+
     async fn credential(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
         let mut cache = self.credentials.lock().await;
         if let Some(c) = cache.get(registry) {
@@ -279,6 +284,7 @@ pub(crate) async fn fetch_token(
                 } else {
                     "authentication required".to_owned()
                 },
+                anonymous: credential.is_none(),
             },
             s => super::error::from_response(realm, &realm_host, s, &body, None),
         });

@@ -480,7 +480,16 @@ impl RegistryClient {
                         .read_capped(resp, MAX_ERROR_BODY, url.as_str())
                         .await
                         .unwrap_or_default();
-                    error::from_response(url.as_str(), host, status, &body, retry_after)
+                    let mut err =
+                        error::from_response(url.as_str(), host, status, &body, retry_after);
+                    if let RegistryError::Unauthorized { anonymous, .. } = &mut err {
+                        *anonymous = !self
+                            .inner
+                            .auth
+                            .has_credential(&endpoint.credentials)
+                            .await?;
+                    }
+                    err
                 }
                 Err(e) => e,
             };

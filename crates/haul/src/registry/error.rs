@@ -19,8 +19,14 @@ pub enum RegistryError {
     NameUnknown { message: String },
     #[error("blob unknown: {digest}")]
     BlobUnknown { digest: String },
+    /// `anonymous`: no credentials were sent (there were none for this registry), so logging
+    /// in may help; with credentials sent, they were refused.
     #[error("unauthorized: {message}")]
-    Unauthorized { host: String, message: String },
+    Unauthorized {
+        host: String,
+        message: String,
+        anonymous: bool,
+    },
     #[error("denied: {message}")]
     Denied { host: String, message: String },
     #[error("toomanyrequests: {message}")]
@@ -298,9 +304,11 @@ pub(crate) fn from_response(
             host: host.to_owned(),
             message: msg("requested access to the resource is denied"),
         },
+        // Whether credentials were sent is the caller's to say (see `RegistryClient`).
         (Some("UNAUTHORIZED"), _) | (None, 401) => RegistryError::Unauthorized {
             host: host.to_owned(),
             message: msg("authentication required"),
+            anonymous: false,
         },
         (Some("TOOMANYREQUESTS"), _) | (_, 429) => RegistryError::TooManyRequests {
             message: msg("too many requests"),
@@ -315,6 +323,21 @@ pub(crate) fn from_response(
     }
 }
 
+/// Whether `e` is rustls's error, itself or wrapped in `io::Error`s (hyper wraps it twice).
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(e) = current {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        current = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+    }
+    false
+}
+
 /// Classifies a transport failure by walking its source chain, so the user learns whether it was
 /// DNS/connect, TLS or the transfer itself.
 pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
@@ -323,14 +346,11 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
     let mut tls = false;
     while let Some(s) = source {
         let text = s.to_string();
-        // A plain-HTTP server answering our TLS hello reaches us as a connect error whose text
-        // is rustls's "received corrupt message of type InvalidContentType": a TLS failure (not
-        // worth retrying, and the hint says what to do), not an unreachable host.
-        if s.downcast_ref::<rustls::Error>().is_some()
-            || text.contains("received corrupt message")
-            || text.contains("certificate")
-            || text.contains("tls")
-        {
+        // A plain-HTTP server answering our TLS hello (rustls: "received corrupt message of type
+        // InvalidContentType") or a certificate refused is a TLS failure, not worth retrying and
+        // with a hint of its own, not an unreachable host. hyper hands rustls's error over inside
+        // an io::Error, whose `source()` skips it: look inside.
+        if is_tls_error(s) {
             tls = true;
         }
         if !detail.contains(&text) {
