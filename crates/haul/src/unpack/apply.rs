@@ -7,6 +7,12 @@
 //!   RESOLVE_NO_MAGICLINKS)`, so symlinks from this or lower layers resolve as if `root` were `/`;
 //!   the last component is handled with `*at` calls on that parent fd and never followed. Names
 //!   that climb above the root (`../x`, `a/../../x`) and hardlinks to such targets fail the layer.
+//! - **The tree docker sees.** The tar is read as Go's archive/tar (docker, containerd) reads
+//!   it where the tar crate alone would read other members out of the same bytes: a header-only
+//!   member (link, device, directory, FIFO) has no content whatever its size field or PAX `size`
+//!   says; of PAX records repeating a key the last counts; a PAX header or GNU long name over
+//!   [`MAX_EXTENSION`] fails the layer; a stream that ends right after the last content, without
+//!   its padding or the end-of-archive blocks, is complete.
 //! - **Changeset semantics.** `DIR/.wh.NAME` removes `DIR/NAME` as lower layers left it;
 //!   `DIR/.wh..wh..opq` removes what lower layers put in `DIR` but keeps what this layer adds,
 //!   wherever the marker sits in the tar. A directory over a directory merges; anything else
@@ -31,7 +37,7 @@
 //! Inside: this file reads the entries and creates the nodes; `header` reads a member's
 //! metadata, `content` writes a file's bytes, `dirs` defers directory modes and times,
 //! `whiteouts` executes whiteouts, `cache_mode` keeps them instead, `tar_input` is what the tar
-//! crate reads, `names` and `sparse` parse, `fsops` holds the confined file-system calls.
+//! crate reads (the layer as Go reads it), `names` and `sparse` parse, `fsops` holds the confined file-system calls.
 
 mod cache_mode;
 mod content;
@@ -66,10 +72,10 @@ use dirs::{PendingDir, unlock_dir};
 use error::{bad_header, io_err, missing_link};
 use header::{Meta, check_pax_records, until_nul};
 use names::Role;
-use tar_input::Unpadded;
+use tar_input::{GoView, Oversized, Unpadded};
 
 pub use cache_mode::{DeferredLink, apply_layer_for_cache, apply_layer_for_cache_within};
-pub use error::{ApplyError, HardlinkProblem, SparseProblem};
+pub use error::{ApplyError, HardlinkProblem, MAX_EXTENSION, SparseProblem};
 
 /// Copy buffer for file contents: large enough that syscalls are not the cost.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -171,13 +177,10 @@ fn run<'o, R: Read>(
         umask: process_umask(),
     };
     let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
-    let mut archive = tar::Archive::new(Unpadded::new(archive, data_end.clone()));
+    let mut archive = tar::Archive::new(Unpadded::new(GoView::new(archive), data_end.clone()));
     archive.set_ignore_zeros(false);
-    for entry in archive
-        .entries()
-        .map_err(|source| ApplyError::Tar { source })?
-    {
-        let mut entry = entry.map_err(|source| ApplyError::Tar { source })?;
+    for entry in archive.entries().map_err(tar_error)? {
+        let mut entry = entry.map_err(tar_error)?;
         let size = entry.header().entry_size().unwrap_or(u64::MAX);
         data_end.set(entry.raw_file_position().saturating_add(size));
         applier.apply_entry(&mut entry)?;
@@ -186,6 +189,14 @@ fn run<'o, R: Read>(
     // archive/tar (containerd, podman, umoci) takes it: umoci 0.4.7 writes layers without the
     // end-of-archive blocks. That nothing is missing is the diff_id's to prove, over every byte.
     applier.finish()
+}
+
+/// An error reading the tar: the tar crate's, or [`GoView`]'s refusal of what Go refuses.
+fn tar_error(source: io::Error) -> ApplyError {
+    match source.get_ref().and_then(|e| e.downcast_ref::<Oversized>()) {
+        Some(&Oversized { typeflag, size }) => ApplyError::ExtensionTooLarge { typeflag, size },
+        None => ApplyError::Tar { source },
+    }
 }
 
 /// The kinds of node an entry can make.

@@ -64,6 +64,16 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    /// A PAX header, PAX global header, GNU long name or GNU long link entry larger than Go's
+    /// archive/tar (docker, containerd) reads: refused before it is held in memory.
+    #[error("a tar {} entry of {size} bytes ({}): docker and containerd refuse those over {}",
+        extension_name(*typeflag), crate::space::Size(*size), crate::space::Size(MAX_EXTENSION))]
+    ExtensionTooLarge {
+        /// The entry's typeflag: `x`, `g`, `L` or `K`.
+        typeflag: u8,
+        /// Its size.
+        size: u64,
+    },
     /// The stream ended inside a file's content.
     #[error("{}: the layer tar ends inside this file ({actual} of {expected} bytes)",
         path.display())]
@@ -189,6 +199,19 @@ impl fmt::Display for SparseProblem {
             SparseProblem::DataMismatch => "the data runs do not add up to the entry's data",
             SparseProblem::NotAFile => "only regular files can be sparse",
         })
+    }
+}
+
+/// The largest PAX header or GNU long name Go's archive/tar reads (its `maxSpecialFileSize`).
+pub const MAX_EXTENSION: u64 = 1 << 20;
+
+fn extension_name(typeflag: u8) -> &'static str {
+    match typeflag {
+        b'x' => "PAX header",
+        b'g' => "PAX global header",
+        b'L' => "GNU long name",
+        b'K' => "GNU long link",
+        _ => "extension",
     }
 }
 
