@@ -493,7 +493,7 @@ impl Applier<'_> {
         }
         // chown clears setuid/setgid, and security.capability with them: owner, mode, xattrs.
         if let Some((uid, gid)) = meta.owner {
-            fchown(&file, Some(uid), Some(gid)).map_err(io_err(path, "set owner"))?;
+            fchown(&file, uid, gid).map_err(io_err(path, "set owner"))?;
         }
         if !exact_at_creation {
             fchmod(&file, Mode::from_raw_mode(mode)).map_err(io_err(path, "set mode"))?;
@@ -588,14 +588,8 @@ impl Applier<'_> {
         chmod: bool,
     ) -> Result<(), ApplyError> {
         if let Some((uid, gid)) = meta.owner {
-            chownat(
-                parent,
-                name,
-                Some(uid),
-                Some(gid),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(io_err(path, "set owner"))?;
+            chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io_err(path, "set owner"))?;
         }
         if chmod {
             // Linux has no chmod that refuses a symlink (rustix lacks fchmodat2); `chmod` is

@@ -25,12 +25,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, fchmod, fstat, openat};
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, fchmod, fstat, openat,
+};
 use rustix::io::Errno;
 
 use super::super::budget::LayerBudget;
 use super::error::{ApplyError, HardlinkProblem, io_err};
-use super::header::Meta;
+use super::header::{LEAVE_UNCHANGED, Meta};
 use super::names::{self, Role};
 use super::{Applier, ApplyOptions, ApplyStats, fsops, run};
 
@@ -80,7 +82,8 @@ pub struct DeferredLink {
     pub target: PathBuf,
     /// Permission bits from the link's header.
     pub mode: u32,
-    /// Numeric owner from the header, when ownership was preserved.
+    /// Numeric owner from the header, when ownership was preserved; 4294967295 (-1 to chown)
+    /// leaves the target's as it is.
     pub owner: Option<(u32, u32)>,
     /// Modification time from the header: seconds and nanoseconds (`0..1e9`).
     pub mtime: (i64, u32),
@@ -345,7 +348,12 @@ impl Applier<'_> {
             path: path.to_owned(),
             target,
             mode: meta.mode,
-            owner: meta.owner.map(|(uid, gid)| (uid.as_raw(), gid.as_raw())),
+            owner: meta.owner.map(|(uid, gid)| {
+                (
+                    uid.map_or(LEAVE_UNCHANGED, Uid::as_raw),
+                    gid.map_or(LEAVE_UNCHANGED, Gid::as_raw),
+                )
+            }),
             // Always in 0..1e9: parsed by `names::parse_pax_time` or zero.
             mtime: (time.tv_sec, u32::try_from(time.tv_nsec).unwrap_or(0)),
             xattrs: meta.xattrs.clone(),

@@ -35,7 +35,7 @@ impl Applier<'_> {
         meta: &Meta,
     ) -> Result<PendingDir, ApplyError> {
         if let Some((uid, gid)) = meta.owner {
-            fchown(dir, Some(uid), Some(gid)).map_err(io_err(path, "set owner"))?;
+            fchown(dir, uid, gid).map_err(io_err(path, "set owner"))?;
         }
         // Without owner rwx an unprivileged applier could not add the children that follow:
         // keep it until the end of the layer.

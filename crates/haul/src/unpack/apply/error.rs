@@ -147,7 +147,8 @@ pub enum ApplyError {
         #[source]
         reason: Exceeded,
     },
-    /// A header field that cannot be used (unparsable number, missing link name, uid -1…).
+    /// A header field that cannot be used (unparsable number, missing link name, a uid past 32
+    /// bits…).
     #[error("{}: invalid tar header field `{field}`", path.display())]
     BadHeader {
         /// The entry.

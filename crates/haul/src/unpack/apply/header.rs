@@ -16,7 +16,9 @@ use super::names;
 /// Metadata every created node gets.
 pub(super) struct Meta {
     pub(super) mode: u32,
-    pub(super) owner: Option<(Uid, Gid)>,
+    /// The owner to give, when ownership is applied: `None` for an id of -1, which leaves the
+    /// node's as it is.
+    pub(super) owner: Option<(Option<Uid>, Option<Gid>)>,
     pub(super) times: Timestamps,
     pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -38,7 +40,7 @@ impl Meta {
                 .ok_or_else(|| out_of_range(path, "uid"))?;
             let gid = id(or_empty(header.gid(), &old.gid).map_err(bad_header(path, "gid"))?)
                 .ok_or_else(|| out_of_range(path, "gid"))?;
-            Some((Uid::from_raw(uid), Gid::from_raw(gid)))
+            Some((uid.map(Uid::from_raw), gid.map(Gid::from_raw)))
         } else {
             None
         };
@@ -81,10 +83,17 @@ impl Meta {
     }
 }
 
-fn id(raw: u64) -> Option<u32> {
-    // u32::MAX is -1, which chown reads as "leave unchanged".
-    u32::try_from(raw).ok().filter(|&id| id != u32::MAX)
+/// A tar's numeric id as chown takes it: `Some(None)` for 4294967295, which is -1 to chown and
+/// leaves the owner as it is (docker and GNU tar pass it to chown so); `None` past 32 bits, where
+/// chown would read another id.
+fn id(raw: u64) -> Option<Option<u32>> {
+    u32::try_from(raw)
+        .ok()
+        .map(|id| (id != LEAVE_UNCHANGED).then_some(id))
 }
+
+/// The id chown reads as "leave unchanged" (-1).
+pub(super) const LEAVE_UNCHANGED: u32 = u32::MAX;
 
 /// A GNU long name or link ends at its first NUL, as GNU tar and Go's archive/tar read it.
 pub(super) fn until_nul(bytes: &[u8]) -> &[u8] {
@@ -128,11 +137,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_that_chown_would_misread_are_refused() {
-        assert_eq!(id(0), Some(0));
-        assert_eq!(id(65_534), Some(65_534));
-        assert_eq!(id(u64::from(u32::MAX) - 1), Some(u32::MAX - 1));
-        assert_eq!(id(u64::from(u32::MAX)), None);
+    fn ids_that_chown_would_misread_are_refused_and_minus_one_leaves_the_owner() {
+        assert_eq!(id(0), Some(Some(0)));
+        assert_eq!(id(65_534), Some(Some(65_534)));
+        assert_eq!(id(u64::from(u32::MAX) - 1), Some(Some(u32::MAX - 1)));
+        // -1 to chown: the owner stays, as docker and GNU tar leave it.
+        assert_eq!(id(u64::from(u32::MAX)), Some(None));
+        assert_eq!(id(u64::from(u32::MAX) + 1), None);
         assert_eq!(id(1 << 40), None);
     }
 }
