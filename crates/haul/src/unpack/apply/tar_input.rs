@@ -309,8 +309,9 @@ const BLOCK: usize = 512;
 /// Where an old-GNU sparse extension block says whether another follows.
 const GNU_EXT_ISEXTENDED: usize = 504;
 
+/// `size` rounded up to whole blocks (callers check first that the tar crate can count it).
 fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK as u64) * BLOCK as u64
+    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
