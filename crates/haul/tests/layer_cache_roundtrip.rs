@@ -529,6 +529,44 @@ fn the_root_entry_and_links_to_links_in_lower_layers_round_trip() {
 // ---------------------------------------------------------------------------------------------
 // Cache mode itself
 
+/// 4294967295 is -1 to chown, which leaves the owner as it is: docker and GNU tar pass it on so,
+/// for a file of the layer and for a hardlink's shared inode in a lower layer alike.
+#[test]
+fn an_owner_of_minus_one_leaves_the_owner_as_it_is_direct_and_cached() {
+    if !is_root() {
+        println!("SKIPPED: ownership is applied only as root");
+        return;
+    }
+    let minus_one = u64::from(u32::MAX);
+    let lower = LayerBuilder::new()
+        .raw_entry(RawEntry {
+            uid: 5,
+            gid: 6,
+            ..RawEntry::file("t", b"t")
+        })
+        .raw_entry(RawEntry {
+            uid: minus_one,
+            gid: minus_one,
+            ..RawEntry::file("unowned", b"u")
+        })
+        .finish_tar();
+    let upper = LayerBuilder::new()
+        .raw_entry(RawEntry {
+            uid: minus_one,
+            gid: 7,
+            ..RawEntry::hardlink("h", "t")
+        })
+        .finish_tar();
+    let snap = round_trip("owner -1", &[lower, upper]);
+    // The applier's own uid and gid (root's) for a file made here, the lower owner for the link.
+    let unowned = get(&snap, "unowned");
+    assert_eq!((unowned.uid, unowned.gid), (0, 0));
+    for path in ["t", "h"] {
+        let node = get(&snap, path);
+        assert_eq!((node.uid, node.gid, node.nlink), (5, 7, 2), "{path}");
+    }
+}
+
 #[test]
 fn cache_mode_keeps_whiteouts_as_files() {
     let tmp = tempfile::tempdir().unwrap();
