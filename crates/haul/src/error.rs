@@ -135,7 +135,9 @@ pub fn pull_kind(e: &PullError) -> ErrorKind {
         | PullError::PlatformMismatch { .. }
         | PullError::RefVanished { .. } => ErrorKind::NotFound,
         PullError::AccessDenied { .. } => ErrorKind::Unauthorized,
+        #[cfg(feature = "trust")]
         PullError::Trust(_) => ErrorKind::DeniedByPolicy,
+        PullError::TrustUnavailable => ErrorKind::DeniedByPolicy,
         PullError::LayerVerification { source, .. } => match store_kind(source) {
             ErrorKind::Local if !crate::space::is_no_space(source.as_ref()) => ErrorKind::Integrity,
             other => other,

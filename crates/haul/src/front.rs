@@ -32,6 +32,7 @@ use crate::pull::{AllTags, PullOptions, PullOutcome, Puller};
 use crate::reference::Reference;
 use crate::registry::{Anonymous, ClientOptions, CredentialStore, DockerConfig, RegistryClient};
 use crate::store::{RefEntry, Store, default_root, tightening_notice};
+#[cfg(feature = "trust")]
 use crate::trust::TrustVerifier;
 use crate::unpack::image::{UnpackOptions, UnpackStats, unpack};
 
@@ -62,6 +63,7 @@ pub struct HaulBuilder {
     platform: Option<Platform>,
     content_trust: Option<bool>,
     extract_layers: bool,
+    #[cfg(feature = "trust")]
     trust_verifier: Option<TrustVerifier>,
     client_options: ClientOptions,
 }
@@ -76,6 +78,7 @@ impl Default for HaulBuilder {
             platform: None,
             content_trust: None,
             extract_layers: true,
+            #[cfg(feature = "trust")]
             trust_verifier: None,
             client_options: ClientOptions::default(),
         }
@@ -123,6 +126,7 @@ impl HaulBuilder {
     }
 
     /// Checks content trust with this verifier (its own keyring, policy or clock), always.
+    #[cfg(feature = "trust")]
     pub fn trust_verifier(mut self, verifier: TrustVerifier) -> Self {
         self.trust_verifier = Some(verifier);
         self
@@ -174,6 +178,7 @@ impl HaulBuilder {
         };
         let client =
             RegistryClient::new(config.registry_settings(), credentials, self.client_options)?;
+        #[allow(unused_mut)] // Only a build with the `trust` feature replaces the verifier.
         let mut puller = Puller::new(
             client,
             store.clone(),
@@ -185,6 +190,7 @@ impl HaulBuilder {
                 trust: config.trust,
             },
         );
+        #[cfg(feature = "trust")]
         if let Some(verifier) = self.trust_verifier {
             puller = puller.with_trust(verifier);
         }
@@ -344,5 +350,48 @@ impl Haul {
             source,
         })??;
         Ok(Unpacked { image, stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built without signature verification, a front door asked to check content trust refuses
+    /// to pull rather than pull unchecked.
+    #[cfg(not(feature = "trust"))]
+    #[tokio::test]
+    async fn without_the_trust_feature_trust_refuses_every_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let haul = Haul::builder()
+            .root(dir.path().join("store"))
+            .config(Config::default())
+            .credentials(Arc::new(Anonymous))
+            .content_trust(true)
+            .build()
+            .unwrap();
+        assert!(haul.verifies_trust());
+        let err = haul
+            .pull("127.0.0.1:1/team/app:1", Arc::new(crate::progress::Silent))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Pull(crate::pull::PullError::TrustUnavailable)),
+            "{err}"
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::DeniedByPolicy);
+    }
+
+    #[test]
+    fn trust_is_off_unless_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let haul = Haul::builder()
+            .root(dir.path().join("store"))
+            .config(Config::default())
+            .credentials(Arc::new(Anonymous))
+            .content_trust(false)
+            .build()
+            .unwrap();
+        assert!(!haul.verifies_trust());
     }
 }

@@ -31,7 +31,9 @@ use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::space::{self, Size};
 use crate::store::{RefEntry, Store, StoreError};
-use crate::trust::{self, Keyring, TrustConfig, TrustError, TrustVerifier};
+use crate::trust::{self, TrustConfig};
+#[cfg(feature = "trust")]
+use crate::trust::{Keyring, TrustError, TrustVerifier};
 use crate::unpack::budget::{Exceeded, ImageBudget};
 use crate::unpack::cache::{Session, cache_keys};
 use crate::unpack::image::{UnpackError, UnpackOptions};
@@ -129,8 +131,16 @@ pub enum PullError {
     #[error("{name} was removed from the store while it was being pulled")]
     RefVanished { name: String },
     /// Content trust refused the image; nothing was downloaded.
+    #[cfg(feature = "trust")]
     #[error(transparent)]
     Trust(TrustError),
+    /// Content trust is on, but this build has no signature verification (the `trust` cargo
+    /// feature): nothing is pulled unchecked.
+    #[error(
+        "content trust is on, but this build of haul cannot verify signatures (built without the \
+         `trust` feature); nothing was pulled"
+    )]
+    TrustUnavailable,
     #[error("{reference} names digest {named}, but the pull was pinned to {pinned}")]
     PinMismatch {
         reference: String,
@@ -196,7 +206,29 @@ pub struct Puller {
     /// Extraction pipelines (two threads each): one per core, shared likewise.
     extract_slots: Arc<Semaphore>,
     /// Set when content trust is on: every pull checks signatures here first.
-    trust: Option<Arc<TrustVerifier>>,
+    trust: Option<TrustCheck>,
+}
+
+/// What checks content trust: the verifier, or, in a build without the `trust` feature, the mere
+/// fact that trust was asked for, which refuses every pull.
+#[cfg(feature = "trust")]
+type TrustCheck = Arc<TrustVerifier>;
+#[cfg(not(feature = "trust"))]
+#[derive(Clone, Copy)]
+struct TrustCheck;
+
+#[cfg(feature = "trust")]
+fn trust_check(client: &RegistryClient, config: &TrustConfig) -> TrustCheck {
+    Arc::new(TrustVerifier::new(
+        client.clone(),
+        Keyring::from_trust_config(config),
+        config.clone(),
+    ))
+}
+
+#[cfg(not(feature = "trust"))]
+fn trust_check(_client: &RegistryClient, _config: &TrustConfig) -> TrustCheck {
+    TrustCheck
 }
 
 impl Puller {
@@ -209,13 +241,8 @@ impl Puller {
         let extract_slots = Arc::new(Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ));
-        let trust = trust::enabled(options.content_trust, options.trust.enabled).then(|| {
-            Arc::new(TrustVerifier::new(
-                client.clone(),
-                Keyring::from_trust_config(&options.trust),
-                options.trust.clone(),
-            ))
-        });
+        let trust = trust::enabled(options.content_trust, options.trust.enabled)
+            .then(|| trust_check(&client, &options.trust));
         Puller {
             client,
             store,
@@ -228,6 +255,7 @@ impl Puller {
 
     /// Checks content trust with `verifier` (its own keyring, policy or clock) instead of the
     /// configured one, whatever the configuration says.
+    #[cfg(feature = "trust")]
     pub fn with_trust(mut self, verifier: TrustVerifier) -> Puller {
         self.trust = Some(Arc::new(verifier));
         self
@@ -432,9 +460,35 @@ impl Puller {
         pinned: Option<&Digest>,
         reporter: &Arc<dyn Reporter>,
     ) -> Result<Option<Digest>, PullError> {
-        let Some(verifier) = &self.trust else {
+        let Some(check) = &self.trust else {
             return Ok(None);
         };
+        self.verify_trust(check, reference, pinned, reporter)
+            .await
+            .map(Some)
+    }
+
+    /// Without signature verification compiled in, trust that is on refuses every pull.
+    #[cfg(not(feature = "trust"))]
+    async fn verify_trust(
+        &self,
+        _check: &TrustCheck,
+        _reference: &Reference,
+        _pinned: Option<&Digest>,
+        _reporter: &Arc<dyn Reporter>,
+    ) -> Result<Digest, PullError> {
+        Err(PullError::TrustUnavailable)
+    }
+
+    /// Checks the signatures of what `pinned`, or else the reference, names; the accepted digest.
+    #[cfg(feature = "trust")]
+    async fn verify_trust(
+        &self,
+        verifier: &TrustCheck,
+        reference: &Reference,
+        pinned: Option<&Digest>,
+        reporter: &Arc<dyn Reporter>,
+    ) -> Result<Digest, PullError> {
         let target = match pinned {
             Some(d) => reference.with_digest(d.clone()),
             None => reference.clone(),
@@ -448,7 +502,7 @@ impl Puller {
             warning: verdict.warning.as_ref().map(ToString::to_string),
             scope: verdict.rule.scope.clone(),
         });
-        Ok(Some(verdict.digest))
+        Ok(verdict.digest)
     }
 
     /// Pulls `reference`, or exactly `pinned` under its name; trust, if on, has been checked.

@@ -405,6 +405,8 @@ impl RegistryClient {
     /// Sends an authenticated request to a registry's own endpoint (no mirrors), retrying
     /// transient failures (up to `attempts` tries) and refreshing the token once on 401.
     /// Returns successful (2xx) responses; everything else becomes an error.
+    // Content trust's discovery and signing are its callers.
+    #[cfg_attr(not(feature = "trust"), allow(dead_code))]
     pub(crate) async fn execute(
         &self,
         target: &Target<'_>,
@@ -506,6 +508,7 @@ impl RegistryClient {
 
 /// Who a request is for: the registry's endpoint host, the registry name credentials are filed
 /// under, and the token scope.
+#[cfg_attr(not(feature = "trust"), allow(dead_code))]
 pub(crate) struct Target<'a> {
     pub host: &'a str,
     pub registry: &'a str,
