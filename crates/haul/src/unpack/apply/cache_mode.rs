@@ -50,6 +50,12 @@ use super::{Applier, ApplyOptions, ApplyStats, fsops, run};
 /// [`tar_dir`](crate::unpack::dirtar::tar_dir) of `root` with the deferred links, applied with
 /// [`apply_layer`](super::apply_layer) onto the lower layers, gives what applying the layer's tar
 /// itself would.
+///
+/// # Errors
+///
+/// As [`apply_layer`](super::apply_layer), and [`ApplyError::RootNotEmpty`] for a `root` that
+/// is not empty, [`ApplyError::BadHardlink`] with [`HardlinkProblem::ChangedLater`] for a layer
+/// a cached directory cannot record.
 pub fn apply_layer_for_cache<R: Read>(
     root: &Path,
     archive: R,
@@ -60,6 +66,10 @@ pub fn apply_layer_for_cache<R: Read>(
 
 /// [`apply_layer_for_cache`] within `budget`: every entry is charged before it is created, and
 /// one that would pass a limit fails the layer with [`ApplyError::TooLarge`].
+///
+/// # Errors
+///
+/// As [`apply_layer_for_cache`], and [`ApplyError::TooLarge`] as above.
 pub fn apply_layer_for_cache_within<R: Read>(
     root: &Path,
     archive: R,
