@@ -33,7 +33,7 @@ use crate::reference::Reference;
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
 
 /// The full image name, as containerd and docker ≥ 25 annotate index entries.
-pub const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
+const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
 const REF_NAME_ANNOTATION: &str = crate::store::refs::REF_NAME_ANNOTATION;
 /// The most haul reads whole from an archive's metadata files (`manifest.json`, `index.json`, …).
 const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
@@ -43,86 +43,173 @@ const COPY_BUFFER: usize = 1 << 20;
 /// stack.
 const MAX_INDEX_DEPTH: usize = 8;
 
+/// The layout [`save`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ArchiveFormat {
+    /// What `docker save` writes since docker 25: `manifest.json` and `repositories` beside an
+    /// OCI image layout, readable by docker, podman, skopeo and OCI tools. The default.
     #[default]
     DockerArchive,
+    /// The OCI image layout alone, each manifest named by its tag (skopeo's `oci-archive:`).
     OciArchive,
 }
 
+/// Why an archive could not be saved or loaded. A failed [`load`] sets no ref (blobs it already
+/// verified into the store stay, as after an interrupted pull); a failed [`save_to_file`] leaves
+/// no file.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// Save: an image named is not in the store.
     #[error(transparent)]
     NotFound(#[from] InspectError),
+    /// The store could not be read or written, or a member did not hash to its name.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A file could not be read or written (a stored blob, the destination file).
     #[error("{path}: {source}")]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
+    /// Load: the archive could not be read or is not a valid tar (or its compression is broken).
     #[error("reading the archive: {0}")]
     Read(#[source] io::Error),
+    /// Save: the archive could not be written.
     #[error("writing the archive: {0}")]
     Write(#[source] io::Error),
+    /// Load: a member path or link target is absolute or climbs out of the archive.
     #[error("archive member {path:?} escapes the archive (absolute or `..`); refusing it")]
-    UnsafePath { path: String },
+    UnsafePath {
+        /// The path (`path -> target` for a link).
+        path: String,
+    },
+    /// Load: a metadata member (`manifest.json`, `index.json`…) is larger than haul reads whole.
     #[error("archive member {path} is {size} bytes, more than the {limit} haul reads")]
-    TooLarge { path: String, size: u64, limit: u64 },
+    TooLarge {
+        /// The member.
+        path: String,
+        /// Its size, in bytes.
+        size: u64,
+        /// The most haul reads, in bytes.
+        limit: u64,
+    },
+    /// Load: a metadata member is not valid JSON.
     #[error("archive member {path} is not valid JSON: {source}")]
     InvalidJson {
+        /// The member.
         path: String,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// Load: neither `manifest.json` nor `index.json`.
     #[error("the archive has neither manifest.json nor index.json: not an image archive")]
     NotAnArchive,
+    /// Load: a blob a manifest, index or config needs is not in the archive.
     #[error("the archive has no blob {digest} that {what} needs")]
-    MissingBlob { digest: Digest, what: String },
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+        /// What needs it (`image …`, `the config of image …`, `index.json`).
+        what: String,
+    },
+    /// A blob's size is not what its descriptor says (in the archive for load, in the store
+    /// for save).
     #[error("blob {digest} is {actual} bytes in the archive, but its manifest says {expected}")]
     SizeMismatch {
+        /// The blob.
         digest: Digest,
+        /// The size its descriptor gives.
         expected: u64,
+        /// Its real size.
         actual: u64,
     },
+    /// Load: a manifest, index or config is not one haul reads.
     #[error("{what}: {source}")]
     Manifest {
+        /// Which document.
         what: String,
+        /// What is wrong with it.
         #[source]
         source: ManifestError,
     },
+    /// Load: `manifest.json` names a member (config or layer) the archive does not hold.
     #[error("manifest.json names {path}, which the archive does not hold")]
-    MissingMember { path: String },
+    MissingMember {
+        /// The path as `manifest.json` gives it.
+        path: String,
+    },
+    /// Load: links between members go round in circles or too deep.
     #[error("{path}: too many links from one archive member to another (a loop?)")]
-    LinkLoop { path: String },
+    LinkLoop {
+        /// The path as `manifest.json` gives it.
+        path: String,
+    },
+    /// Load: `manifest.json` is not what docker writes.
     #[error("manifest.json: {reason}")]
-    BadManifestJson { reason: String },
+    BadManifestJson {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Load: an archive of docker before 1.10 (`repositories` alone), a format haul does not
+    /// read.
     #[error(
         "the archive has only `repositories`, no manifest.json: docker before 1.10 wrote it, and \
          haul does not read that format"
     )]
     LegacyV1Archive,
+    /// Load: a layer is compressed with something other than gzip or zstd.
     #[error("layer {digest} is {format}-compressed; haul reads uncompressed, gzip and zstd layers")]
-    UnsupportedLayerCompression { digest: Digest, format: String },
+    UnsupportedLayerCompression {
+        /// The layer blob.
+        digest: Digest,
+        /// The compression, known by its first bytes (`xz`, `bzip2`).
+        format: String,
+    },
+    /// Load: an image name in the archive is not a reference haul can set as a ref.
     #[error("image name {name:?} in the archive: {reason}")]
-    BadName { name: String, reason: String },
+    BadName {
+        /// The name as the archive gives it.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Load: indexes nest deeper than haul follows.
     #[error("index {digest} in the archive nests indexes more than {limit} deep; refusing it")]
-    NestedTooDeep { digest: Digest, limit: usize },
+    NestedTooDeep {
+        /// The outermost index.
+        digest: Digest,
+        /// How deep haul follows.
+        limit: usize,
+    },
+    /// Load: the archive as a whole is compressed with something other than gzip or zstd.
     #[error(
         "the archive is {format}-compressed, which haul does not read; decompress it first \
          (`{format} -dc FILE | haul load`)"
     )]
-    UnsupportedCompression { format: String },
+    UnsupportedCompression {
+        /// The compression, known by its first bytes (`xz`, `bzip2`).
+        format: String,
+    },
+    /// Load: a layer of an image the archive has no manifest for is not the diff_id its config
+    /// gives (docker load's check).
     #[error(
         "layer {index} of image {image} ({path}) is {actual} uncompressed, but the image config \
          says its diff_id is {expected}"
     )]
     DiffIdMismatch {
+        /// The image, by the name the archive gives it.
         image: String,
+        /// The layer's position, from 0 (the base layer).
         index: usize,
+        /// The layer's member path.
         path: String,
+        /// The diff_id the config gives.
         expected: Digest,
+        /// What the uncompressed layer hashes to.
         actual: Digest,
     },
 }
@@ -151,6 +238,7 @@ struct SavedImage {
 pub struct SaveOutcome {
     /// Blobs written (each once).
     pub blobs: usize,
+    /// Bytes of those blobs (the archive is a little larger: headers and metadata).
     pub bytes: u64,
 }
 
@@ -199,7 +287,16 @@ fn collect(store: &Store, images: &[String]) -> Result<Vec<SavedImage>, ArchiveE
     Ok(out)
 }
 
-/// Writes `images` (names or image IDs) from `store` as a tar archive to `out`.
+/// Writes `images` (names or image IDs) from `store` as a tar archive to `out`, in `format`.
+/// Each blob is streamed from the store once, however many images share it. Blocks the calling
+/// thread. `out` gets a partial archive if this fails: write to a file with [`save_to_file`].
+///
+/// # Errors
+///
+/// [`ArchiveError::NotFound`] when an image named is not in the store, [`ArchiveError::Write`]
+/// when `out` fails, [`ArchiveError::Store`], [`ArchiveError::Io`] or
+/// [`ArchiveError::SizeMismatch`] when a stored blob cannot be read or is not its descriptor's
+/// size.
 pub fn save<W: Write>(
     store: &Store,
     images: &[String],
@@ -247,7 +344,7 @@ pub fn save<W: Write>(
     let mut entries = Vec::new();
     for image in &images {
         if image.names.is_empty() {
-            entries.push(serde_json::to_value(&image.manifest).expect("descriptor"));
+            entries.push(descriptor_json(&image.manifest)?);
         }
         for name in &image.names {
             let mut d = image.manifest.clone();
@@ -257,7 +354,7 @@ pub fn save<W: Write>(
                 REF_NAME_ANNOTATION.to_owned(),
                 name.tag().unwrap_or_default().to_owned(),
             );
-            entries.push(serde_json::to_value(&d).expect("descriptor"));
+            entries.push(descriptor_json(&d)?);
         }
     }
     append_json(
@@ -303,6 +400,11 @@ pub fn save<W: Write>(
 
 /// [`save`] to the file `dest`, which appears only once complete: the archive is written to a
 /// temp file in the same directory, synced and renamed over `dest`.
+///
+/// # Errors
+///
+/// As [`save`], and [`ArchiveError::Io`] when the file cannot be created, synced or renamed;
+/// the temp file is then removed and `dest` left as it was.
 pub fn save_to_file(
     store: &Store,
     images: &[String],
@@ -365,12 +467,18 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> Result<(), Arc
         .map_err(ArchiveError::Write)
 }
 
+/// `d` as `index.json` lists it. Serialising a descriptor cannot fail (string-keyed maps only);
+/// were it to, the archive could not be written.
+fn descriptor_json(d: &Descriptor) -> Result<Value, ArchiveError> {
+    serde_json::to_value(d).map_err(|e| ArchiveError::Write(io::Error::other(e)))
+}
+
 fn append_json<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &str,
     value: &Value,
 ) -> Result<(), ArchiveError> {
-    let bytes = serde_json::to_vec(value).expect("JSON values serialise");
+    let bytes = serde_json::to_vec(value).map_err(|e| ArchiveError::Write(io::Error::other(e)))?;
     let mut h = file_header(bytes.len() as u64);
     tar.append_data(&mut h, path, bytes.as_slice())
         .map_err(ArchiveError::Write)
@@ -384,6 +492,7 @@ fn append_json<W: Write>(
 pub struct LoadedImage {
     /// The config digest (docker's image ID).
     pub id: Digest,
+    /// The image manifest's digest, as stored (one haul made for an archive without manifests).
     pub manifest: Digest,
     /// Full references set as refs; empty for an image the archive does not name.
     pub names: Vec<Reference>,
@@ -477,7 +586,14 @@ fn resolve_symlink(path: &str, target: &str) -> Result<String, ArchiveError> {
 /// Members under `blobs/` are checked to hash to their names; layers and configs other tools name
 /// by path (`<id>/layer.tar`, `<hex>.tar`, `<hex>.json`) are hashed while they stream into the
 /// store, and each layer of an image without a manifest in the archive must be the diff_id its
-/// config gives. Refs are set only once every image of the archive is complete.
+/// config gives. Refs are set only once every image of the archive is complete. The archive is
+/// read on a blocking thread; call this within a tokio runtime.
+///
+/// # Errors
+///
+/// [`ArchiveError`] for an archive haul cannot read, one that is damaged or hostile (a member
+/// that does not hash to its name, a path escaping the archive, a missing blob, a diff_id that
+/// does not match), or a store that cannot be written. No ref is set then.
 pub async fn load<R: Read + Send + 'static>(
     store: &Store,
     reader: R,

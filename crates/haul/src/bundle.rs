@@ -26,19 +26,35 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// /etc/passwd and /etc/group beyond this are not believed to be real account files.
 const MAX_ACCOUNT_FILE: u64 = 16 << 20;
 
+/// Why a bundle could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// Unpacking the root filesystem failed (a bundle directory with a `config.json` already,
+    /// without `force`, is [`UnpackError::TargetNotEmpty`]).
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    /// The image config is not valid JSON.
     #[error("image config is not valid JSON: {0}")]
     Config(#[source] serde_json::Error),
+    /// The image's `User` names a user its `/etc/passwd` does not have (runc's text).
     #[error("unable to find user {user}: no matching entries in the image's passwd file")]
-    UnknownUser { user: String },
+    UnknownUser {
+        /// The user name.
+        user: String,
+    },
+    /// The image's `User` names a group its `/etc/group` does not have (runc's text).
     #[error("unable to find group {group}: no matching entries in the image's group file")]
-    UnknownGroup { group: String },
+    UnknownGroup {
+        /// The group name.
+        group: String,
+    },
+    /// The bundle directory or `config.json` could not be written, or an account file of the
+    /// image could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -80,13 +96,23 @@ struct ImageConfigDoc {
 
 /// Numeric identity of the container's process.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessUser {
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
+struct ProcessUser {
+    uid: u32,
+    gid: u32,
+    /// Supplementary groups the user is a member of in the image's `/etc/group`.
+    additional_gids: Vec<u32>,
 }
 
-/// Unpacks `entry` into `bundle/rootfs` and writes `bundle/config.json`.
+/// Unpacks `entry` (a ref of `store`) into `bundle/rootfs` with [`unpack`] and writes
+/// `bundle/config.json`, an OCI runtime spec that runc or crun can start (see
+/// [`runtime_spec`]). Returns what the unpack did, with the bundle's warnings added (an account
+/// file that is no regular file, for instance). Blocks the calling thread.
+///
+/// # Errors
+///
+/// [`UnpackError::TargetNotEmpty`] (as [`BundleError::Unpack`]) when `bundle/config.json`
+/// exists and [`UnpackOptions::force`] is not set; then what [`unpack`] or [`runtime_spec`]
+/// returns, or [`BundleError::Io`] when the directory or `config.json` cannot be written.
 pub fn write_bundle(
     store: &Store,
     entry: &RefEntry,
@@ -140,7 +166,15 @@ pub fn write_bundle(
     Ok(stats)
 }
 
-/// The runtime spec for an image config, with the user resolved against `rootfs`.
+/// The OCI runtime spec (`config.json`) for the image config `config_bytes`, with the user
+/// resolved against `rootfs`, the image's root filesystem already unpacked: the process from the
+/// config (Entrypoint + Cmd, Env, WorkingDir, User), everything else as `runc spec` makes it.
+/// Warnings (an account file that is no regular file) go to `tracing`.
+///
+/// # Errors
+///
+/// [`BundleError::Config`] for a config that is not JSON, [`BundleError::UnknownUser`] or
+/// [`BundleError::UnknownGroup`] for a `User` naming accounts the image lacks.
 pub fn runtime_spec(config_bytes: &[u8], rootfs: &Path) -> Result<Value, BundleError> {
     let mut warnings = Vec::new();
     let spec = spec_noting(config_bytes, rootfs, &mut warnings);
@@ -248,7 +282,8 @@ fn spec_noting(
 
 /// Resolves docker's `User` (`name`, `uid`, `name:group`, `uid:gid`, empty = root) with the
 /// image's account files, as runc does: a numeric uid needs no passwd entry, a name does.
-pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
+#[cfg(test)]
+fn resolve_user(rootfs: &Path, spec: &str) -> Result<ProcessUser, BundleError> {
     let mut warnings = Vec::new();
     let user = user_noting(rootfs, spec, &mut warnings);
     for w in warnings {

@@ -30,35 +30,49 @@ pub const DEFAULT_PARTIAL_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Nested indexes deeper than this are not followed (nothing real nests more than once).
 const MAX_DEPTH: usize = 4;
 
+/// Why a prune stopped. Whatever was deleted before the error stays deleted (each deletion is
+/// whole: a file, or a layer-cache entry moved aside first); nothing reachable ever is.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
+    /// The store could not be locked, listed or changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Removing a layer-cache entry moved into `trash/` failed.
     #[error("{path}: {source}")]
     Io {
+        /// The directory being removed.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
     /// Nothing is deleted when a root cannot be followed: what it reaches is unknown.
     #[error("cannot tell what {root} reaches, so nothing was pruned: {source}")]
     Unreadable {
+        /// The root that could not be followed: a ref's full reference, an unnamed entry's
+        /// manifest digest, or an `index.json` entry that does not parse.
         root: String,
+        /// Why.
         #[source]
         source: Box<UnreadableCause>,
     },
+    /// The blocking task that did the work stopped (panicked or was cancelled).
     #[error("the prune task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
+/// Why a root of the store could not be followed ([`GcError::Unreadable`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UnreadableCause {
+    /// A manifest, index or config it reaches is missing or could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A document it reaches does not parse.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
 
+/// What [`prune`] removes; [`Default`] is `haul image prune` without flags.
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     /// Also remove refs that name an image only by digest (docker's `-a`).
@@ -92,30 +106,43 @@ pub enum Swept {
     Partial,
 }
 
+/// One path [`prune`] removed (or, in a dry run, would remove).
 #[derive(Debug, Clone)]
 pub struct Deleted {
+    /// What it was.
     pub what: Swept,
+    /// Where it was: the store's root joined with its path in the store.
     pub path: PathBuf,
     /// Bytes of the file, or of every file in the directory.
     pub bytes: u64,
 }
 
+/// What [`prune`] did.
 #[derive(Debug, Clone, Default)]
 pub struct PruneReport {
     /// Refs removed by `all` (full references), in index order.
     pub untagged: Vec<String>,
     /// Blobs first, then layer-cache entries, then leftovers.
     pub deleted: Vec<Deleted>,
+    /// Bytes freed: the sum of [`Deleted::bytes`].
     pub reclaimed: u64,
+    /// Whether this was a dry run: then nothing was removed, refs included.
     pub dry_run: bool,
 }
 
-/// Removes what no ref reaches. Waits for running pulls to finish first.
+/// Removes what no ref reaches (see the module documentation for what counts as reached and
+/// what is swept). Waits for running pulls to finish first, and holds pulls off while it runs.
+///
+/// # Errors
+///
+/// [`GcError::Unreadable`], before anything is deleted, when a ref's manifest or config cannot be
+/// read; [`GcError::Store`] or [`GcError::Io`] when the store cannot be locked, read or changed;
+/// [`GcError::Task`] if the sweeping task stops.
 pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
     let s = store.clone();
     let lock = tokio::task::spawn_blocking(move || s.collector_lock())
         .await
-        .map_err(|e| GcError::Task(e.to_string()))??;
+        .map_err(GcError::Task)??;
     let roots = read_roots(store)?;
     let doomed: Vec<String> = if options.all {
         roots
@@ -149,7 +176,7 @@ pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport,
         sweep(&store, &marks, &options)
     })
     .await
-    .map_err(|e| GcError::Task(e.to_string()))??;
+    .map_err(GcError::Task)??;
     report.untagged = untagged;
     Ok(report)
 }
@@ -392,7 +419,11 @@ fn entries_two_deep(store: &Store, dir: &Path) -> Result<Vec<(PathBuf, Entry)>, 
     Ok(out)
 }
 
-/// Bytes in the files of a tree (or of one file); symlinks count as themselves.
+/// Bytes in the files of a tree (or of one file); symlinks count as themselves, and what cannot
+/// be read counts 0.
+// Public only for tests/bombs.rs, which measures the layer cache with the measure prune uses.
+#[doc(hidden)]
+#[must_use]
 pub fn size_of(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;

@@ -13,6 +13,7 @@ use crate::manifest::{self, ImageConfig, Manifest};
 use crate::reference::Reference;
 use crate::store::{Store, StoreError};
 
+/// One row of `haul images`: an image under one of its names.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageSummary {
     /// The full reference the image is stored under.
@@ -21,25 +22,42 @@ pub struct ImageSummary {
     pub repository: String,
     /// `None` for images pulled by digest only.
     pub tag: Option<String>,
+    /// What the name resolved to at the registry (docker's repo digest): the index for a
+    /// multi-platform image, else the manifest.
     pub digest: Digest,
+    /// The config digest: docker's image ID.
     pub image_id: Digest,
+    /// The config's `created` time; `None` when it has none or it does not parse.
     pub created: Option<jiff::Timestamp>,
+    /// Bytes the image needs in the store: its config plus its compressed layers.
     pub size: u64,
 }
 
+/// Why the store could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
+    /// `index.json` or a blob could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A ref's manifest or config is not a valid document.
     #[error("image {reference}: {source}")]
     Manifest {
+        /// The ref, in full.
         reference: String,
+        /// What is wrong with the document.
         #[source]
         source: manifest::ManifestError,
     },
 }
 
-/// Lists every ref, or those matching `filter` (a repository, optionally with a tag).
+/// Lists every ref, or those matching `filter` (a repository, optionally with a tag), newest
+/// first. Refs other tools wrote under names that are not docker references, and refs to an
+/// index, are left out.
+///
+/// # Errors
+///
+/// [`ImagesError`] when `index.json`, or a listed image's manifest or config, cannot be read or
+/// parsed: one damaged image fails the listing rather than going missing from it.
 pub fn list(store: &Store, filter: Option<&Reference>) -> Result<Vec<ImageSummary>, ImagesError> {
     let mut rows = Vec::new();
     for entry in store.refs()? {

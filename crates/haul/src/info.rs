@@ -20,7 +20,9 @@ use crate::store::{Store, StoreDir, StoreError};
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct EffectiveConfig {
+    /// Blobs a pull downloads at once (`max-concurrent-downloads`).
     pub max_concurrent_downloads: usize,
+    /// Attempts a request or blob download gets before it fails (`max-download-attempts`).
     pub max_download_attempts: u32,
     /// Seconds without a byte after which a transfer attempt fails.
     pub download_stall_timeout: f64,
@@ -28,9 +30,12 @@ pub struct EffectiveConfig {
     pub max_retry_after: f64,
     /// Networks outside the public internet that foreign layer `urls` may reach.
     pub foreign_layer_allowed_networks: Vec<String>,
+    /// Registries (hosts, `host:port` or CIDRs) that may be reached over plain HTTP or TLS
+    /// without verification, HTTPS being tried first.
     pub insecure_registries: Vec<String>,
     /// Mirrors per registry, in the order they are tried (the registry itself comes last).
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// The HTTP proxies requests go through.
     pub proxies: ProxySettings,
 }
 
@@ -39,16 +44,20 @@ pub struct EffectiveConfig {
 pub struct ProxySettings {
     /// `config file`, `environment` or `none`.
     pub source: &'static str,
+    /// Proxy for `http://` URLs, credentials masked; `None`: none.
     #[serde(rename = "http-proxy")]
     pub http: Option<String>,
+    /// Proxy for `https://` URLs, credentials masked; `None`: none.
     #[serde(rename = "https-proxy")]
     pub https: Option<String>,
+    /// Hosts and domains reached without a proxy (comma-separated, as `NO_PROXY`).
     #[serde(rename = "no-proxy")]
     pub no_proxy: Option<String>,
 }
 
 /// What pulls made with `config` will use. Proxies from the config file replace the
 /// environment's, as the HTTP client applies them.
+#[must_use]
 pub fn effective_config(config: &Config) -> EffectiveConfig {
     let (source, proxies) = if config.proxies.is_set() {
         ("config file", config.proxies.redacted())
@@ -83,23 +92,34 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
     }
 }
 
+/// What a store holds and the disk it takes, from [`usage`]. Sizes are bytes of the files' lengths
+/// (not the blocks they take, so a sparse file counts whole).
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreUsage {
+    /// The store's root directory.
     pub root: PathBuf,
     /// Named images (refs in `index.json`).
     pub images: usize,
     /// Committed blobs: manifests, configs and layers.
     pub blobs: u64,
+    /// Bytes of those blobs.
     pub blob_bytes: u64,
     /// Downloads in progress or interrupted, kept for resuming.
     pub partial_files: u64,
+    /// Bytes of those partial downloads.
     pub partial_bytes: u64,
-    /// Layers extracted into the layer cache, and the bytes of their files.
+    /// Layers extracted into the layer cache (staging directories of extractions in progress
+    /// left out).
     pub extracted_layers: u64,
+    /// Bytes of the regular files of those extracted layers.
     pub extracted_bytes: u64,
 }
 
 /// Counts what `store` holds. Nothing is followed: a symlink in the store counts as itself.
+///
+/// # Errors
+///
+/// [`StoreError`] when a directory of the store or `index.json` cannot be read.
 pub fn usage(store: &Store) -> Result<StoreUsage, StoreError> {
     let dir = store.dir();
     let mut blobs = 0;

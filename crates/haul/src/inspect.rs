@@ -20,30 +20,43 @@ use crate::store::{RefEntry, Store, StoreError};
 /// Shorter ID prefixes are refused: they would match too much by accident.
 pub const MIN_ID_PREFIX: usize = 4;
 
+/// Why an image or manifest could not be found or read.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    /// docker's text, so scripts matching on it keep working.
+    /// No ref or image ID matches the name given (the payload); docker's text, so scripts
+    /// matching on it keep working.
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// The ID prefix given (the payload) matches several images.
     #[error("multiple IDs found with provided prefix: {0}")]
     AmbiguousId(String),
+    /// The image's manifest or config does not parse, or is not an image's.
     #[error("image {reference}: {source}")]
     Manifest {
+        /// The ref or reference concerned.
         reference: String,
+        /// What is wrong with the document.
         #[source]
         source: ManifestError,
     },
+    /// `index.json` or a blob could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registry has no manifest by that tag or digest.
     #[error("no such manifest: {reference}")]
     NoSuchManifest {
+        /// The reference asked for.
         reference: String,
+        /// The registry's answer.
         #[source]
         source: RegistryError,
     },
+    /// The registry could not be reached or refused the request.
     #[error("{reference}: {source}")]
     Registry {
+        /// The reference asked for.
         reference: String,
+        /// What the registry or the connection said.
         #[source]
         source: RegistryError,
     },
@@ -60,13 +73,22 @@ pub struct StoredImage {
     pub by_id: bool,
     /// Every ref in the store naming this image (same config), in index order.
     pub names: Vec<RefEntry>,
+    /// The image manifest.
     pub manifest: ImageManifest,
+    /// The image config, parsed.
     pub config: ImageConfig,
     /// The config document as stored, for the fields haul does not model.
     pub config_json: Value,
 }
 
-/// Finds `image` (a name or an image ID) in the store.
+/// Finds `image` (a name or an image ID) in the store, as the module documentation describes.
+/// Only reads the store.
+///
+/// # Errors
+///
+/// [`InspectError::NoSuchImage`] when nothing matches, [`InspectError::AmbiguousId`] for an ID
+/// prefix of several images, [`InspectError::Manifest`] or [`InspectError::Store`] when the
+/// matched image's manifest or config cannot be read.
 pub fn find(store: &Store, image: &str) -> Result<StoredImage, InspectError> {
     // Manifests that cannot be read (refs of other tools, damaged content) are skipped when
     // scanning and reported only when the lookup names them.
@@ -216,11 +238,13 @@ fn id_prefix(s: &str) -> Option<String> {
 
 impl StoredImage {
     /// Config plus compressed layers: what the image holds in the store, as `haul images` shows.
+    #[must_use]
     pub fn size(&self) -> u64 {
         self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
     }
 
     /// docker's familiar `name:tag` for every tagged ref of the image.
+    #[must_use]
     pub fn repo_tags(&self) -> Vec<String> {
         let mut tags: Vec<String> = self
             .names
@@ -233,6 +257,7 @@ impl StoredImage {
     }
 
     /// docker's `name@digest`, the digest being what the name resolved to at the registry.
+    #[must_use]
     pub fn repo_digests(&self) -> Vec<String> {
         let mut digests: Vec<String> = self
             .names
@@ -256,33 +281,45 @@ fn dedup_keep_order(v: &mut Vec<String>) {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ImageInspect {
+    /// The image ID (config digest).
     pub id: Digest,
+    /// [`StoredImage::repo_tags`].
     pub repo_tags: Vec<String>,
+    /// [`StoredImage::repo_digests`].
     pub repo_digests: Vec<String>,
     /// As the config has it (RFC 3339).
     pub created: String,
     /// The config's `config` object, verbatim.
     pub config: Value,
+    /// The config's architecture (`amd64`, `arm64`…).
     pub architecture: String,
+    /// The config's CPU variant (`v8`…), when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// The config's operating system.
     pub os: String,
+    /// [`StoredImage::size`], in bytes.
     pub size: u64,
+    /// The config's `rootfs`.
     #[serde(rename = "RootFS")]
     pub root_fs: RootFsView,
     /// The config's `history`, verbatim.
     pub history: Value,
 }
 
+/// The config's `rootfs`, as `docker image inspect` shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RootFsView {
+    /// The config's `rootfs.type` (`layers` in every image config the OCI spec allows).
     #[serde(rename = "Type")]
     pub kind: String,
+    /// The diff_ids, base layer first.
     pub layers: Vec<Digest>,
 }
 
 /// The `inspect` view of `image`.
+#[must_use]
 pub fn inspect(image: &StoredImage) -> ImageInspect {
     let field = |name: &str| image.config_json.get(name).cloned().unwrap_or(Value::Null);
     ImageInspect {
@@ -312,11 +349,15 @@ pub struct HistoryEntry {
     /// The image ID on the newest entry; `None` (docker's `<missing>`) on the others, which are
     /// not images of their own.
     pub id: Option<Digest>,
+    /// When the step ran; `None` when the config does not say or the time does not parse.
     pub created: Option<jiff::Timestamp>,
+    /// The command the step ran (empty when unknown).
     pub created_by: String,
     /// The compressed size of the layer this step made; 0 for steps that made none.
     pub size: u64,
+    /// The step's comment (empty when none).
     pub comment: String,
+    /// Whether the step made no layer (docker's `empty_layer`).
     pub empty_layer: bool,
     /// The layer this step made, if any.
     pub layer: Option<Digest>,
@@ -337,6 +378,7 @@ struct RawHistory {
 
 /// The image's history, newest first like `docker history`. Steps that made a layer pair in order
 /// with the manifest's layers; a config without history gets one row per layer.
+#[must_use]
 pub fn history(image: &StoredImage) -> Vec<HistoryEntry> {
     let raw: Vec<RawHistory> = image
         .config_json
@@ -386,22 +428,28 @@ pub struct RemoteManifest {
     pub reference: Reference,
     /// Media type, digest and size of the bytes (and the platform, for an index entry).
     pub descriptor: Descriptor,
+    /// The document exactly as served (what the digest covers).
     pub bytes: Vec<u8>,
+    /// The document, parsed.
     pub manifest: Manifest,
 }
 
 /// docker's `manifest inspect --verbose` record for one manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerboseManifest {
+    /// The reference, in full (pinned to the digest for an index entry).
     #[serde(rename = "Ref")]
     pub reference: String,
+    /// Media type, digest, size (and platform, for an index entry).
     #[serde(rename = "Descriptor")]
     pub descriptor: Descriptor,
     /// The bytes, base64.
     #[serde(rename = "Raw")]
     pub raw: String,
+    /// The document, for a Docker schema 2 manifest.
     #[serde(rename = "SchemaV2Manifest", skip_serializing_if = "Option::is_none")]
     pub schema_v2_manifest: Option<Value>,
+    /// The document, for anything else (an OCI manifest or index, a Docker manifest list).
     #[serde(rename = "OCIManifest", skip_serializing_if = "Option::is_none")]
     pub oci_manifest: Option<Value>,
 }
@@ -409,15 +457,22 @@ pub struct VerboseManifest {
 impl RemoteManifest {
     /// The document parsed as generic JSON (it parsed once already, so this cannot fail on data a
     /// registry sent; an error here would mean the bytes changed).
+    ///
+    /// # Errors
+    ///
+    /// The JSON error, should [`bytes`](Self::bytes) have been changed into something else.
     pub fn document(&self) -> Result<Value, serde_json::Error> {
         serde_json::from_slice(&self.bytes)
     }
 
+    /// Whether this is an index (or Docker manifest list) rather than an image manifest.
+    #[must_use]
     pub fn is_index(&self) -> bool {
         matches!(self.manifest, Manifest::Index(_))
     }
 
     /// The entries of an index that are image manifests, in index order (empty for a manifest).
+    #[must_use]
     pub fn entries(&self) -> Vec<&Descriptor> {
         match &self.manifest {
             Manifest::Index(index) => index
@@ -430,6 +485,10 @@ impl RemoteManifest {
     }
 
     /// docker's verbose record: reference, descriptor, base64 bytes and the parsed document.
+    ///
+    /// # Errors
+    ///
+    /// As [`document`](Self::document).
     pub fn verbose(&self) -> Result<VerboseManifest, serde_json::Error> {
         let doc = self.document()?;
         let mt = self.descriptor.media_type.as_str();
@@ -452,6 +511,12 @@ impl RemoteManifest {
 /// Fetches the manifest or index `reference` names from its registry: a GET by tag or digest
 /// (capped, and checked against the digest when there is one). No blob is fetched and the store is
 /// not touched, so this works for images that were never pulled.
+///
+/// # Errors
+///
+/// [`InspectError::NoSuchManifest`] when the registry has no such manifest,
+/// [`InspectError::Registry`] when it cannot be reached or refuses, [`InspectError::Manifest`]
+/// when what it serves is not a manifest or index haul reads.
 pub async fn remote_manifest(
     client: &RegistryClient,
     reference: &Reference,
@@ -463,7 +528,12 @@ pub async fn remote_manifest(
     fetch(client, reference, &label, None).await
 }
 
-/// Fetches every image manifest an index lists, by digest, each described by its index entry.
+/// Fetches every image manifest an index lists, by digest, each described by its index entry
+/// (platform and annotations kept), in index order. Fetches run concurrently.
+///
+/// # Errors
+///
+/// The first error of any fetch, as [`remote_manifest`]'s.
 pub async fn remote_entries(
     client: &RegistryClient,
     index: &RemoteManifest,

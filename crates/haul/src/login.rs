@@ -30,26 +30,48 @@ const DOCKER_HUB_HOSTS: [&str; 4] = [
     "registry.hub.docker.com",
 ];
 
+/// Why a login failed. Nothing was saved, unless saving itself failed midway.
+///
+/// `server` fields name the registry as docker does in messages ([`Server::display_name`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
+    /// The address given is not `host[:port]` (with an optional scheme and path).
     #[error("invalid registry address {input:?}: {reason}")]
-    InvalidServer { input: String, reason: &'static str },
+    InvalidServer {
+        /// The address as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The registry could not be reached or refused the credentials:
+    /// [`RegistryError::Unauthorized`] for refused ones.
     #[error("login to {server} failed")]
     Registry {
+        /// The registry.
         server: String,
+        /// What the registry or the connection said.
         #[source]
         source: RegistryError,
     },
+    /// The registry asked for no scheme haul speaks (neither `Basic` nor `Bearer`), or for
+    /// `Basic` when the credential is an identity token.
     #[error("{server} asked for an authentication scheme haul does not support")]
-    UnsupportedChallenge { server: String },
+    UnsupportedChallenge {
+        /// The registry.
+        server: String,
+    },
+    /// The registry accepted the credentials but they could not be saved.
     #[error("saving the credentials for {server}")]
     Save {
+        /// The registry.
         server: String,
+        /// What the credential helper or the config file said.
         #[source]
         source: CredentialError,
     },
+    /// The blocking task saving the credentials stopped (panicked or was cancelled).
     #[error("saving the credentials failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// A registry as `login` and `logout` take it: Docker Hub or `host[:port]`.
@@ -61,6 +83,7 @@ pub struct Server {
 
 impl Server {
     /// Docker Hub, the default of `login` and `logout`.
+    #[must_use]
     pub fn docker_hub() -> Server {
         Server {
             name: DOCKER_HUB.to_owned(),
@@ -68,7 +91,14 @@ impl Server {
     }
 
     /// Accepts `host[:port]`, with or without `http(s)://` and a path (docker's
-    /// `https://index.docker.io/v1/` included), and reduces it to the host.
+    /// `https://index.docker.io/v1/` included), and reduces it to the host. Docker Hub's names
+    /// (`docker.io`, `index.docker.io`, `registry-1.docker.io`, `registry.hub.docker.com`) are
+    /// all [`Server::docker_hub`]; other hosts are lowercased.
+    ///
+    /// # Errors
+    ///
+    /// [`LoginError::InvalidServer`] for an empty host, one with credentials (`user@host`), or
+    /// anything that is not a host with an optional port.
     pub fn parse(input: &str) -> Result<Server, LoginError> {
         let invalid = |reason| LoginError::InvalidServer {
             input: input.to_owned(),
@@ -101,15 +131,19 @@ impl Server {
     }
 
     /// The name credentials are filed under: `docker.io` or `host[:port]`.
+    #[must_use]
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Whether this is Docker Hub.
+    #[must_use]
     pub fn is_docker_hub(&self) -> bool {
         self.name == DOCKER_HUB
     }
 
-    /// The host serving the registry API.
+    /// The host serving the registry API: `registry-1.docker.io` for Docker Hub, else the name.
+    #[must_use]
     pub fn api_host(&self) -> &str {
         if self.is_docker_hub() {
             DOCKER_HUB_API_HOST
@@ -119,6 +153,7 @@ impl Server {
     }
 
     /// How docker names the server in messages: `https://index.docker.io/v1/` or `host[:port]`.
+    #[must_use]
     pub fn display_name(&self) -> &str {
         if self.is_docker_hub() {
             DOCKER_HUB_SERVER
@@ -130,6 +165,13 @@ impl Server {
 
 /// Checks `credential` against `server` without saving anything. `client` gives the transport
 /// (TLS, insecure registries, proxies, retries of the ping); its own credential store is not used.
+///
+/// # Errors
+///
+/// [`LoginError::Registry`] when the registry cannot be reached, answers the ping with an error,
+/// or refuses the credentials ([`RegistryError::Unauthorized`], docker's "incorrect username or
+/// password"); [`LoginError::UnsupportedChallenge`] when it asks for a scheme haul cannot answer
+/// with `credential`.
 pub async fn check(
     client: &RegistryClient,
     server: &Server,
@@ -230,6 +272,11 @@ async fn verify(
 
 /// Checks `credential` and, only if the registry accepts it, saves it in `docker_config` (through
 /// its credential helper when one is configured).
+///
+/// # Errors
+///
+/// What [`check`] returns, before anything is saved; then [`LoginError::Save`] when the
+/// credential helper or `config.json` refuses the credentials, or [`LoginError::Task`].
 pub async fn login(
     client: &RegistryClient,
     docker_config: DockerConfig,
@@ -244,7 +291,7 @@ pub async fn login(
         docker_config.save(&name, &credential)
     })
     .await
-    .map_err(|e| LoginError::Task(e.to_string()))?;
+    .map_err(LoginError::Task)?;
     saved.map_err(|source| LoginError::Save {
         server: server.display_name().to_owned(),
         source,

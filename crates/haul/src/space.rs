@@ -4,9 +4,9 @@
 //! A pull checks free space before it downloads anything, so a full disk is reported up front
 //! with numbers instead of halfway through a layer; the check cannot be exact (the uncompressed
 //! size of a layer is not known until it is extracted). Extraction then counts what it writes
-//! against the free space it started with ([`budget`](crate::unpack::budget)) and stops an entry
-//! that would not fit before writing it; a disk that fills anyway (other writers) is recognised
-//! wherever the error surfaces and reported the same way.
+//! against the free space it started with ([`Exceeded::Space`]) and stops an entry that would not
+//! fit before writing it; a disk that fills anyway (other writers) is recognised wherever the
+//! error surfaces and reported the same way.
 
 use std::error::Error;
 use std::fmt;
@@ -18,16 +18,18 @@ use crate::unpack::budget::Exceeded;
 /// How much room extracting a layer is assumed to take, as a multiple of its compressed size.
 /// Layers of real images expand 2–4× under gzip; the low end keeps the check from refusing pulls
 /// that would fit, and a disk that fills anyway is still reported cleanly.
-pub const EXTRACTION_ESTIMATE: u64 = 2;
+pub(crate) const EXTRACTION_ESTIMATE: u64 = 2;
 
 /// Bytes an unprivileged process may still write on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path).map_err(io::Error::from)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Whether `err`, or any error it wraps, is the filesystem running out of space or quota, or an
-/// extraction refused because it would have.
+/// Whether `err`, or any error it wraps (its [`source`](Error::source) chain, and errors inside
+/// [`io::Error`]s), is the filesystem running out of space or quota, or an extraction refused
+/// because it would have ([`Exceeded::Space`]).
+#[must_use]
 pub fn is_no_space(err: &(dyn Error + 'static)) -> bool {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -53,7 +55,7 @@ fn is_no_space_io(e: &io::Error) -> bool {
 
 /// A byte count in binary units, one decimal: `1.2 GiB`, `300 MiB`, `512 B`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
+pub(crate) struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -9,28 +9,45 @@ use crate::inspect::{self, InspectError};
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store, StoreError};
 
+/// Why [`tag`] or [`untag`] changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
+    /// The image named is not in the store, or an ID prefix is ambiguous
+    /// ([`InspectError::NoSuchImage`], [`InspectError::AmbiguousId`]), or its manifest cannot
+    /// be read.
     #[error(transparent)]
     NotFound(#[from] InspectError),
-    /// docker's text.
+    /// The new name has a digest: a tag names an image by tag only (docker's text).
     #[error("refusing to create a tag with a digest reference")]
-    DigestTarget { target: String },
-    /// docker's text: an image ID would remove names in several repositories at once.
+    DigestTarget {
+        /// The name refused, in full.
+        target: String,
+    },
+    /// An image ID was given without `force` and the image has names in several repositories,
+    /// which would all go at once (docker's text).
     #[error(
         "conflict: unable to delete {short_id} (must be forced) - image is referenced in multiple \
          repositories"
     )]
     MultipleRepositories {
+        /// The image ID's first 12 hex characters, as docker shows it.
         short_id: String,
+        /// Every name of the image (full references), in index order.
         names: Vec<String>,
     },
+    /// `index.json` could not be read, locked or written.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Names `source`'s image (a name or an image ID) `target` as well, replacing any image `target`
-/// named before. Returns the new ref.
+/// named before. Returns the new ref. Content is not touched: the new ref shares the source's
+/// manifest.
+///
+/// # Errors
+///
+/// [`TagError::DigestTarget`] for a `target` with a digest, [`TagError::NotFound`] when `source`
+/// names no image (or several), [`TagError::Store`] when `index.json` cannot be updated.
 pub async fn tag(store: &Store, source: &str, target: &Reference) -> Result<RefEntry, TagError> {
     if target.digest().is_some() {
         return Err(TagError::DigestTarget {
@@ -52,7 +69,14 @@ pub async fn tag(store: &Store, source: &str, target: &Reference) -> Result<RefE
 
 /// Removes the names `image` stands for: the one ref a name matches, or every ref of the image
 /// for an image ID (refused without `force` when they span several repositories, as docker
-/// does). Returns the removed names (full references) in index order. Content stays.
+/// does). Returns the removed names (full references) in index order; a ref another process
+/// removed meanwhile is not among them. Content stays.
+///
+/// # Errors
+///
+/// [`TagError::NotFound`] when `image` names no image (or several),
+/// [`TagError::MultipleRepositories`] as above, [`TagError::Store`] when `index.json` cannot be
+/// updated (refs removed before the failure stay removed).
 pub async fn untag(store: &Store, image: &str, force: bool) -> Result<Vec<String>, TagError> {
     let found = inspect::find(store, image)?;
     let targets: Vec<RefEntry> = if !found.by_id {

@@ -13,11 +13,11 @@
 //!
 //! The layer cache is what unpacks copy from, so a file changed, added or removed there would
 //! reach every rootfs while the blobs still verify. Each cached layer whose blob verified is
-//! extracted again beside it and the two compared as what an unpack replays (see
-//! [`compare`](crate::unpack::compare)); it costs an extraction per cached layer and nothing on
-//! the pull or unpack path. A damaged entry is reported by chain ID; repair removes it (waiting
-//! for readers) and extracts it again from its verified blob. Entries that must be rebuilt anyway
-//! (an older format), and entries built as root when verify runs without, are skipped.
+//! extracted again beside it and the two compared as what an unpack replays (a difference is an
+//! [`Alteration`]); it costs an extraction per cached layer and nothing on the pull or unpack
+//! path. A damaged entry is reported by chain ID; repair removes it (waiting for readers) and
+//! extracts it again from its verified blob. Entries that must be rebuilt anyway (an older
+//! format), and entries built as root when verify runs without, are skipped.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -37,45 +37,70 @@ use crate::unpack::cache::{LayerJob, Session, cache_keys};
 use crate::unpack::compare::Alteration;
 use crate::unpack::image::{UnpackError, UnpackOptions};
 
+/// Why a verification or repair could not be carried out. Damage it finds is not an error: it is
+/// a [`Problem`] in the report.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The store could not be locked or read, or a repaired blob could not be written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An image named is not in the store.
     #[error(transparent)]
     Inspect(#[from] InspectError),
+    /// A blob could not be read while hashing it.
     #[error("{path}: {source}")]
     Io {
+        /// The blob's file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
+    /// Repair: the image's name is not a reference to fetch the blob from (a name another tool
+    /// stored).
     #[error("{name} is not a reference haul can fetch from: {source}")]
     Reference {
+        /// The ref's name.
         name: String,
+        /// Why it does not parse.
         #[source]
         source: ReferenceError,
     },
+    /// Repair: the registry could not give the blob again.
     #[error("fetching {digest}: {source}")]
     Registry {
+        /// The blob.
         digest: Digest,
+        /// What the registry or the connection said.
         #[source]
         source: RegistryError,
     },
+    /// Repair: the registry's manifest, from which haul's OCI rewrite is made again, does not
+    /// parse.
     #[error("remaking {digest}: {source}")]
     Manifest {
+        /// The rewrite being made again.
         digest: Digest,
+        /// What is wrong with the registry's manifest.
         #[source]
         source: ManifestError,
     },
+    /// Repair: rewriting the registry's manifest again gives other bytes than the ref names.
     #[error("the OCI rewrite of {source_manifest} is {actual}, not {expected}")]
     Rewrite {
+        /// The registry's manifest.
         source_manifest: Digest,
+        /// The rewrite the ref names.
         expected: Digest,
+        /// What rewriting gave.
         actual: Digest,
     },
+    /// A layer-cache entry could not be locked, compared or extracted again.
     #[error("layer-cache entry {chain_id}: {source}")]
     Cache {
+        /// The entry's chain ID.
         chain_id: Digest,
+        /// Why.
         #[source]
         source: Box<UnpackError>,
     },
@@ -84,34 +109,46 @@ pub enum VerifyError {
     Task(#[source] tokio::task::JoinError),
 }
 
-/// What a blob is to the image that reaches it.
+/// What a blob (or layer-cache entry) is to the image that reaches it: also how repair gets it
+/// again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// The image manifest the ref points at, as the registry serves it.
     Manifest,
     /// The ref's manifest when it is haul's OCI rewrite of the registry's Docker manifest `source`.
     Rewrite {
+        /// The registry's manifest, which the rewrite is made from.
         source: Digest,
     },
     /// The registry's own manifest, of which the ref's manifest is a rewrite.
     SourceManifest,
     /// What the name resolved to: an index.
     Resolved,
+    /// The image config.
     Config {
+        /// Its size, from the manifest.
         size: u64,
     },
+    /// A layer blob.
     Layer {
+        /// Its size, from the manifest.
         size: u64,
     },
     /// A layer-cache entry (the problem's digest is its chain ID) of the layer `index`.
     LayerCache {
+        /// The layer's position in the manifest, from 0 (the base layer).
         index: usize,
+        /// The layer's descriptor, from the manifest.
         layer: Box<Descriptor>,
+        /// The layer's diff_id, from the config.
         diff_id: Digest,
     },
 }
 
 impl Role {
+    /// A short name for reports: `manifest`, `registry manifest`, `index`, `config`, `layer` or
+    /// `layer-cache`.
+    #[must_use]
     pub fn label(&self) -> &'static str {
         match self {
             Role::Manifest | Role::Rewrite { .. } => "manifest",
@@ -124,10 +161,14 @@ impl Role {
     }
 }
 
+/// What is wrong with a blob or layer-cache entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// The blob's file is not in the store.
     Missing,
+    /// The blob's file does not hash to its name.
     Corrupt {
+        /// What it hashes to (with the name's algorithm).
         actual: Digest,
     },
     /// A cached layer differs from what its blob extracts to.
@@ -139,40 +180,58 @@ pub enum Fault {
 pub struct Problem {
     /// The blob's name (what the file should hash to), or the cached layer's chain ID.
     pub digest: Digest,
+    /// What is wrong with it.
     pub fault: Fault,
+    /// What it is to the image.
     pub role: Role,
     /// The first image (full reference) found reaching it.
     pub image: String,
 }
 
+/// What [`verify`] found.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     /// Full references of the images checked.
     pub images: Vec<String>,
+    /// Distinct blobs hashed (a blob several images share counts once).
     pub blobs_checked: usize,
     /// Layer-cache entries compared with their blobs.
     pub layers_checked: usize,
+    /// Every missing or damaged blob and altered cache entry, in the order found.
     pub problems: Vec<Problem>,
 }
 
 impl VerifyReport {
+    /// Whether nothing was wrong.
+    #[must_use]
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }
 }
 
+/// What [`repair`] did.
 #[derive(Debug, Default)]
 pub struct RepairReport {
     /// Every problem found, over all rounds (a repaired manifest can reveal blobs it reaches).
     pub found: Vec<Problem>,
     /// Blobs fetched again and cached layers extracted again (by chain ID).
     pub repaired: Vec<Digest>,
+    /// Blobs and cache entries that could not be mended, with why.
     pub failed: Vec<(Digest, VerifyError)>,
     /// The verification after the repair.
     pub after: VerifyReport,
 }
 
-/// Verifies `images` (names or image IDs; every ref when empty).
+/// Verifies `images` (names or image IDs; every ref when empty): every blob they reach is hashed
+/// and every cached layer whose blob verified is compared with a fresh extraction. Changes
+/// nothing. Blocks the calling thread (it reads every blob); holds the store's writer lock, so a
+/// prune waits.
+///
+/// # Errors
+///
+/// [`VerifyError::Inspect`] when an image named is not in the store; otherwise when the store or
+/// a blob cannot be read or a cache entry cannot be compared. Missing and damaged content is
+/// reported in [`VerifyReport::problems`], not as an error.
 pub fn verify(store: &Store, images: &[String]) -> Result<VerifyReport, VerifyError> {
     let _lock = store.writer_lock()?;
     verify_locked(store, images)
@@ -396,7 +455,14 @@ fn hash_file(store: &Store, digest: &Digest) -> Result<Option<Digest>, VerifyErr
 }
 
 /// Verifies `images`, fetches every bad blob again from the image's repository, and verifies
-/// again, until nothing more can be mended.
+/// again, until nothing more can be mended. Damaged files are removed first; fetched blobs enter
+/// the store through an ingest that verifies them; altered cache entries are extracted again
+/// from their verified blobs. Holds the store's writer lock throughout.
+///
+/// # Errors
+///
+/// As [`verify`] for the verification rounds. A blob that cannot be mended is not an error: it is
+/// in [`RepairReport::failed`] with why, and still in [`RepairReport::after`].
 pub async fn repair(
     store: &Store,
     client: &RegistryClient,

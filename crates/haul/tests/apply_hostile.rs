@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use haul::unpack::apply::{ApplyError, ApplyOptions, ApplyStats, HardlinkProblem, apply_layer};
+use haul::unpack::{ApplyError, ApplyOptions, ApplyStats, HardlinkProblem, apply_layer};
 use test_registry::{Blob, EntryType, FIXED_MTIME, LayerBuilder, RawEntry};
 
 // ---------------------------------------------------------------------------------------------
@@ -1444,7 +1444,7 @@ fn a_sparse_name_climbing_out_of_the_root_is_refused() {
 
 #[test]
 fn sparse_maps_that_lie_are_refused() {
-    use haul::unpack::apply::SparseProblem;
+    use haul::unpack::SparseProblem;
     let cases: Vec<(&str, RawEntry, SparseProblem)> = vec![
         (
             "overlapping runs",
@@ -1489,38 +1489,4 @@ fn sparse_maps_that_lie_are_refused() {
             other => panic!("{what}: {other:?}"),
         }
     }
-}
-
-#[test]
-fn a_sparse_entry_is_charged_its_real_size_before_anything_is_written() {
-    use haul::unpack::apply::apply_layer_for_cache_within;
-    use haul::unpack::budget::{Exceeded, ImageBudget, LayerBudget};
-    use haul::unpack::image::UnpackOptions;
-    let options = UnpackOptions {
-        expansion_ratio: 1,
-        min_layer_limit: 1 << 20,
-        ..UnpackOptions::for_current_user()
-    };
-    // 3 bytes of data, a real size of 1 TiB.
-    let layer = LayerBuilder::new()
-        .add_file("first", b"first", 0o644)
-        .raw_entry(sparse_v01("huge", "1099511627776", "0,3", b"big"))
-        .finish_tar();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut budget = LayerBudget::new(std::sync::Arc::new(ImageBudget::unlimited()), &options, 1);
-    let err = apply_layer_for_cache_within(tmp.path(), Cursor::new(layer), &opts(), &mut budget)
-        .unwrap_err();
-    match err {
-        ApplyError::TooLarge { path, size, reason } => {
-            assert_eq!(path, Path::new("huge"));
-            assert_eq!(size, 1 << 40);
-            assert_eq!(reason, Exceeded::Layer { limit: 1 << 20 });
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(tmp.path().join("first").exists());
-    assert!(
-        !tmp.path().join("huge").exists(),
-        "nothing of it was created"
-    );
 }

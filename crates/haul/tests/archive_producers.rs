@@ -14,7 +14,7 @@ use std::process::Command;
 use haul::archive::{self, ArchiveError, ArchiveFormat, LoadedImage};
 use haul::progress::Silent;
 use haul::store::Store;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use serde_json::{Value, json};
 use test_registry::{
     Compare, Containers, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RawEntry,

@@ -18,9 +18,7 @@ use haul::config::Config;
 use haul::pull::{PullError, PullOptions, Puller};
 use haul::registry::Anonymous;
 use haul::store::Store;
-use haul::unpack::apply::ApplyError;
-use haul::unpack::budget::Exceeded;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{ApplyError, Exceeded, UnpackOptions, unpack};
 use test_registry::{
     Blob, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry, RegistryOptions,
     SmallDisk, media_types, random_layer, sha256_digest,

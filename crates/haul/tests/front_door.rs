@@ -65,7 +65,7 @@ async fn the_front_door_pulls_and_unpacks_in_a_few_lines() {
         .bundle(
             &name,
             &dir.path().join("bundle"),
-            &haul::unpack::image::UnpackOptions::for_current_user(),
+            &haul::unpack::UnpackOptions::for_current_user(),
             Arc::new(Silent),
         )
         .await

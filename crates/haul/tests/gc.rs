@@ -16,7 +16,7 @@ use haul::gc::{self, PruneOptions, Swept};
 use haul::progress::Silent;
 use haul::registry::Anonymous;
 use haul::store::Store;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use haul::verify::{self, Fault};
 use test_registry::{Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions};
 

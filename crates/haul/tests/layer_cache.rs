@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{chains, file_layer, image_of, unpacking_harness};
 use haul::progress::{Recorder, Silent};
 use haul::pull::PullError;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use test_registry::{Format, ImageBuilder, LayerBuilder, Pusher, RealRegistry, RegistryOptions};
 
 #[tokio::test]

@@ -14,11 +14,10 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _}
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use haul::unpack::apply::{
+use haul::unpack::{
     ApplyError, ApplyOptions, ApplyStats, DeferredLink, HardlinkProblem, apply_layer,
-    apply_layer_for_cache,
+    apply_layer_for_cache, tar_cached, tar_dir,
 };
-use haul::unpack::dirtar::{tar_cached, tar_dir};
 use test_registry::{EntryType, FIXED_MTIME, LayerBuilder, RawEntry, pseudo_text, sha256_digest};
 
 // ---------------------------------------------------------------------------------------------

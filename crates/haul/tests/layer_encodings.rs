@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{harness, unpacking_harness};
 use haul::progress::Silent;
-use haul::unpack::apply::{ApplyError, ApplyOptions, apply_layer};
-use haul::unpack::image::{UnpackError, UnpackOptions, unpack};
+use haul::unpack::{ApplyError, ApplyOptions, UnpackError, UnpackOptions, apply_layer, unpack};
 use serde_json::{Value, json};
 use test_registry::{
     Blob, Compare, Format, Image, ImageBuilder, Layer, LayerBuilder, Pusher, RealRegistry,

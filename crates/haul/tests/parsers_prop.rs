@@ -29,7 +29,7 @@ use haul::reference::Reference;
 use haul::registry::challenge::{self, Challenge};
 use haul::registry::{Credential, DockerConfig};
 use haul::store::Store;
-use haul::unpack::apply::{ApplyOptions, apply_layer, apply_layer_for_cache};
+use haul::unpack::{ApplyOptions, apply_layer, apply_layer_for_cache};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 use serde_json::{Value, json};

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use common::unpacking_harness as harness;
 use haul::progress::Silent;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use serde_json::Value;
 use test_registry::{
     Compare, Containers, RealRegistry, RegistryOptions, Tree, assert_same_tree, run_tool, skopeo,

@@ -8,8 +8,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use haul::unpack::apply::{ApplyOptions, apply_layer, apply_layer_for_cache};
-use haul::unpack::dirtar::tar_dir;
+use haul::unpack::{ApplyOptions, apply_layer, apply_layer_for_cache, tar_dir};
 
 /// (name, [(offset, bytes)], size): data runs and the length the file is cut to.
 type Sparse = (&'static str, Vec<(u64, Vec<u8>)>, u64);

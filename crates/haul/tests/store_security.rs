@@ -19,7 +19,7 @@ use haul::progress::Silent;
 use haul::pull::{PullError, PullOptions, Puller};
 use haul::registry::Anonymous;
 use haul::store::{Store, StoreError};
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use test_registry::{Image, LayerBuilder, Pusher, RealRegistry, RegistryOptions, random_layer};
 
 const NOBODY: u32 = 65534;

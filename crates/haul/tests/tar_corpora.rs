@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 
 use common::harness;
 use haul::progress::Silent;
-use haul::unpack::apply::ApplyError;
-use haul::unpack::image::{UnpackError, UnpackOptions, unpack};
+use haul::unpack::{ApplyError, UnpackError, UnpackOptions, unpack};
 use test_registry::{
     Compare, Format, ImageBuilder, Layer, Pusher, RealRegistry, RegistryOptions, Tree,
     gnu_tar_extract, gzip, media_types,

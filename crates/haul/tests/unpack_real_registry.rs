@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::harness;
 use haul::progress::Silent;
-use haul::unpack::image::{UnpackError, UnpackOptions, unpack};
+use haul::unpack::{UnpackError, UnpackOptions, unpack};
 use test_registry::{Format, ImageBuilder, LayerBuilder, Pusher, RealRegistry, RegistryOptions};
 
 /// (path, kind, mode, size or link target, sha256 of content) for every entry under `root`.

@@ -12,7 +12,7 @@ use haul::config::Config;
 use haul::digest::Digest;
 use haul::progress::Silent;
 use haul::registry::Anonymous;
-use haul::unpack::image::{UnpackOptions, unpack};
+use haul::unpack::{UnpackOptions, unpack};
 use haul::verify;
 use test_registry::{
     Format, Image, ImageBuilder, LayerBuilder, Pusher, RealRegistry, RegistryOptions,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use haul::Unpacked;
 use haul::platform::Platform;
 use haul::reference::Reference;
-use haul::unpack::image::UnpackOptions;
+use haul::unpack::UnpackOptions;
 
 use crate::cli::{GlobalArgs, UnpackArgs};
 use crate::context;

@@ -81,6 +81,7 @@ pub use error::{ApplyError, HardlinkProblem, MAX_EXTENSION, SparseProblem};
 const COPY_BUFFER: usize = 256 * 1024;
 
 /// What the applier may do beyond creating files, directories and links.
+/// [`ApplyOptions::for_current_user`] gives what the process can do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Chown every entry to the tar's numeric uid/gid (names in the tar are never looked up).
@@ -94,6 +95,7 @@ pub struct ApplyOptions {
 impl ApplyOptions {
     /// Ownership and devices only as root (anyone else would get EPERM); xattrs always, since
     /// those that need privilege just become warnings.
+    #[must_use]
     pub fn for_current_user() -> Self {
         let root = rustix::process::geteuid().is_root();
         ApplyOptions {
@@ -104,7 +106,7 @@ impl ApplyOptions {
     }
 }
 
-/// What one layer did.
+/// What applying one layer did.
 #[derive(Debug, Default)]
 pub struct ApplyStats {
     /// Tar entries processed (whiteouts and skipped entries included; PAX headers not).
@@ -114,19 +116,48 @@ pub struct ApplyStats {
     /// Things skipped or half-applied, one sentence each, naming the entry.
     pub warnings: Vec<String>,
     /// [`apply_layer_for_cache`] only: hardlinks whose target lies in a lower layer, in tar order.
-    /// Nothing was created for them; [`tar_dir`](super::dirtar::tar_dir) replays them.
+    /// Nothing was created for them; [`tar_dir`](super::dirtar::tar_dir) replays them. Empty
+    /// from [`apply_layer`]; hidden with the cache mode.
+    #[doc(hidden)]
     pub deferred_links: Vec<DeferredLink>,
     /// [`apply_layer_for_cache`] without root only: regular files and directories the cache
     /// keeps readable by their owner, with the mode the layer gives them (one path per inode),
-    /// for [`tar_cached`](super::dirtar::tar_cached) to replay.
+    /// for [`tar_cached`](super::dirtar::tar_cached) to replay. Empty from [`apply_layer`];
+    /// hidden with the cache mode.
+    #[doc(hidden)]
     pub modes: Vec<(PathBuf, u32)>,
 }
 
 /// Applies one layer's uncompressed tar stream onto `root` (an existing directory holding the
-/// lower layers already applied, or empty for the first).
+/// lower layers already applied, or empty for the first), as docker and containerd apply OCI
+/// layer changesets.
 ///
-/// Returns after the tar's end-of-archive blocks; the caller drains the rest of the stream (it
-/// hashes every byte for the diff_id). On error the root is left partly updated.
+/// - **Confined.** No entry creates, removes, links to or changes anything outside `root`:
+///   symlinks from this or lower layers resolve as if `root` were `/` (`openat2` with
+///   `RESOLVE_IN_ROOT`), the last component of a name is never followed, and names or hardlink
+///   targets that climb above the root fail the layer.
+/// - **The tree docker sees.** The tar is read as Go's archive/tar reads it (header-only members
+///   carry no content whatever their size says; the last of repeated PAX records counts; PAX
+///   headers and GNU long names over [`MAX_EXTENSION`] fail the layer).
+/// - **Changeset semantics.** `DIR/.wh.NAME` removes `DIR/NAME` as lower layers left it;
+///   `DIR/.wh..wh..opq` removes what lower layers put in `DIR` but keeps what this layer adds. A
+///   directory over a directory merges; anything else replaces what was there.
+/// - **Metadata.** Modes with setuid, setgid and sticky (the umask ignored), mtimes with PAX
+///   nanoseconds, and, as `opts` allow, numeric ownership, devices and `SCHILY.xattr.*`
+///   records. Directory mtimes are set once the whole layer is in.
+/// - **Sparse files** (old GNU and PAX 0.0, 0.1, 1.0) are written as their data runs, holes
+///   left as holes, after their maps are checked.
+///
+/// Reads `archive` up to the tar's end-of-archive blocks (or its end, if they are missing) and
+/// returns: the caller drains the rest of the stream when it hashes every byte for the diff_id.
+/// Decompressing the blob and checking the diff_id are the caller's, as are limits on what a
+/// layer may write. Blocks the calling thread.
+///
+/// # Errors
+///
+/// [`ApplyError`], naming the entry, for a tar that is malformed or hostile (an escape, a bad
+/// hardlink or whiteout, a bad sparse map, an unsupported entry type) and for a file-system
+/// operation that failed. The root is then partly updated and must be discarded.
 pub fn apply_layer<R: Read>(
     root: &Path,
     archive: R,

@@ -24,27 +24,50 @@ use crate::space::{self, Size};
 /// What the applier charges for every entry besides file content: its header block.
 pub const ENTRY_OVERHEAD: u64 = 512;
 
-/// The limit an entry would have passed.
+/// The limit an entry would have passed, as the `reason` of [`ApplyError::TooLarge`].
+///
+/// Limits are in bytes of what extraction writes: per entry its 512-byte header plus, for a
+/// regular file, its size (a sparse file's real size, holes included).
+///
+/// [`ApplyError::TooLarge`]: super::ApplyError::TooLarge
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Exceeded {
+    /// One layer would write more than [`UnpackOptions::limit_for`] its compressed size.
     #[error(
         "the layer expands past {} ({limit} bytes), the most one layer may expand to",
         Size(*limit)
     )]
-    Layer { limit: u64 },
+    Layer {
+        /// The layer's limit, in bytes.
+        limit: u64,
+    },
+    /// The image's layers together would write more than [`UnpackOptions::limit_for`] the
+    /// compressed size of all its distinct layers.
     #[error(
         "the image's layers together expand past {} ({limit} bytes), the most an image may \
          expand to",
         Size(*limit)
     )]
-    Image { limit: u64 },
+    Image {
+        /// The image's limit, in bytes.
+        limit: u64,
+    },
+    /// The filesystem the layers are extracted to would fill: [`crate::space::is_no_space`]
+    /// recognises this as a full disk.
     #[error(
         "the pull needs more than {} and {} was free under {} when it started",
         Size(*need),
         Size(*free),
         root.display()
     )]
-    Space { need: u64, free: u64, root: PathBuf },
+    Space {
+        /// Bytes the extraction (and the downloads still to come) would have needed there.
+        need: u64,
+        /// Bytes free on that filesystem when the extraction started.
+        free: u64,
+        /// The directory whose filesystem was measured (the store's root).
+        root: PathBuf,
+    },
 }
 
 /// Free space on the filesystem extraction writes to.
@@ -108,6 +131,7 @@ impl ImageBudget {
     }
 
     /// Bytes charged so far by layers that are extracted or being extracted.
+    #[cfg(test)]
     pub fn charged(&self) -> u64 {
         self.charged.load(Ordering::Relaxed)
     }
@@ -197,11 +221,6 @@ impl LayerBudget {
         self.image.charge(bytes)?;
         self.charged = next;
         Ok(())
-    }
-
-    /// Bytes this layer charged.
-    pub fn charged(&self) -> u64 {
-        self.charged
     }
 
     /// The layer was extracted: its charges stay.

@@ -17,11 +17,14 @@ use std::path::{Path, PathBuf};
 use super::apply::names::{self, Role};
 use crate::digest::{Algorithm, Digest, Hasher};
 
-/// How a cached layer differs from its blob, at the first path that does.
+/// How a layer-cache entry differs from what its verified blob extracts to, at the first path
+/// (in byte order) that does. Found by [`verify`](crate::verify::verify),
+/// in [`Fault::Altered`](crate::verify::Fault::Altered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alteration {
     /// Relative to the layer's root; empty for the entry as a whole.
     pub path: PathBuf,
+    /// What differs there.
     pub change: Change,
 }
 
@@ -35,25 +38,35 @@ impl fmt::Display for Alteration {
     }
 }
 
+/// What differs at an [`Alteration`]'s path, between the cached entry and a fresh extraction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// In the cache, not in the layer.
     Added,
     /// In the layer, not in the cache.
     Removed,
+    /// The file type (regular file, directory, symlink, device…).
     Type,
+    /// The permission bits, setuid, setgid and sticky included.
     Mode,
+    /// The numeric owner (compared only when the cache was built with ownership).
     Owner,
+    /// The modification time, to the nanosecond.
     ModificationTime,
+    /// A regular file's bytes, or a sparse file's map and real size.
     Content,
+    /// A symlink's or hardlink's target.
     LinkTarget,
+    /// A device's major and minor numbers.
     DeviceNumbers,
+    /// Extended attributes (`user.*` only, unless the cache and the check ran with the same
+    /// privileges).
     Xattrs,
     /// What the entry records beside the tree (hardlinks into lower layers, diff_id).
     Metadata,
-    /// The cache could not be read back.
+    /// The cache could not be read back; the text says why.
     Unreadable(String),
-    /// The layer could not be extracted again to compare with.
+    /// The layer could not be extracted again to compare with; the text says why.
     Unverifiable(String),
 }
 

@@ -59,6 +59,11 @@ use reading::{
 ///
 /// A complete stream ends with the end-of-archive blocks, which is all
 /// [`apply_layer`](super::apply::apply_layer) reads.
+///
+/// # Errors
+///
+/// When `dir` cannot be opened as a directory, or the producing thread cannot start. Errors met
+/// while walking the tree reach the reader instead: its next read returns them.
 pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Read + Send + use<>> {
     tar_cached(dir, extra_links, Vec::new())
 }
@@ -66,6 +71,10 @@ pub fn tar_dir(dir: &Path, extra_links: Vec<DeferredLink>) -> io::Result<impl Re
 /// [`tar_dir`] of a cached layer built without root: `modes` are the real modes of the files and
 /// directories the cache keeps readable (one path, relative to `dir`, per inode), as returned by
 /// the applier in [`ApplyStats::modes`](super::apply::ApplyStats::modes).
+///
+/// # Errors
+///
+/// As [`tar_dir`].
 pub fn tar_cached(
     dir: &Path,
     extra_links: Vec<DeferredLink>,

@@ -21,22 +21,32 @@ use crate::store::{RefEntry, Store, StoreError};
 /// A layer may expand to this many times its compressed size, and an image's layers together to
 /// this many times theirs…
 pub const DEFAULT_EXPANSION_RATIO: u64 = 64;
-/// …but never less than this, so small layers of very compressible files are not refused. The
-/// free space of the filesystem extraction writes to bounds both too.
+/// …but never less than this many bytes (16 GiB), so small layers of very compressible files are
+/// not refused. The free space of the filesystem extraction writes to bounds both too.
 pub const DEFAULT_MIN_LAYER_LIMIT: u64 = 16 << 30;
 
+/// How to unpack an image: what the applier may do, how far layers may expand, and whether an
+/// existing tree is replaced. [`UnpackOptions::for_current_user`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
+    /// What applying each layer may do (ownership, devices, xattrs).
     pub apply: ApplyOptions,
-    /// See [`DEFAULT_EXPANSION_RATIO`].
+    /// How many times its compressed size a layer, and an image's layers together, may expand
+    /// to (see [`UnpackOptions::limit_for`]); [`DEFAULT_EXPANSION_RATIO`] by default.
     pub expansion_ratio: u64,
-    /// See [`DEFAULT_MIN_LAYER_LIMIT`].
+    /// The expansion limit is never below this many bytes; [`DEFAULT_MIN_LAYER_LIMIT`] by
+    /// default.
     pub min_layer_limit: u64,
-    /// Replace a non-empty target directory.
+    /// Replace a target directory that is not empty (by default [`unpack`] refuses it with
+    /// [`UnpackError::TargetNotEmpty`]). The old tree is moved aside and removed only once the
+    /// new one is in place.
     pub force: bool,
 }
 
 impl UnpackOptions {
+    /// The defaults for this process: [`ApplyOptions::for_current_user`] (ownership and devices
+    /// only as root), the default expansion limits, and no `force`.
+    #[must_use]
     pub fn for_current_user() -> Self {
         UnpackOptions {
             apply: ApplyOptions::for_current_user(),
@@ -46,7 +56,10 @@ impl UnpackOptions {
         }
     }
 
-    /// What layers of `compressed` bytes may expand to: the ratio, at least the minimum.
+    /// What layers of `compressed` bytes may expand to, in bytes: `compressed` times
+    /// [`expansion_ratio`](Self::expansion_ratio) (saturating), at least
+    /// [`min_layer_limit`](Self::min_layer_limit).
+    #[must_use]
     pub fn limit_for(&self, compressed: u64) -> u64 {
         compressed
             .saturating_mul(self.expansion_ratio)
@@ -54,41 +67,70 @@ impl UnpackOptions {
     }
 }
 
+/// Why an image could not be unpacked. The target is then as it was: nothing of a failed unpack
+/// is published.
+///
+/// `index` fields count layers from 0, the base layer, in manifest order; `digest` fields are the
+/// layer blob's digest.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The target directory is not empty and [`UnpackOptions::force`] was not set.
     #[error("{path} is not empty; pass --force to replace its contents")]
-    TargetNotEmpty { path: PathBuf },
+    TargetNotEmpty {
+        /// The target, as given.
+        path: PathBuf,
+    },
+    /// A file-system operation on the target, its staging directory or the layer cache failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
+    /// The store could not be read or locked (a blob missing or damaged included).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The stored manifest or config is not an image haul can unpack (an index, a config whose
+    /// diff_ids do not match the layers…).
     #[error("image {reference}: {source}")]
     Manifest {
+        /// The ref being unpacked.
         reference: String,
+        /// What is wrong with the document.
         #[source]
         source: ManifestError,
     },
+    /// A layer's media type names a compression haul does not read.
     #[error("layer {index} ({digest}) has media type {media_type:?}, which haul cannot decompress")]
     UnsupportedCompression {
+        /// The layer's position.
         index: usize,
+        /// The layer blob.
         digest: Digest,
+        /// Its media type, as the manifest gives it.
         media_type: String,
     },
+    /// A layer's tar could not be applied: hostile, malformed, or more than the limits allow.
     #[error("layer {index} ({digest}): {source}")]
     Apply {
+        /// The layer's position.
         index: usize,
+        /// The layer blob.
         digest: Digest,
+        /// Why, naming the tar entry.
         #[source]
         source: ApplyError,
     },
+    /// A layer's uncompressed stream was refused: too large, or not the config's diff_id.
     #[error("layer {index} ({digest}): {source}")]
     Stream {
+        /// The layer's position.
         index: usize,
+        /// The layer blob.
         digest: Digest,
+        /// Why.
         #[source]
         source: StreamError,
     },
@@ -97,17 +139,37 @@ pub enum UnpackError {
     Stopped,
 }
 
+/// What [`unpack`] did.
 #[derive(Debug, Default, Clone)]
 pub struct UnpackStats {
+    /// Layers merged into the tree (the image's layer count).
     pub layers: usize,
     /// Layers that were already in the layer cache (not decompressed again).
     pub layers_from_cache: usize,
+    /// Uncompressed bytes of the image's layers (the tar streams, as their diff_ids hash them).
     pub uncompressed_bytes: u64,
+    /// Tar entries merged into the tree over all layers, whiteouts included (as replayed from
+    /// the layer cache).
     pub entries: u64,
+    /// Things skipped or half-applied (a device without root, an xattr the filesystem refused…),
+    /// one sentence each naming the entry. Not errors: the tree is complete without them.
     pub warnings: Vec<String>,
 }
 
-/// Unpacks the image `entry` names into `target` (created if missing).
+/// Unpacks the image `entry` names (a ref of `store`) into `target`, created if missing.
+///
+/// Each layer comes from the layer cache, extracted there first when missing (its blob
+/// decompressed, hashed against the config's diff_id, and what it writes bounded by `options`'
+/// limits and the free space), and is merged in order into a staging directory beside `target`.
+/// Only a complete tree is renamed into place. Blocks the calling thread while it works (call it
+/// from a blocking thread in async code); events for each layer reach `reporter`. Holds the
+/// store's writer lock throughout, so a prune waits rather than sweeping a layer being merged.
+///
+/// # Errors
+///
+/// [`UnpackError::TargetNotEmpty`] for a non-empty `target` without [`UnpackOptions::force`];
+/// otherwise whatever stopped the store, a layer or the file system, as [`UnpackError`] says.
+/// The staging directory is then removed and `target` left as it was.
 pub fn unpack(
     store: &Store,
     entry: &RefEntry,

@@ -16,12 +16,17 @@ use crate::manifest::media_type;
 /// How a layer blob is compressed, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// Gzip, one member or several.
     Gzip,
+    /// Zstandard, one frame or several.
     Zstd,
 }
 
 impl Compression {
+    /// The compression of a layer of media type `mt` (OCI, Docker and non-distributable
+    /// layers); `None` for a media type that is no layer haul can decompress.
     pub fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
             media_type::OCI_LAYER | media_type::OCI_LAYER_NONDIST | media_type::DOCKER_LAYER => {
@@ -52,17 +57,33 @@ impl Compression {
     }
 }
 
-/// Why a layer's stream was refused.
+/// Why a layer's uncompressed stream was refused: the source of [`UnpackError::Stream`].
+///
+/// [`UnpackError::Stream`]: super::UnpackError::Stream
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    /// The layer decompresses to more bytes than extracting it may write (see [`Exceeded`]):
+    /// decompression stopped there, so a decompression bomb never fills the disk.
+    ///
+    /// [`Exceeded`]: super::Exceeded
     #[error(
         "layer expands past {limit} bytes uncompressed; refusing it (raise the limit if the image is legitimate)"
     )]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The most the stream could hold, in uncompressed bytes.
+        limit: u64,
+    },
+    /// The uncompressed layer does not hash to the diff_id the image config gives it: the blob
+    /// verified, but it is not the layer the image was built from.
     #[error(
         "layer diff_id mismatch: the config says {expected}, the uncompressed layer is {actual}"
     )]
-    DiffIdMismatch { expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        /// The diff_id in the image config.
+        expected: Digest,
+        /// The digest of the uncompressed stream, with the config's algorithm.
+        actual: Digest,
+    },
 }
 
 /// Hashes and counts the uncompressed bytes read through it, and fails the read that would pass

@@ -10,8 +10,8 @@ use haul::progress::{Event, LayerStatus, Recorder};
 use haul::pull::{PullError, PullOptions, PullOutcome, Puller};
 use haul::registry::{Anonymous, ClientOptions, CredentialStore, RegistryClient};
 use haul::store::Store;
+use haul::unpack::UnpackOptions;
 use haul::unpack::cache::chain_ids;
-use haul::unpack::image::UnpackOptions;
 use test_registry::{
     FakeAuth, FakeRegistry, FakeRegistryOptions, Format, Image, ImageBuilder, Layer, LayerBuilder,
     random_layer,

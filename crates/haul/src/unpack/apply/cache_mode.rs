@@ -50,6 +50,12 @@ use super::{Applier, ApplyOptions, ApplyStats, fsops, run};
 /// [`tar_dir`](crate::unpack::dirtar::tar_dir) of `root` with the deferred links, applied with
 /// [`apply_layer`](super::apply_layer) onto the lower layers, gives what applying the layer's tar
 /// itself would.
+///
+/// # Errors
+///
+/// As [`apply_layer`](super::apply_layer), and [`ApplyError::RootNotEmpty`] for a `root` that
+/// is not empty, [`ApplyError::BadHardlink`] with [`HardlinkProblem::ChangedLater`] for a layer
+/// a cached directory cannot record.
 pub fn apply_layer_for_cache<R: Read>(
     root: &Path,
     archive: R,
@@ -60,6 +66,10 @@ pub fn apply_layer_for_cache<R: Read>(
 
 /// [`apply_layer_for_cache`] within `budget`: every entry is charged before it is created, and
 /// one that would pass a limit fails the layer with [`ApplyError::TooLarge`].
+///
+/// # Errors
+///
+/// As [`apply_layer_for_cache`], and [`ApplyError::TooLarge`] as above.
 pub fn apply_layer_for_cache_within<R: Read>(
     root: &Path,
     archive: R,
@@ -480,4 +490,77 @@ fn changed_later(link: &DeferredLink) -> ApplyError {
 #[allow(clippy::unnecessary_cast)]
 pub(super) fn inode(st: &Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    // Moved from tests/apply_hostile.rs so that the budgets need not be public: the layer cache
+    // is the only caller that applies within a budget.
+    use std::io::Cursor;
+
+    use test_registry::{LayerBuilder, RawEntry};
+
+    use super::super::super::budget::{Exceeded, ImageBudget, LayerBudget};
+    use super::super::super::image::UnpackOptions;
+    use super::*;
+
+    fn opts() -> ApplyOptions {
+        ApplyOptions {
+            preserve_ownership: false,
+            allow_devices: false,
+            xattrs: true,
+        }
+    }
+
+    fn with_pax(mut entry: RawEntry, key: &str, value: &[u8]) -> RawEntry {
+        entry.pax.push((key.into(), value.to_vec()));
+        entry
+    }
+
+    /// A PAX sparse entry (GNU 0.1): the map in a record.
+    fn sparse_v01(path: &str, real_size: &str, map: &str, data: &[u8]) -> RawEntry {
+        let mut entry = RawEntry::file(path, data);
+        for (key, value) in [
+            ("GNU.sparse.major", "0"),
+            ("GNU.sparse.minor", "1"),
+            ("GNU.sparse.size", real_size),
+            ("GNU.sparse.map", map),
+        ] {
+            entry = with_pax(entry, key, value.as_bytes());
+        }
+        entry
+    }
+
+    #[test]
+    fn a_sparse_entry_is_charged_its_real_size_before_anything_is_written() {
+        let options = UnpackOptions {
+            expansion_ratio: 1,
+            min_layer_limit: 1 << 20,
+            ..UnpackOptions::for_current_user()
+        };
+        // 3 bytes of data, a real size of 1 TiB.
+        let layer = LayerBuilder::new()
+            .add_file("first", b"first", 0o644)
+            .raw_entry(sparse_v01("huge", "1099511627776", "0,3", b"big"))
+            .finish_tar();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut budget =
+            LayerBudget::new(std::sync::Arc::new(ImageBudget::unlimited()), &options, 1);
+        let err =
+            apply_layer_for_cache_within(tmp.path(), Cursor::new(layer), &opts(), &mut budget)
+                .unwrap_err();
+        match err {
+            ApplyError::TooLarge { path, size, reason } => {
+                assert_eq!(path, Path::new("huge"));
+                assert_eq!(size, 1 << 40);
+                assert_eq!(reason, Exceeded::Layer { limit: 1 << 20 });
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(tmp.path().join("first").exists());
+        assert!(
+            !tmp.path().join("huge").exists(),
+            "nothing of it was created"
+        );
+    }
 }
