@@ -157,7 +157,14 @@ fn example(name: &str) -> PathBuf {
 /// Runs an example as a program would run, with a home of its own (no config file, no docker
 /// credentials).
 fn run_example(name: &str, home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(example(name))
+    let program = example(name);
+    assert!(
+        program.is_file(),
+        "{} is missing: `cargo test -p haul` builds the examples (a lone `--test front_door` \
+         does not; run `cargo build -p haul --examples` first)",
+        program.display()
+    );
+    std::process::Command::new(program)
         .env_clear()
         .env("HOME", home)
         .args(args)
