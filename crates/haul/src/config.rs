@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::registry::RegistrySettings;
+pub use crate::registry::Proxies;
 pub use crate::registry::settings::{
     DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
-    Proxies, host_name, is_loopback, redact_userinfo,
 };
-use crate::registry::settings::{insecure_match, network, parse_cidr};
+use crate::registry::settings::{network, parse_cidr};
 
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
@@ -46,7 +46,7 @@ const IGNORED_DAEMON_KEYS: &[&str] = &[
 
 /// The proxy settings the environment gives (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
 /// lowercase forms, as curl reads them), for display: used when the config file sets none.
-pub fn env_proxies() -> Proxies {
+pub(crate) fn env_proxies() -> Proxies {
     let var = |names: &[&str]| {
         names
             .iter()
@@ -254,8 +254,9 @@ impl Config {
     }
 
     /// Whether plain HTTP (and unverified TLS) is allowed for `host` (`name[:port]`).
-    pub fn is_insecure(&self, host: &str) -> bool {
-        insecure_match(&self.insecure_registries, host)
+    #[cfg(test)]
+    fn is_insecure(&self, host: &str) -> bool {
+        crate::registry::settings::insecure_match(&self.insecure_registries, host)
     }
 
     /// What the registry client needs of this file: the transport settings for every host.
@@ -273,7 +274,8 @@ impl Config {
     }
 
     /// Mirrors configured for `registry`, in the order they are to be tried.
-    pub fn mirrors_for(&self, registry: &str) -> &[url::Url] {
+    #[cfg(test)]
+    fn mirrors_for(&self, registry: &str) -> &[url::Url] {
         self.registry_mirrors
             .get(registry)
             .map(Vec::as_slice)
@@ -388,6 +390,7 @@ fn parse_proxies(v: &Value) -> Result<Proxies, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::settings::{is_loopback, redact_userinfo};
 
     fn parse(json: &str) -> Result<Config, ConfigError> {
         Config::from_json(Path::new("/etc/haul/config.json"), json.as_bytes())

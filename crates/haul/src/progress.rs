@@ -139,7 +139,7 @@ impl Reporter for Recorder {
 /// Shows the events of several concurrent pulls as if they ran one after another: the first
 /// unfinished pull's events pass through as they come, later pulls' wait until every pull before
 /// them has finished. `--all-tags` pulls tags concurrently and still reads like docker's.
-pub struct InOrder {
+pub(crate) struct InOrder {
     inner: Arc<dyn Reporter>,
     state: Mutex<OrderState>,
 }
@@ -151,7 +151,7 @@ struct OrderState {
 }
 
 impl InOrder {
-    pub fn new(inner: Arc<dyn Reporter>, count: usize) -> Arc<InOrder> {
+    pub(crate) fn new(inner: Arc<dyn Reporter>, count: usize) -> Arc<InOrder> {
         Arc::new(InOrder {
             inner,
             state: Mutex::new(OrderState {
@@ -163,7 +163,7 @@ impl InOrder {
     }
 
     /// The reporter for pull number `index`.
-    pub fn part(self: &Arc<Self>, index: usize) -> Arc<dyn Reporter> {
+    pub(crate) fn part(self: &Arc<Self>, index: usize) -> Arc<dyn Reporter> {
         Arc::new(Part {
             order: self.clone(),
             index,
@@ -171,7 +171,7 @@ impl InOrder {
     }
 
     /// Pull number `index` is over (done or failed): the next one's events are shown.
-    pub fn finish(&self, index: usize) {
+    pub(crate) fn finish(&self, index: usize) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };

@@ -225,7 +225,7 @@ impl RegistryError {
     /// Whether the endpoint could not be reached at all (refused, unresolvable, timed out before
     /// answering, TLS failure): a mirror failing this way is not asked again by the same
     /// repository handle, while one that answered (even with an error) still may be.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             RegistryError::Connect { .. }

@@ -79,11 +79,6 @@ impl Repository {
         &self.upstream.host
     }
 
-    /// The mirrors tried before the registry, in order.
-    pub fn mirrors(&self) -> impl Iterator<Item = &url::Url> {
-        self.mirrors.iter().filter_map(|m| m.mirror.as_ref())
-    }
-
     pub(super) fn scope(&self) -> String {
         format!("repository:{}:pull", self.name)
     }

@@ -132,7 +132,7 @@ impl PublicKey {
     }
 
     /// Parses a DER SubjectPublicKeyInfo (also what a certificate carries).
-    pub fn from_spki_der(der: &[u8], what: &str) -> Result<PublicKey, KeyError> {
+    pub(crate) fn from_spki_der(der: &[u8], what: &str) -> Result<PublicKey, KeyError> {
         let malformed = |detail: String| KeyError::Malformed {
             what: what.to_owned(),
             detail,
@@ -217,7 +217,7 @@ impl PublicKey {
 
     /// Whether `signature` over `message` verifies with this key under `scheme`. A scheme that
     /// does not fit the key's type never verifies.
-    pub fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> bool {
         use SignatureScheme as S;
         let alg: &'static dyn VerificationAlgorithm = match (self.kind, scheme) {
             (KeyKind::EcdsaP256, S::EcdsaAsn1) => &signature::ECDSA_P256_SHA256_ASN1,
@@ -238,7 +238,7 @@ impl PublicKey {
 
     /// cosign signs the payload with the key's natural scheme: ECDSA (ASN.1), Ed25519, or RSA
     /// PKCS#1 v1.5 with SHA-256; RSA-PSS is accepted too, as some cosign KMS back ends use it.
-    pub fn verify_cosign(&self, message: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify_cosign(&self, message: &[u8], signature: &[u8]) -> bool {
         match self.kind {
             KeyKind::EcdsaP256 | KeyKind::EcdsaP384 => {
                 self.verify(SignatureScheme::EcdsaAsn1, message, signature)
@@ -407,7 +407,7 @@ impl PrivateKey {
     }
 
     /// Signs `message` the way cosign does for this key type (see [`PublicKey::verify_cosign`]).
-    pub fn sign_cosign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn sign_cosign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let fail = |e: aws_lc_rs::error::Unspecified| KeyError::Sign {
             detail: e.to_string(),

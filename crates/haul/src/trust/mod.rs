@@ -17,26 +17,28 @@
 //! ([`crate::pull::PullError::TrustUnavailable`]) rather than pull unchecked.
 
 #[cfg(feature = "trust")]
-pub mod certs;
+mod certs;
 #[cfg(feature = "trust")]
-pub mod cosign;
+mod cosign;
 #[cfg(feature = "trust")]
-pub mod discovery;
+mod discovery;
 #[cfg(feature = "trust")]
-pub mod keys;
+mod keys;
 #[cfg(feature = "trust")]
-pub mod notation;
-pub mod policy;
+mod notation;
+mod policy;
 #[cfg(feature = "trust")]
-pub mod sign;
+mod sign;
 #[cfg(feature = "trust")]
 mod verify;
 
 #[cfg(feature = "trust")]
 pub use discovery::Source;
 #[cfg(feature = "trust")]
-pub use keys::{KeyError, Keyring, NamedKey, NamedRoot, PrivateKey, PublicKey};
+pub use keys::{KeyError, KeyKind, Keyring, NamedKey, NamedRoot, PrivateKey, PublicKey};
 pub use policy::{Require, Rule, TrustConfig, Unsigned, enabled};
+#[cfg(feature = "trust")]
+pub use sign::{SignError, SignOutcome, sign_image};
 #[cfg(feature = "trust")]
 pub use verify::{
     Inspection, Refusal, SignatureFailure, SignatureKind, SignatureReport, Signer, TrustError,
