@@ -37,6 +37,9 @@ pub struct Pusher {
 }
 
 impl Pusher {
+    /// A pusher using `client`'s connections and settings, and `credentials` for the push
+    /// token (which needs `push` access, unlike a pull's).
+    #[must_use]
     pub fn new(client: RegistryClient, credentials: Arc<dyn CredentialStore>) -> Pusher {
         Pusher {
             client,

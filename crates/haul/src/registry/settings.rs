@@ -132,12 +132,14 @@ pub struct Proxies {
 
 impl Proxies {
     /// Whether the config file sets a proxy (and so overrides the environment's).
+    #[must_use]
     pub fn is_set(&self) -> bool {
         self.http.is_some() || self.https.is_some()
     }
 
     /// The same settings with any user name and password in the URLs shown as `xxxxx`, as
     /// `docker info` prints them: safe for logs, errors and `haul info`.
+    #[must_use]
     pub fn redacted(&self) -> Proxies {
         Proxies {
             http: self.http.as_deref().map(redact_userinfo),

@@ -1,16 +1,17 @@
 //! Content trust: verifying, offline, that an image was signed by someone the user trusts.
 //!
-//! Signatures live in the registry next to the image ([`discovery`]): cosign's simple-signing
-//! manifests ([`cosign`]) under the `sha256-<hex>.sig` tag or as OCI 1.1 referrers, and Notation
-//! envelopes ([`notation`], JWS or COSE) as referrers. They are checked against the keys and X.509
-//! roots in the user's keyring ([`keys`], [`certs`]), and the config file's [`policy`] says whose
-//! signatures an image needs and what to do with unsigned ones. Nothing here talks to a
-//! transparency log or a timestamp authority: trust comes only from the keyring.
+//! Signatures live in the registry next to the image ([`Source`]): cosign's simple-signing
+//! manifests under the `sha256-<hex>.sig` tag or as OCI 1.1 referrers, and Notation envelopes
+//! (JWS or COSE) as referrers. They are checked against the keys and X.509 roots in the user's
+//! [`Keyring`], and the config file's policy ([`TrustConfig`], one [`Rule`] per registry or
+//! repository prefix) says whose signatures an image needs and what to do with unsigned ones.
+//! Nothing here talks to a transparency log or a timestamp authority: trust comes only from the
+//! keyring.
 //!
 //! [`TrustVerifier::verify`] resolves a tag to a digest once and judges that digest. Pulls never
 //! call it themselves: a [`crate::pull::Puller`] whose configuration turns trust on checks every
 //! image it fetches here first and then pulls exactly the checked digest, so a tag moved after the
-//! check does not change what is pulled. [`sign`] makes cosign-compatible signatures.
+//! check does not change what is pulled. [`sign_image`] makes cosign-compatible signatures.
 //!
 //! Verification is the `trust` cargo feature (on by default). Built without it, only the policy
 //! is here: a puller that is asked to check content trust refuses to pull
