@@ -20,6 +20,35 @@ use crate::unpack::image::UnpackError;
 use crate::unpack::stream::StreamError;
 
 /// What went wrong, in the terms a caller acts on.
+///
+/// Decided by the error's type and fields, never by its text. New kinds may be added, so a
+/// `match` needs a catch-all arm.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use haul::ErrorKind;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let haul = haul::Haul::builder()
+///     .root(dir.path())
+///     .config(haul::config::Config::default())
+///     .credentials(Arc::new(haul::registry::Anonymous))
+///     .build()?;
+/// // Refused before any request: a repository name is lowercase.
+/// let err = haul.pull("Alpine", Arc::new(haul::progress::Silent)).await.unwrap_err();
+/// let advice = match err.kind() {
+///     ErrorKind::InvalidInput => "check the image name",
+///     ErrorKind::NotFound => "check the tag and the platform",
+///     ErrorKind::Unauthorized => "run `haul login`",
+///     ErrorKind::Network | ErrorKind::Registry => "try again later",
+///     _ => "see the error",
+/// };
+/// assert_eq!(advice, "check the image name");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
