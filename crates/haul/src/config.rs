@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::registry::RegistrySettings;
 pub use crate::registry::Proxies;
+use crate::registry::RegistrySettings;
 pub use crate::registry::settings::{
     DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
 };

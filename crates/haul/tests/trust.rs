@@ -1149,10 +1149,7 @@ async fn signing_asks_the_token_service_for_a_push_scope_and_anonymous_pushes_ar
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, haul::trust::SignError::Push { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, haul::trust::SignError::Push { .. }), "{err}");
 
     let mut creds = StaticCredentials::default();
     creds.0.insert(

@@ -291,7 +291,7 @@ impl DockerConfig {
         &self.path
     }
 
-    /// The credential for `registry` ("docker.io" or "host[:port]"), or `None` for anonymous.
+    /// The credential for `registry` (`docker.io` or `host[:port]`), or `None` for anonymous.
     ///
     /// Order: the `credHelpers` entry, else `credsStore`, then an inline `auths` entry. docker
     /// stops at the helper: with a helper configured, the `auths` entries it writes are empty

@@ -5,9 +5,15 @@
 //! - [`Repository`] (`repository`, `tags`, `blob`): one repository's manifests, tag list and
 //!   blobs; [`Repository::fetch_blob`] is the one way a blob is downloaded: resumed, retried,
 //!   moved between mirrors and verified into a [`BlobSink`].
-//! - `endpoints`: mirrors, then the registry; `http`: how the HTTP clients are built;
-//!   [`foreign`]: where foreign layer URLs may lead; [`retry`], [`throughput`]: how long to wait
-//!   and how slow is too slow.
+//! - Credentials come from a [`CredentialStore`]: docker's `config.json` and its credential
+//!   helpers ([`DockerConfig`]), fixed ones ([`StaticCredentials`]), none ([`Anonymous`]) or the
+//!   caller's own.
+//! - Every failure is a [`RegistryError`]: what the registry answered, or why it could not be
+//!   reached.
+//!
+//! Inside (private): `endpoints` (mirrors, then the registry), `http` (how the HTTP clients are
+//! built), `foreign` (where foreign layer URLs may lead), `retry` and `throughput` (how long to
+//! wait, and how slow is too slow).
 
 pub(crate) mod auth;
 mod blob;
