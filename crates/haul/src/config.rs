@@ -5,6 +5,25 @@
 //! is fine (defaults). An explicit path that does not exist is an error. Unknown keys produce
 //! warnings, never failures, so a real `daemon.json` can be pointed at directly; a known key with a
 //! bad value is an error naming the key and the file.
+//!
+//! ```
+//! use std::path::Path;
+//!
+//! use haul::config::Config;
+//!
+//! let config = Config::from_json(
+//!     Path::new("/etc/docker/daemon.json"),
+//!     br#"{"registry-mirrors": ["https://mirror.example.com"], "max-concurrent-downloads": 6,
+//!          "log-driver": "journald", "shiny-new-key": true}"#,
+//! )?;
+//! assert_eq!(config.max_concurrent_downloads, 6);
+//! // docker's keys that mean nothing to a puller are accepted quietly, unknown ones with a warning.
+//! assert_eq!(config.warnings.len(), 1);
+//! // What the registry client is given of it: the transport settings.
+//! let settings = config.registry_settings();
+//! assert_eq!(settings.registry_mirrors["docker.io"][0].as_str(), "https://mirror.example.com/");
+//! # Ok::<(), haul::config::ConfigError>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +31,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::registry::Proxies;
 use crate::registry::RegistrySettings;
 pub use crate::registry::settings::{
     DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
-    Proxies, host_name, is_loopback, redact_userinfo,
 };
-use crate::registry::settings::{insecure_match, network, parse_cidr};
+use crate::registry::settings::{network, parse_cidr};
 
+/// docker's default for `max-concurrent-downloads`.
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
 const MAX_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -46,7 +66,7 @@ const IGNORED_DAEMON_KEYS: &[&str] = &[
 
 /// The proxy settings the environment gives (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
 /// lowercase forms, as curl reads them), for display: used when the config file sets none.
-pub fn env_proxies() -> Proxies {
+pub(crate) fn env_proxies() -> Proxies {
     let var = |names: &[&str]| {
         names
             .iter()
@@ -59,22 +79,35 @@ pub fn env_proxies() -> Proxies {
     }
 }
 
+/// The configuration: every key of the file, with docker's (or haul's) default for those it
+/// does not set. [`Config::default`] is the configuration without a file.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Registries that may be spoken to over plain HTTP or unverified TLS, besides loopback
+    /// (`insecure-registries`): `host:port`, a host name (any port) or a CIDR.
     pub insecure_registries: Vec<String>,
+    /// Layers downloaded at once per pull (`max-concurrent-downloads`, default
+    /// [`DEFAULT_MAX_CONCURRENT_DOWNLOADS`]).
     pub max_concurrent_downloads: usize,
+    /// Tries per request, the first included (`max-download-attempts`, default
+    /// [`DEFAULT_MAX_DOWNLOAD_ATTEMPTS`]).
     pub max_download_attempts: u32,
     /// A transfer that receives no byte for this long fails (and is retried), instead of hanging;
     /// also the deadline for a response's headers and the window over which a transfer must
-    /// keep a minimum rate.
+    /// keep a minimum rate (`download-stall-timeout`, seconds in the file, default
+    /// [`DEFAULT_DOWNLOAD_STALL_TIMEOUT`]).
     pub download_stall_timeout: Duration,
-    /// The longest `Retry-After` haul obeys; longer asks fail the request at once.
+    /// The longest `Retry-After` haul obeys; longer asks fail the request at once
+    /// (`max-retry-after`, seconds in the file, default [`DEFAULT_MAX_RETRY_AFTER`]).
     pub max_retry_after: Duration,
     /// Networks outside the public internet that foreign layer `urls` may reach (CIDRs or
     /// addresses). Empty: only public addresses.
     pub foreign_layer_allowed_networks: Vec<String>,
     /// Mirrors per upstream registry (`docker.io`, `ghcr.io`, `host:port`), tried in order.
+    /// The file's `registry-mirrors` may be a list (Docker Hub's mirrors, as in docker) or an
+    /// object of registry → list.
     pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
+    /// Proxies that replace the environment's when set (`proxies`).
     pub proxies: Proxies,
     /// Content trust: keyring, policy, and whether pulls verify signatures by default.
     pub trust: crate::trust::TrustConfig,
@@ -102,24 +135,37 @@ impl Default for Config {
     }
 }
 
+/// Why the configuration file could not be used. Unknown keys are never errors (they are
+/// [`Config::warnings`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read (or, given explicitly, does not exist).
     #[error("config file {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not JSON.
     #[error("config file {path} is not valid JSON: {source}")]
     Json {
+        /// The file.
         path: PathBuf,
+        /// Where and why parsing stopped.
         #[source]
         source: serde_json::Error,
     },
+    /// A known key has a value haul cannot use.
     #[error("config file {path}: invalid value for \"{key}\": {reason}")]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The key (`max-concurrent-downloads`…), or `(top level)` when the file is not an
+        /// object.
         key: String,
+        /// What is wrong with its value.
         reason: String,
     },
 }
@@ -142,7 +188,12 @@ impl Config {
         paths
     }
 
-    /// Loads `explicit` (which must exist) or the first existing file of [`Config::search_paths`].
+    /// Loads `explicit` (which must exist) or the first existing file of [`Config::search_paths`];
+    /// the defaults when there is none.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load_file`].
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         if let Some(path) = explicit {
             return Self::load_file(path);
@@ -155,6 +206,11 @@ impl Config {
         Ok(Config::default())
     }
 
+    /// Loads the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read, is not JSON, or has a known key with a bad value.
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
@@ -163,6 +219,12 @@ impl Config {
         Self::from_json(path, &bytes)
     }
 
+    /// Reads a configuration from `bytes`; `path` is where they came from, for
+    /// [`Config::source`] and errors.
+    ///
+    /// # Errors
+    ///
+    /// `bytes` are not a JSON object, or a known key has a bad value.
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|source| ConfigError::Json {
             path: path.to_owned(),
@@ -254,11 +316,13 @@ impl Config {
     }
 
     /// Whether plain HTTP (and unverified TLS) is allowed for `host` (`name[:port]`).
-    pub fn is_insecure(&self, host: &str) -> bool {
-        insecure_match(&self.insecure_registries, host)
+    #[cfg(test)]
+    fn is_insecure(&self, host: &str) -> bool {
+        crate::registry::settings::insecure_match(&self.insecure_registries, host)
     }
 
     /// What the registry client needs of this file: the transport settings for every host.
+    #[must_use]
     pub fn registry_settings(&self) -> RegistrySettings {
         // A literal, not `..Default::default()`: a setting added there must be mapped here.
         RegistrySettings {
@@ -273,7 +337,8 @@ impl Config {
     }
 
     /// Mirrors configured for `registry`, in the order they are to be tried.
-    pub fn mirrors_for(&self, registry: &str) -> &[url::Url] {
+    #[cfg(test)]
+    fn mirrors_for(&self, registry: &str) -> &[url::Url] {
         self.registry_mirrors
             .get(registry)
             .map(Vec::as_slice)
@@ -388,6 +453,7 @@ fn parse_proxies(v: &Value) -> Result<Proxies, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::settings::{is_loopback, redact_userinfo};
 
     fn parse(json: &str) -> Result<Config, ConfigError> {
         Config::from_json(Path::new("/etc/haul/config.json"), json.as_bytes())

@@ -5,6 +5,22 @@
 //! [`Verifier`] hashes and counts bytes as they stream past and refuses anything that differs from a
 //! descriptor: more bytes than declared as soon as they arrive, fewer bytes or a different hash at
 //! the end.
+//!
+//! ```
+//! use haul::digest::{Digest, Verifier, VerifyError};
+//!
+//! let digest = Digest::sha256_of(b"hello");
+//! let parsed: Digest = digest.to_string().parse()?;
+//! assert_eq!(parsed, digest);
+//!
+//! // Five bytes declared: a sixth is refused as it arrives, before anything is hashed.
+//! let mut verifier = Verifier::new(digest.clone(), 5);
+//! verifier.update(b"hel")?;
+//! assert_eq!(verifier.clone().update(b"lo!"), Err(VerifyError::TooLong { expected: 5 }));
+//! verifier.update(b"lo")?;
+//! assert_eq!(verifier.finish()?, digest);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,11 +32,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// by the OCI spec and costs nothing to support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
+    /// SHA-256 (`sha256:`, 64 hex digits).
     Sha256,
+    /// SHA-512 (`sha512:`, 128 hex digits).
     Sha512,
 }
 
 impl Algorithm {
+    /// The name as digests write it: `sha256`, `sha512`.
+    #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
@@ -50,32 +70,50 @@ pub struct Digest {
     hex: String,
 }
 
+/// Why a string is not a digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
+    /// No `ALGORITHM:` before the hex part.
     #[error("invalid digest {0:?}: expected ALGORITHM:HEX")]
-    Malformed(String),
+    Malformed(
+        /// The text given.
+        String,
+    ),
+    /// An algorithm other than sha256 and sha512.
     #[error("unsupported digest algorithm {0:?} (haul verifies sha256 and sha512)")]
-    UnsupportedAlgorithm(String),
+    UnsupportedAlgorithm(
+        /// The algorithm named.
+        String,
+    ),
+    /// The hex part has the wrong length for its algorithm, or is not lowercase hex.
     #[error("invalid digest {0:?}: wrong length or not lowercase hex")]
-    BadHex(String),
+    BadHex(
+        /// The text given.
+        String,
+    ),
 }
 
 impl Digest {
+    /// The hash algorithm.
+    #[must_use]
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
     /// The hex part, without the algorithm.
+    #[must_use]
     pub fn hex(&self) -> &str {
         &self.hex
     }
 
     /// The first 12 hex characters: docker's short id for layers and images.
+    #[must_use]
     pub fn short(&self) -> &str {
         &self.hex[..12]
     }
 
     /// sha256 of a byte slice.
+    #[must_use]
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         let mut h = Hasher::new(Algorithm::Sha256);
         h.update(bytes);
@@ -83,6 +121,7 @@ impl Digest {
     }
 
     /// The digest of `bytes` in this digest's algorithm, to compare against it.
+    #[must_use]
     pub fn same_algorithm_of(&self, bytes: &[u8]) -> Digest {
         let mut h = Hasher::new(self.algorithm);
         h.update(bytes);
@@ -148,6 +187,8 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// A hasher with nothing hashed yet.
+    #[must_use]
     pub fn new(algorithm: Algorithm) -> Self {
         Hasher {
             algorithm,
@@ -155,10 +196,13 @@ impl Hasher {
         }
     }
 
+    /// Hashes the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
         self.ctx.update(bytes);
     }
 
+    /// The digest of every byte hashed.
+    #[must_use]
     pub fn finish(self) -> Digest {
         let out = self.ctx.finish();
         Digest {
@@ -171,12 +215,28 @@ impl Hasher {
 /// Why streamed content does not match its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// More bytes than declared (reported as soon as they arrive).
     #[error("content is larger than the {expected} bytes its descriptor declares")]
-    TooLong { expected: u64 },
+    TooLong {
+        /// The declared size, in bytes.
+        expected: u64,
+    },
+    /// The content ended before the declared size.
     #[error("content ended after {actual} of {expected} bytes")]
-    TooShort { expected: u64, actual: u64 },
+    TooShort {
+        /// The declared size, in bytes.
+        expected: u64,
+        /// The bytes received.
+        actual: u64,
+    },
+    /// The right size, the wrong content.
     #[error("digest mismatch: expected {expected}, got {actual}")]
-    Mismatch { expected: Digest, actual: Digest },
+    Mismatch {
+        /// The declared digest.
+        expected: Digest,
+        /// The digest of what was received.
+        actual: Digest,
+    },
 }
 
 /// Hashes and counts streamed bytes against an expected digest and size.
@@ -189,6 +249,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier for content of `size` bytes whose digest must be `expected`.
+    #[must_use]
     pub fn new(expected: Digest, size: u64) -> Self {
         Verifier {
             hasher: Hasher::new(expected.algorithm),
@@ -199,6 +261,11 @@ impl Verifier {
     }
 
     /// Feeds the next bytes; fails as soon as they run past the declared size.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::TooLong`] when the bytes seen would pass the declared size; they are not
+    /// hashed.
     pub fn update(&mut self, bytes: &[u8]) -> Result<(), VerifyError> {
         let n = bytes.len() as u64;
         if self.seen.saturating_add(n) > self.size {
@@ -211,11 +278,18 @@ impl Verifier {
         Ok(())
     }
 
+    /// The bytes accepted so far.
+    #[must_use]
     pub fn bytes_seen(&self) -> u64 {
         self.seen
     }
 
-    /// Checks the size and the digest once the stream has ended.
+    /// Checks the size and the digest once the stream has ended, and returns the digest.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::TooShort`] for fewer bytes than declared, [`VerifyError::Mismatch`] for
+    /// other content.
     pub fn finish(self) -> Result<Digest, VerifyError> {
         if self.seen != self.size {
             return Err(VerifyError::TooShort {

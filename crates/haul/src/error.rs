@@ -20,6 +20,35 @@ use crate::unpack::image::UnpackError;
 use crate::unpack::stream::StreamError;
 
 /// What went wrong, in the terms a caller acts on.
+///
+/// Decided by the error's type and fields, never by its text. New kinds may be added, so a
+/// `match` needs a catch-all arm.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use haul::ErrorKind;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let haul = haul::Haul::builder()
+///     .root(dir.path())
+///     .config(haul::config::Config::default())
+///     .credentials(Arc::new(haul::registry::Anonymous))
+///     .build()?;
+/// // Refused before any request: a repository name is lowercase.
+/// let err = haul.pull("Alpine", Arc::new(haul::progress::Silent)).await.unwrap_err();
+/// let advice = match err.kind() {
+///     ErrorKind::InvalidInput => "check the image name",
+///     ErrorKind::NotFound => "check the tag and the platform",
+///     ErrorKind::Unauthorized => "run `haul login`",
+///     ErrorKind::Network | ErrorKind::Registry => "try again later",
+///     _ => "see the error",
+/// };
+/// assert_eq!(advice, "check the image name");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -53,30 +82,52 @@ pub enum ErrorKind {
 }
 
 /// An error from the front door ([`crate::Haul`]). Its message is the module error's; its
-/// [`source`](StdError::source) is that error, for callers that want every detail.
+/// [`source`](std::error::Error::source) is that error, for callers that want every detail.
+///
+/// Branch on [`Error::kind`] rather than on the variant: the variant says which step failed, the
+/// kind says what went wrong, whichever step it was.
+///
+/// ```
+/// use haul::{Error, ErrorKind};
+///
+/// // Anything the front door is given is checked before the network is touched.
+/// let err: Error = "Alpine:3.20".parse::<haul::reference::Reference>().unwrap_err().into();
+/// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+/// assert!(err.to_string().starts_with("invalid reference format"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Pulling the image failed.
     #[error("{0}")]
     Pull(#[source] PullError),
+    /// Unpacking a stored image into a directory failed.
     #[error("{0}")]
     Unpack(#[source] UnpackError),
+    /// Writing a runtime bundle failed.
     #[error("{0}")]
     Bundle(#[source] BundleError),
+    /// The store could not be opened or read.
     #[error("{0}")]
     Store(#[source] StoreError),
+    /// The configuration file could not be read or is invalid.
     #[error("{0}")]
     Config(#[source] ConfigError),
+    /// An image name is not a valid reference.
     #[error("{0}")]
     Reference(#[source] ReferenceError),
+    /// A platform is not valid.
     #[error("{0}")]
     Platform(#[source] PlatformError),
+    /// Setting up the registry client failed (a proxy URL or an extra root certificate).
     #[error("{0}")]
     Registry(#[source] RegistryError),
     /// The blocking task that did the work stopped (panicked or was cancelled).
     #[error("the {what} task stopped before it finished: {source}")]
     Task {
+        /// Which work: `"unpack"` or `"bundle"`.
         what: &'static str,
+        /// Why the task stopped.
         #[source]
         source: tokio::task::JoinError,
     },
@@ -126,9 +177,17 @@ impl Error {
     }
 }
 
+impl PullError {
+    /// What went wrong, for a caller of [`crate::pull::Puller`] to branch on: the kind
+    /// [`Error::kind`] gives this error at the front door.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        pull_kind(self)
+    }
+}
+
 /// The kind of a pull's error.
-#[must_use]
-pub fn pull_kind(e: &PullError) -> ErrorKind {
+fn pull_kind(e: &PullError) -> ErrorKind {
     match e {
         PullError::ManifestUnknown { .. }
         | PullError::NameUnknown { .. }
@@ -155,8 +214,7 @@ pub fn pull_kind(e: &PullError) -> ErrorKind {
 }
 
 /// The kind of an unpack's error.
-#[must_use]
-pub fn unpack_kind(e: &UnpackError) -> ErrorKind {
+fn unpack_kind(e: &UnpackError) -> ErrorKind {
     if crate::space::is_no_space(e) {
         return ErrorKind::NoSpace;
     }
@@ -190,8 +248,7 @@ pub fn unpack_kind(e: &UnpackError) -> ErrorKind {
 }
 
 /// The kind of a store's error.
-#[must_use]
-pub fn store_kind(e: &StoreError) -> ErrorKind {
+fn store_kind(e: &StoreError) -> ErrorKind {
     if crate::space::is_no_space(e) {
         return ErrorKind::NoSpace;
     }
@@ -216,8 +273,7 @@ fn manifest_kind(e: &ManifestError) -> ErrorKind {
 }
 
 /// The kind of a registry's error.
-#[must_use]
-pub fn registry_kind(e: &RegistryError) -> ErrorKind {
+fn registry_kind(e: &RegistryError) -> ErrorKind {
     match e {
         RegistryError::ManifestUnknown { .. }
         | RegistryError::NameUnknown { .. }

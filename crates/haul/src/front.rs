@@ -38,6 +38,26 @@ use crate::unpack::image::{UnpackOptions, UnpackStats, unpack};
 
 /// Pulls, checks and unpacks images into one store. Cheap to share behind an `Arc`; every method
 /// may run concurrently with the others.
+///
+/// Built with [`Haul::builder`]. Every method takes the image as a user types it (`alpine`,
+/// `registry:5000/team/app:1.2`, `name@sha256:…`) and a [`Reporter`] for progress; errors say
+/// their [`ErrorKind`](crate::ErrorKind).
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use haul::progress::Silent;
+/// use haul::{ErrorKind, Haul};
+///
+/// # async fn demo() -> Result<(), haul::Error> {
+/// let haul = Haul::builder().build()?;
+/// match haul.pull("registry.example.com/team/app:1.2", Arc::new(Silent)).await {
+///     Ok(pulled) => println!("{} is {}", pulled.reference, pulled.manifest),
+///     Err(e) if e.kind() == ErrorKind::Unauthorized => eprintln!("log in first: {e}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Haul {
     store: Store,
     puller: Puller,
@@ -50,10 +70,33 @@ pub struct Haul {
 pub struct Unpacked {
     /// The image, as the store names it.
     pub image: RefEntry,
+    /// What was written: layers (and how many came from the layer cache), entries, bytes.
     pub stats: UnpackStats,
 }
 
 /// How to set up a [`Haul`]; every choice has haul's own default.
+///
+/// Without settings, [`build`](HaulBuilder::build) does what the `haul` command does: it reads
+/// the config file, opens the default store and takes docker's credentials. An embedder that
+/// wants none of the user's files says so:
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use haul::config::Config;
+/// use haul::registry::Anonymous;
+///
+/// let dir = tempfile::tempdir()?;
+/// let haul = haul::Haul::builder()
+///     .root(dir.path().join("store")) // created, private to this user
+///     .config(Config::default()) // no config file: docker's defaults
+///     .credentials(Arc::new(Anonymous)) // no docker config.json
+///     .content_trust(false) // whatever DOCKER_CONTENT_TRUST says
+///     .build()?;
+/// assert!(!haul.verifies_trust());
+/// assert!(haul.store().root().ends_with("store"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use]
 pub struct HaulBuilder {
     root: Option<PathBuf>,

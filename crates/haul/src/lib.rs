@@ -2,8 +2,9 @@
 //! daemon.
 //!
 //! The front door is [`Haul`]: set up once from the config file, the store and docker's
-//! credentials (each can be given in code instead), it pulls images, checks content trust when the
-//! configuration or the caller turns it on, and unpacks root filesystems and runtime bundles.
+//! credentials (each can be given in code instead, see [`HaulBuilder`]), it pulls images, checks
+//! content trust when the configuration or the caller turns it on, and unpacks root filesystems
+//! and runtime bundles.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -21,11 +22,20 @@
 //! [`progress::Reporter`] of the caller's. `examples/` has a pull-and-unpack program and a custom
 //! progress reporter.
 //!
-//! The pieces behind the front door, in the order a pull uses them: [`reference`] parses and
-//! normalises a name, [`registry`] talks to the registry (challenges, tokens, credentials,
-//! retries), [`manifest`] and [`platform`] read manifests and pick the image for a platform,
-//! [`store`] keeps verified content in an OCI layout, [`trust`] checks signatures, and [`pull`]
-//! orchestrates it all.
+//! The pieces behind the front door, in the order a pull uses them: [`reference`](mod@reference)
+//! parses and normalises a name, [`config`] reads the configuration file, [`registry`] talks to
+//! the registry (challenges, tokens, credentials, retries, resumable verified blob downloads),
+//! [`manifest`] and [`platform`] read manifests and pick the image for a platform, [`digest`]
+//! verifies content, [`store`] keeps it in an OCI layout, [`trust`] checks signatures, [`pull`]
+//! orchestrates it all and [`unpack`] makes root filesystems of it. The store's other commands
+//! have a module each: [`images`], [`inspect`], [`tag`], [`gc`], [`verify`], [`archive`]
+//! (`docker save`/`load`), [`bundle`], [`info`] and [`login`].
+//!
+//! # Cargo features
+//!
+//! - `trust` (on by default): signature verification and signing (cosign, Notation), about a
+//!   third of the dependencies. Without it a puller asked to check content trust refuses to pull
+//!   ([`pull::PullError::TrustUnavailable`]) rather than pull unchecked.
 
 #![forbid(unsafe_code)]
 
@@ -33,7 +43,7 @@ pub mod archive;
 pub mod bundle;
 pub mod config;
 pub mod digest;
-pub mod error;
+mod error;
 mod front;
 pub mod gc;
 pub mod images;
@@ -46,7 +56,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
-pub mod space;
+mod space;
 pub mod store;
 pub mod tag;
 pub mod trust;

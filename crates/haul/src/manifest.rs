@@ -5,6 +5,22 @@
 //! serialises a manifest back, so no field can be lost or reordered on the way to the store.
 //! [`parse`] accepts OCI and Docker schema 2 manifests and indexes, refuses schema 1 and anything
 //! unknown with an error that says which, and never reads more than [`MAX_MANIFEST_BYTES`].
+//!
+//! ```
+//! use haul::manifest::{self, Manifest, media_type};
+//!
+//! let body = br#"{"schemaVersion": 2,
+//!   "mediaType": "application/vnd.oci.image.index.v1+json",
+//!   "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 7,
+//!     "digest": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+//!     "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}"#;
+//! let Manifest::Index(index) = manifest::parse(Some(media_type::OCI_INDEX), body)? else {
+//!     panic!("an index");
+//! };
+//! let entry = index.select(&"linux/aarch64".parse()?)?;
+//! assert_eq!(entry.size, 7);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -21,27 +37,45 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// config from being read into memory whole.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The media types haul knows, and what kind of document each names. Comparisons are exact:
+/// strip a `Content-Type`'s parameters with [`essence`](media_type::essence) first.
 pub mod media_type {
+    /// An OCI image index.
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// An OCI image manifest.
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// An OCI image config.
     pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// An uncompressed OCI layer.
     pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// A gzip-compressed OCI layer.
     pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    /// A zstd-compressed OCI layer.
     pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    /// An uncompressed OCI layer that registries may decline to serve (fetched from `urls`).
     pub const OCI_LAYER_NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    /// A gzip-compressed non-distributable OCI layer.
     pub const OCI_LAYER_NONDIST_GZIP: &str =
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    /// A zstd-compressed non-distributable OCI layer.
     pub const OCI_LAYER_NONDIST_ZSTD: &str =
         "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    /// A Docker manifest list (schema 2): Docker's index.
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// A Docker image manifest (schema 2).
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// A Docker image config.
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
     /// Docker's uncompressed layer, which docker and containerd pull like the gzip one.
     pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+    /// Docker's gzip-compressed layer.
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// Docker's foreign layer (Windows base layers), fetched from its `urls`.
     pub const DOCKER_LAYER_FOREIGN: &str =
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    /// Docker schema 1, unsigned: refused.
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    /// Docker schema 1, signed: refused.
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
@@ -51,22 +85,32 @@ pub mod media_type {
         application/vnd.oci.image.manifest.v1+json, \
         application/vnd.docker.distribution.manifest.v2+json";
 
+    /// Whether `mt` is an index (OCI's or Docker's manifest list).
+    #[must_use]
     pub fn is_index(mt: &str) -> bool {
         mt == OCI_INDEX || mt == DOCKER_LIST
     }
 
+    /// Whether `mt` is an image manifest (OCI's or Docker schema 2's).
+    #[must_use]
     pub fn is_image_manifest(mt: &str) -> bool {
         mt == OCI_MANIFEST || mt == DOCKER_MANIFEST
     }
 
+    /// Whether `mt` is Docker schema 1, signed or not.
+    #[must_use]
     pub fn is_schema1(mt: &str) -> bool {
         mt == DOCKER_SCHEMA1 || mt == DOCKER_SCHEMA1_SIGNED
     }
 
+    /// Whether `mt` is an image config (OCI's or Docker's).
+    #[must_use]
     pub fn is_config(mt: &str) -> bool {
         mt == OCI_CONFIG || mt == DOCKER_CONFIG
     }
 
+    /// Whether `mt` is a layer haul can unpack: uncompressed, gzip or zstd, distributable or not.
+    #[must_use]
     pub fn is_layer(mt: &str) -> bool {
         matches!(
             mt,
@@ -85,6 +129,7 @@ pub mod media_type {
     /// Layers that registries may decline to serve and that point at their `urls` instead:
     /// Docker's foreign layers and OCI's non-distributable ones. Only these are fetched from
     /// `urls`.
+    #[must_use]
     pub fn is_non_distributable(mt: &str) -> bool {
         matches!(
             mt,
@@ -96,6 +141,7 @@ pub mod media_type {
     }
 
     /// `Content-Type` without parameters such as `; charset=utf-8`.
+    #[must_use]
     pub fn essence(content_type: &str) -> &str {
         content_type.split(';').next().unwrap_or("").trim()
     }
@@ -108,17 +154,24 @@ const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the content is (see [`media_type`]).
     pub media_type: String,
+    /// The content's digest.
     pub digest: Digest,
     /// At most `i64::MAX`, as the OCI spec (an int64) and every other client have it.
     #[serde(deserialize_with = "spec_size")]
     pub size: u64,
+    /// Where else the content may be fetched from: only used for non-distributable layers
+    /// ([`media_type::is_non_distributable`]), and only where the configuration allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// Annotations, as written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The platform of an index entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// The artifact type of an index entry (OCI 1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
 }
@@ -137,6 +190,9 @@ fn spec_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 impl Descriptor {
+    /// A descriptor of `size` bytes of `media_type` content, without URLs, annotations or
+    /// platform.
+    #[must_use]
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
         Descriptor {
             media_type: media_type.to_owned(),
@@ -150,26 +206,37 @@ impl Descriptor {
     }
 }
 
+/// An image manifest (OCI, or Docker schema 2 which has the same shape).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageManifest {
+    /// Always 2 for what [`parse`] accepts.
     pub schema_version: u32,
+    /// The media type the document declares, if it does.
     #[serde(default)]
     pub media_type: Option<String>,
+    /// The image config.
     pub config: Descriptor,
+    /// The layers, base first.
     #[serde(default)]
     pub layers: Vec<Descriptor>,
+    /// Annotations, as written.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// An image index (OCI, or Docker's manifest list): one manifest per platform.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageIndex {
+    /// Always 2 for what [`parse`] accepts.
     pub schema_version: u32,
+    /// The media type the document declares, if it does.
     #[serde(default)]
     pub media_type: Option<String>,
+    /// Every entry, attestations included ([`ImageIndex::image_entries`] leaves them out).
     pub manifests: Vec<Descriptor>,
+    /// Annotations, as written.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -179,47 +246,103 @@ pub struct ImageIndex {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Manifest {
+    /// One image.
     Image(ImageManifest),
+    /// An index of images.
     Index(ImageIndex),
 }
 
+/// Why a manifest, an index or an image config cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// Docker schema 1, which haul does not pull (nor do current docker versions).
     #[error(
         "this image uses the Docker schema 1 manifest format ({media_type}), which haul does not \
          support; ask the publisher to push it again with a current Docker or buildkit \
          (schema 2 or OCI)"
     )]
-    Schema1 { media_type: String },
+    Schema1 {
+        /// The media type served or declared.
+        media_type: String,
+    },
+    /// A media type that is neither a manifest nor an index (empty when neither the server nor
+    /// the document says, and the shape does not tell).
     #[error("unsupported manifest media type {0:?}")]
-    UnsupportedMediaType(String),
+    UnsupportedMediaType(
+        /// The media type.
+        String,
+    ),
+    /// Larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is larger than {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// Not valid JSON for what it claims to be.
     #[error("manifest is not valid JSON for {kind}: {source}")]
     Invalid {
+        /// What it was read as: `a manifest`, `an image index`, `an image manifest`.
         kind: &'static str,
+        /// Where and why parsing stopped.
         #[source]
         source: serde_json::Error,
     },
+    /// The served `Content-Type` and the document's `mediaType` disagree.
     #[error("manifest declares media type {body:?} but was served as {header:?}")]
-    ConflictingMediaType { header: String, body: String },
+    ConflictingMediaType {
+        /// The `Content-Type`.
+        header: String,
+        /// The document's `mediaType`.
+        body: String,
+    },
+    /// A manifest whose config is not an image config: an artifact (a helm chart, a signature…).
     #[error(
         "{media_type:?} is not a container image config (the artifact may be a helm chart, a \
          signature or an attestation, which `haul pull` does not unpack)"
     )]
-    NotAnImage { media_type: String },
+    NotAnImage {
+        /// The config's media type.
+        media_type: String,
+    },
+    /// A layer of a type haul cannot unpack.
     #[error("unsupported layer media type {0:?}")]
-    UnsupportedLayer(String),
+    UnsupportedLayer(
+        /// The layer's media type.
+        String,
+    ),
+    /// The config is larger than [`MAX_CONFIG_BYTES`].
     #[error("the image config declares {size} bytes, more than the {limit} haul accepts")]
-    ConfigTooLarge { size: u64, limit: u64 },
+    ConfigTooLarge {
+        /// The size declared, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The image config is not valid JSON for a config.
     #[error("image config is not valid: {0}")]
-    InvalidConfig(#[source] serde_json::Error),
+    InvalidConfig(
+        /// Where and why parsing stopped.
+        #[source]
+        serde_json::Error,
+    ),
+    /// The config's diff_ids and the manifest's layers do not pair up.
     #[error("image config lists {diff_ids} layer diff_ids but the manifest has {layers} layers")]
-    LayerCountMismatch { diff_ids: usize, layers: usize },
+    LayerCountMismatch {
+        /// diff_ids in the config.
+        diff_ids: usize,
+        /// Layers in the manifest.
+        layers: usize,
+    },
+    /// The index has no image for the platform asked for.
     #[error(
         "no matching manifest for {wanted} in the manifest list entries (the image has: {available})"
     )]
-    NoMatchingPlatform { wanted: String, available: String },
+    NoMatchingPlatform {
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms the index has, comma-separated.
+        available: String,
+    },
 }
 
 /// The fields every manifest kind shares, read before deciding what the document is.
@@ -240,6 +363,11 @@ struct Probe {
 ///
 /// Registries and proxies sometimes serve manifests as `application/json` or
 /// `application/octet-stream`; those are treated as "unknown" and the body decides.
+///
+/// # Errors
+///
+/// Schema 1, an unknown media type, a media type that disagrees with the body, more than
+/// [`MAX_MANIFEST_BYTES`], or JSON that is not the document it claims to be.
 pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, ManifestError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestError::TooLarge {
@@ -313,6 +441,11 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, Manif
 
 impl ImageManifest {
     /// Refuses manifests haul cannot turn into an image: non-image configs, unknown layer types.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::NotAnImage`], [`ManifestError::UnsupportedLayer`] or
+    /// [`ManifestError::ConfigTooLarge`].
     pub fn check_is_image(&self) -> Result<(), ManifestError> {
         if !media_type::is_config(&self.config.media_type) {
             return Err(ManifestError::NotAnImage {
@@ -346,6 +479,10 @@ impl ImageIndex {
     }
 
     /// The entry for `wanted` by containerd's ordered rules, or an error listing what the index has.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::NoMatchingPlatform`] when no image entry fits `wanted`.
     pub fn select(&self, wanted: &Platform) -> Result<&Descriptor, ManifestError> {
         let entries: Vec<&Descriptor> = self
             .image_entries()
@@ -375,6 +512,10 @@ impl ImageIndex {
 /// under OCI's names), so OCI tools such as skopeo and umoci can read the store. Returns `None` for
 /// a manifest that is already OCI. The original document is kept as well: its digest is the
 /// image's identity at the registry.
+///
+/// # Errors
+///
+/// `bytes` are not JSON.
 pub fn docker_to_oci(bytes: &[u8]) -> Result<Option<Vec<u8>>, ManifestError> {
     let mut doc: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
@@ -412,44 +553,66 @@ pub fn docker_to_oci(bytes: &[u8]) -> Result<Option<Vec<u8>>, ManifestError> {
 /// The parts of an image config haul reads. The config blob itself is kept verbatim.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ImageConfig {
+    /// The CPU architecture the image was built for (empty when the config does not say).
     #[serde(default)]
     pub architecture: String,
+    /// The operating system (empty when the config does not say).
     #[serde(default)]
     pub os: String,
+    /// The CPU variant.
     #[serde(default)]
     pub variant: Option<String>,
+    /// When the image was built, as written (RFC 3339).
     #[serde(default)]
     pub created: Option<String>,
+    /// The layers' uncompressed digests.
     #[serde(default)]
     pub rootfs: RootFs,
+    /// How the image was built, step by step.
     #[serde(default)]
     pub history: Vec<History>,
 }
 
+/// An image config's `rootfs`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RootFs {
+    /// Always `layers` in practice.
     #[serde(rename = "type", default)]
     pub kind: String,
+    /// The digest of each layer uncompressed, base first: what unpacking verifies.
     #[serde(default)]
     pub diff_ids: Vec<Digest>,
 }
 
+/// One step of an image's build history.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct History {
+    /// When, as written (RFC 3339).
     #[serde(default)]
     pub created: Option<String>,
+    /// The instruction (`/bin/sh -c #(nop) CMD ["sh"]`).
     #[serde(default)]
     pub created_by: Option<String>,
+    /// The step made no layer.
     #[serde(default)]
     pub empty_layer: bool,
 }
 
 impl ImageConfig {
+    /// Parses an image config blob.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::InvalidConfig`] for JSON that is not an image config.
     pub fn parse(bytes: &[u8]) -> Result<ImageConfig, ManifestError> {
         serde_json::from_slice(bytes).map_err(ManifestError::InvalidConfig)
     }
 
     /// The diff_ids must pair one-to-one with the manifest's layers, or unpacking cannot verify them.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::LayerCountMismatch`].
     pub fn check_layers(&self, manifest: &ImageManifest) -> Result<(), ManifestError> {
         if self.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(ManifestError::LayerCountMismatch {
@@ -460,6 +623,11 @@ impl ImageConfig {
         Ok(())
     }
 
+    /// `created` as a time, when it parses.
+    // Returns a `jiff` type, which is not part of haul's API (jiff is not 1.0 yet): callers read
+    // `created`. Reachable from outside only for the property tests in `tests/parsers_prop.rs`.
+    #[doc(hidden)]
+    #[must_use]
     pub fn created_at(&self) -> Option<jiff::Timestamp> {
         self.created.as_deref().and_then(|s| s.parse().ok())
     }

@@ -10,6 +10,18 @@
 //! the best-ranked entry and, among equally ranked ones, the first. Another operating system never
 //! matches, and neither do attestation entries (`unknown/unknown`). `os.version` is compared only
 //! for Windows, and `os.features` never.
+//!
+//! ```
+//! use haul::platform::{self, Platform};
+//!
+//! let pi: Platform = "linux/armhf".parse()?;
+//! assert_eq!(pi.to_string(), "linux/arm/v7");
+//!
+//! // An index offering arm/v6 and arm64: a v7 CPU runs v6 images.
+//! let offered: Vec<Platform> = vec!["linux/arm64".parse()?, "linux/arm/v6".parse()?];
+//! assert_eq!(platform::best_match(&pi, &offered), Some(1));
+//! # Ok::<(), haul::platform::PlatformError>(())
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,16 +31,21 @@ use serde::{Deserialize, Serialize};
 /// An OCI platform as it appears in an image index entry or an image config.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Platform {
+    /// The CPU architecture (`amd64`, `arm64`, `arm`…).
     pub architecture: String,
+    /// The operating system (`linux`, `windows`…).
     pub os: String,
+    /// The CPU variant (`v7` for `arm`, `v8` for `arm64`, `v2`… for `amd64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// The OS version (`os.version`): compared only for Windows.
     #[serde(
         rename = "os.version",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub os_version: Option<String>,
+    /// Required OS features (`os.features`): never compared.
     #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
     pub os_features: Vec<String>,
 }
@@ -36,14 +53,24 @@ pub struct Platform {
 /// Why a string is not a platform.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlatformError {
+    /// Not two or three non-empty parts separated by `/`.
     #[error(
         "invalid platform {input:?}: expected OS/ARCH or OS/ARCH/VARIANT, such as linux/amd64 or linux/arm/v7"
     )]
-    Shape { input: String },
+    Shape {
+        /// The text given.
+        input: String,
+    },
+    /// A part with characters a platform name does not have.
     #[error(
         "invalid platform {input:?}: {part:?} may contain only letters, digits, '_', '.' and '-'"
     )]
-    Part { input: String, part: String },
+    Part {
+        /// The text given.
+        input: String,
+        /// The offending part.
+        part: String,
+    },
 }
 
 impl FromStr for Platform {
@@ -84,6 +111,7 @@ impl fmt::Display for Platform {
 
 impl Platform {
     /// A platform with the given parts as written (not normalised) and no OS version or features.
+    #[must_use]
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Platform {
         Platform {
             architecture: architecture.to_owned(),
@@ -99,6 +127,7 @@ impl Platform {
     /// The OS is `linux` on macOS and Windows too: there are no macOS images, and Docker Desktop
     /// runs Linux containers on both by default. Ask for `windows/amd64` explicitly to get
     /// Windows images.
+    #[must_use]
     pub fn host() -> Platform {
         let little_endian = cfg!(target_endian = "little");
         let os = match std::env::consts::OS {
@@ -126,6 +155,7 @@ impl Platform {
     /// containerd's normalisation: lower case, architecture aliases folded, ARM variants spelled
     /// `vN`, `arm64` without a variant made `v8`, `amd64/v1` made plain `amd64`, `arm` without a
     /// variant made `v7`, OS features sorted and deduplicated.
+    #[must_use]
     pub fn normalized(&self) -> Platform {
         let os = match self.os.to_ascii_lowercase().as_str() {
             "macos" => "darwin".to_owned(),
@@ -152,6 +182,7 @@ impl Platform {
 
     /// The normalised platforms this one accepts, most preferred first (containerd's
     /// `platforms.Only` vector).
+    #[must_use]
     pub fn compatible(&self) -> Vec<Platform> {
         let want = self.normalized();
         let sibling = |architecture: &str, variant: Option<String>| Platform {
@@ -224,6 +255,7 @@ pub fn best_match<'a>(
 }
 
 /// Whether an index entry for `candidate` may be pulled when `want` is requested.
+#[must_use]
 pub fn matches(want: &Platform, candidate: &Platform) -> bool {
     rank(&want.compatible(), candidate).is_some()
 }

@@ -4,6 +4,31 @@
 //! Events for one layer arrive in the order docker users know (`Pulling fs layer`, `Waiting`,
 //! `Downloading`, `Verifying Checksum`, `Download complete`, `Pull complete`, or `Already exists`),
 //! and a reporter may be called from several threads at once.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! use haul::progress::{Event, LayerStatus, Reporter};
+//!
+//! /// Counts the layers that finished; called from several tasks at once, so state is atomic.
+//! #[derive(Default)]
+//! struct Done(AtomicU64);
+//!
+//! impl Reporter for Done {
+//!     fn report(&self, event: Event) {
+//!         if let Event::Layer { status: LayerStatus::PullComplete, .. } = event {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//!
+//! let done = Done::default();
+//! done.report(Event::Layer {
+//!     digest: haul::digest::Digest::sha256_of(b"layer"),
+//!     status: LayerStatus::PullComplete,
+//! });
+//! assert_eq!(done.0.load(Ordering::Relaxed), 1);
+//! ```
 
 use std::sync::{Arc, Mutex};
 
@@ -15,30 +40,46 @@ use crate::digest::Digest;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum LayerStatus {
+    /// The layer is in the store already (and extracted, when the pull extracts): nothing to do.
     AlreadyExists,
+    /// The layer will be downloaded.
     PullingFsLayer,
+    /// Waiting for a download slot (`max-concurrent-downloads`).
     Waiting,
+    /// Bytes arriving; sent many times a second.
     Downloading {
+        /// Bytes of the blob held so far (a resumed download starts above 0).
         current: u64,
+        /// The blob's size in bytes.
         total: u64,
     },
+    /// An attempt failed and the download is tried again after a pause.
     Retrying {
+        /// The attempt that failed, from 1.
         attempt: u32,
+        /// Seconds until the next attempt, rounded up (0 after a transfer that made progress).
         delay_secs: u64,
+        /// Why the attempt failed.
         reason: String,
     },
+    /// Every byte arrived; the digest is being checked.
     VerifyingChecksum,
+    /// The blob is verified and in the store.
     DownloadComplete,
     /// Applying the layer; `current` counts compressed bytes consumed.
     Extracting {
+        /// Compressed bytes consumed so far.
         current: u64,
+        /// The blob's size in bytes.
         total: u64,
     },
+    /// The layer is done: downloaded and, when the pull extracts, extracted.
     PullComplete,
 }
 
 impl LayerStatus {
     /// docker's wording for the status, without the progress bar.
+    #[must_use]
     pub fn label(&self) -> String {
         match self {
             LayerStatus::AlreadyExists => "Already exists".to_owned(),
@@ -59,21 +100,37 @@ impl LayerStatus {
     }
 }
 
+/// Something a pull did, in the order it did it. Serialises as one JSON object tagged by
+/// `event` (`{"event":"resolved","digest":"sha256:…"}`), as `haul pull --progress json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// No tag or digest was given, so `latest` is used.
-    UsingDefaultTag { tag: String },
+    UsingDefaultTag {
+        /// The tag used.
+        tag: String,
+    },
     /// `latest: Pulling from library/alpine`: `label` is the tag or digest.
-    PullingFrom { label: String, repository: String },
+    PullingFrom {
+        /// The tag, or the digest when pulling by digest.
+        label: String,
+        /// The repository as docker shows it (`library/alpine`, `team/app`).
+        repository: String,
+    },
     /// The blobs this pull will fetch, once known: lets a renderer show a total and an ETA.
     Plan {
+        /// Distinct layers of the image.
         layers: u64,
+        /// Their compressed size in all, in bytes.
         bytes_total: u64,
+        /// How much of that the store already holds.
         bytes_present: u64,
     },
+    /// A layer (by its compressed digest) moved on; see [`LayerStatus`].
     Layer {
+        /// The layer's digest.
         digest: Digest,
+        /// What happened to it.
         #[serde(flatten)]
         status: LayerStatus,
     },
@@ -82,30 +139,54 @@ pub enum Event {
     /// without an accepted signature through (`unsigned: warn`). With `unsigned: allow` both are
     /// empty.
     Trusted {
+        /// The image as docker shows it (`alpine:3.20`).
         image: String,
+        /// Its repository as docker shows it (`alpine`).
         repository: String,
+        /// The digest checked, which is what is pulled.
         digest: Digest,
+        /// The accepted signers, as [`crate::trust::Signer`] displays them.
         signers: Vec<String>,
+        /// Why the image would have been refused, under `unsigned: warn`.
         warning: Option<String>,
+        /// The policy rule applied (its prefix, or `*`).
         scope: String,
     },
     /// `--all-tags` left a tag alone: it names a signature, an attestation or another artifact.
-    TagSkipped { reference: String, reason: String },
+    TagSkipped {
+        /// The tag's full reference.
+        reference: String,
+        /// Why it was skipped.
+        reason: String,
+    },
     /// The image (not from an index) was built for another platform than the host's, and no
     /// platform was asked for; docker warns and pulls it.
-    PlatformMismatch { wanted: String, actual: String },
+    PlatformMismatch {
+        /// The host's platform.
+        wanted: String,
+        /// The image's.
+        actual: String,
+    },
     /// What the reference resolved to (`Digest: sha256:…`).
-    Resolved { digest: Digest },
+    Resolved {
+        /// The index or manifest digest.
+        digest: Digest,
+    },
     /// The pull is done; `up_to_date` when nothing had to be fetched.
     Finished {
+        /// Nothing had to be fetched (`Image is up to date`).
         up_to_date: bool,
+        /// The reference as docker shows it (`alpine:latest`).
         familiar: String,
+        /// The full reference (`docker.io/library/alpine:latest`).
         reference: String,
     },
 }
 
 /// Receives progress events. Implementations must be cheap: events arrive from the download tasks.
 pub trait Reporter: Send + Sync {
+    /// Takes one event. Called from several tasks and threads at once, possibly from inside
+    /// async code: must not block for long, and must not panic.
     fn report(&self, event: Event);
 }
 
@@ -123,6 +204,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Every event so far, in the order they arrived.
+    #[must_use]
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
@@ -139,7 +222,7 @@ impl Reporter for Recorder {
 /// Shows the events of several concurrent pulls as if they ran one after another: the first
 /// unfinished pull's events pass through as they come, later pulls' wait until every pull before
 /// them has finished. `--all-tags` pulls tags concurrently and still reads like docker's.
-pub struct InOrder {
+pub(crate) struct InOrder {
     inner: Arc<dyn Reporter>,
     state: Mutex<OrderState>,
 }
@@ -151,7 +234,7 @@ struct OrderState {
 }
 
 impl InOrder {
-    pub fn new(inner: Arc<dyn Reporter>, count: usize) -> Arc<InOrder> {
+    pub(crate) fn new(inner: Arc<dyn Reporter>, count: usize) -> Arc<InOrder> {
         Arc::new(InOrder {
             inner,
             state: Mutex::new(OrderState {
@@ -163,7 +246,7 @@ impl InOrder {
     }
 
     /// The reporter for pull number `index`.
-    pub fn part(self: &Arc<Self>, index: usize) -> Arc<dyn Reporter> {
+    pub(crate) fn part(self: &Arc<Self>, index: usize) -> Arc<dyn Reporter> {
         Arc::new(Part {
             order: self.clone(),
             index,
@@ -171,7 +254,7 @@ impl InOrder {
     }
 
     /// Pull number `index` is over (done or failed): the next one's events are shown.
-    pub fn finish(&self, index: usize) {
+    pub(crate) fn finish(&self, index: usize) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };

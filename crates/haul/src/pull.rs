@@ -50,48 +50,72 @@ use all_tags::{TAGS_AT_ONCE, artifact_tag};
 use layer::{BlobContext, LayerJob};
 use manifests::{manifest_media_type, map_name_error, parse_image};
 
+/// Why a pull failed. The messages are docker's where docker has one. [`PullError::kind`]
+/// classifies it as the front door does; a failed pull leaves the store as it was, plus the
+/// verified blobs it may reuse.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    /// The registry has no such tag or digest.
     #[error("manifest for {reference} not found: {source}")]
     ManifestUnknown {
+        /// The image as docker shows it.
         reference: String,
+        /// What the registry answered.
         #[source]
         source: RegistryError,
     },
+    /// The registry has no such repository.
     #[error("repository {repository} not found: {source}")]
     NameUnknown {
+        /// The repository.
         repository: String,
+        /// What the registry answered.
         #[source]
         source: RegistryError,
     },
+    /// The registry refused access: the repository does not exist or needs (other) credentials.
     #[error(
         "pull access denied for {repository}, repository does not exist or may require \
          'haul login': {source}"
     )]
     AccessDenied {
+        /// The repository.
         repository: String,
+        /// What the registry answered.
         #[source]
         source: RegistryError,
     },
+    /// A downloaded blob is not what its digest says; it was not stored.
     #[error("filesystem layer verification failed for digest {digest}: {source}")]
     LayerVerification {
+        /// The blob's digest.
         digest: Digest,
+        /// What the store found.
         #[source]
         source: Box<StoreError>,
     },
+    /// A manifest, index or config cannot be used (unsupported, malformed, no entry for the
+    /// platform).
     #[error("{context}: {source}")]
     Manifest {
+        /// Which document.
         context: String,
+        /// What is wrong with it.
         #[source]
         source: ManifestError,
     },
+    /// The registry failed otherwise.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A layer could not be extracted into the layer cache.
     #[error("extracting layer {digest}: {source}")]
     Extract {
+        /// The layer's digest.
         digest: Digest,
+        /// Why.
         #[source]
         source: Box<UnpackError>,
     },
@@ -112,24 +136,38 @@ pub enum PullError {
         .root.display()
     )]
     NoSpace {
+        /// Bytes needed: the missing blobs' sizes plus an estimate for extracting the layers not
+        /// yet extracted.
         need: u64,
+        /// `need` is a lower bound: the disk filled during the pull.
         more_than: bool,
+        /// Bytes free when the pull started.
         free: u64,
+        /// The store's directory.
         root: PathBuf,
     },
+    /// The image (not from an index) is for another platform than the one asked for.
     #[error(
         "image with reference {reference} was found but does not match the specified platform: \
          wanted {wanted}, actual: {actual}"
     )]
     PlatformMismatch {
+        /// The image as docker shows it.
         reference: String,
+        /// The platform asked for.
         wanted: String,
+        /// The image's.
         actual: String,
     },
+    /// The image name is not a valid reference.
     #[error(transparent)]
     Reference(#[from] crate::reference::ReferenceError),
+    /// The image was pulled, and then removed by someone else before it could be used.
     #[error("{name} was removed from the store while it was being pulled")]
-    RefVanished { name: String },
+    RefVanished {
+        /// The full reference.
+        name: String,
+    },
     /// Content trust refused the image; nothing was downloaded.
     #[cfg(feature = "trust")]
     #[error(transparent)]
@@ -141,18 +179,24 @@ pub enum PullError {
          `trust` feature); nothing was pulled"
     )]
     TrustUnavailable,
+    /// [`Puller::pull_pinned`] was given a reference naming another digest than the pin.
     #[error("{reference} names digest {named}, but the pull was pinned to {pinned}")]
     PinMismatch {
+        /// The reference.
         reference: String,
+        /// The digest it names.
         named: Digest,
+        /// The digest pinned.
         pinned: Digest,
     },
 }
 
+/// How a [`Puller`] pulls. [`PullOptions::default`] is docker's behaviour.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     /// The platform to pick from an index; the host's when `None`.
     pub platform: Option<Platform>,
+    /// Layers downloaded at once, by all the pulls of one puller together (at least 1).
     pub max_concurrent_downloads: usize,
     /// Extract every layer into the layer cache as part of the pull (docker's behaviour);
     /// `None` only downloads.
@@ -188,8 +232,11 @@ pub struct PullOutcome {
     pub resolved: Digest,
     /// The image manifest that was pulled.
     pub manifest: Digest,
+    /// Nothing had to be fetched: the store held the image already.
     pub up_to_date: bool,
+    /// Blobs (the config and layers) this pull fetched.
     pub blobs_downloaded: usize,
+    /// Their size in bytes, in all (a resumed blob counts whole).
     pub bytes_downloaded: u64,
 }
 
@@ -197,6 +244,28 @@ pub struct PullOutcome {
 /// (each stops at its next read).
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Pulls images into a store: the engine behind [`crate::Haul`], for callers that wire the
+/// registry client and the store themselves. Share it (behind an `Arc`) rather than make one
+/// per pull: its download and extraction slots bound all its pulls together.
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use haul::config::Config;
+/// use haul::progress::Silent;
+/// use haul::pull::{PullOptions, Puller};
+/// use haul::registry::{Anonymous, ClientOptions, RegistryClient};
+/// use haul::store::Store;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::default();
+/// let client =
+///     RegistryClient::new(config.registry_settings(), Arc::new(Anonymous), ClientOptions::default())?;
+/// let puller = Puller::new(client, Store::open("/tmp/haul-store")?, PullOptions::default());
+/// let outcome = puller.pull(&"alpine:3.20".parse()?, Arc::new(Silent)).await?;
+/// println!("{} is {}", outcome.reference, outcome.manifest);
+/// # Ok(()) }
+/// ```
 pub struct Puller {
     client: RegistryClient,
     store: Store,
@@ -236,6 +305,7 @@ impl Puller {
     /// `options.content_trust` says otherwise: when it is on, every pull this puller makes (by tag,
     /// by digest, every tag, or [`Puller::stored_or_pull`]) checks the image's signatures against
     /// the configured keyring and policy before anything is downloaded.
+    #[must_use]
     pub fn new(client: RegistryClient, store: Store, options: PullOptions) -> Puller {
         let download_slots = Arc::new(Semaphore::new(options.max_concurrent_downloads.max(1)));
         let extract_slots = Arc::new(Semaphore::new(
@@ -256,16 +326,20 @@ impl Puller {
     /// Checks content trust with `verifier` (its own keyring, policy or clock) instead of the
     /// configured one, whatever the configuration says.
     #[cfg(feature = "trust")]
+    #[must_use]
     pub fn with_trust(mut self, verifier: TrustVerifier) -> Puller {
         self.trust = Some(Arc::new(verifier));
         self
     }
 
     /// Whether pulls check content trust.
+    #[must_use]
     pub fn verifies_trust(&self) -> bool {
         self.trust.is_some()
     }
 
+    /// The store images are pulled into.
+    #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -276,6 +350,11 @@ impl Puller {
     /// it is the digest that was checked; otherwise that digest is pulled. With trust off, a name
     /// another OCI tool wrote into the store as it is (skopeo's `oci:STORE:mytag`) is used when
     /// docker's normalisation of it (`docker.io/library/mytag:latest`) is not stored.
+    ///
+    /// # Errors
+    ///
+    /// `image` is neither a valid reference nor a name in the store, content trust refuses it,
+    /// or the pull fails.
     pub async fn stored_or_pull(
         &self,
         image: &str,
@@ -334,6 +413,11 @@ impl Puller {
     /// (cosign's `sha256-….sig`, `.att`, `.sbom`, the referrers fallback tags, or any tag whose
     /// manifest is not an image) are skipped with the reason; a tag that fails does not stop the
     /// others. `Err` only when the tag list itself cannot be read.
+    ///
+    /// # Errors
+    ///
+    /// The repository does not exist, access is denied, or the registry's tag list cannot be
+    /// read or is hostile ([`RegistryError::TagList`]).
     pub async fn pull_all_tags(
         &self,
         repository: &Reference,
@@ -420,6 +504,10 @@ impl Puller {
     /// Pulls the image `reference` names. With content trust on, a tag is resolved and its
     /// digest checked first, and then exactly that digest is pulled, so the tag cannot move
     /// between the check and the pull.
+    ///
+    /// # Errors
+    ///
+    /// Any [`PullError`]; [`PullError::kind`] says which kind.
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -432,6 +520,11 @@ impl Puller {
 
     /// Pulls exactly `digest` (an index or an image manifest) and stores it under `reference`'s
     /// name. With content trust on, `digest` must carry an accepted signature.
+    ///
+    /// # Errors
+    ///
+    /// [`PullError::PinMismatch`] when `reference` names another digest, else as
+    /// [`Puller::pull`].
     pub async fn pull_pinned(
         &self,
         reference: &Reference,

@@ -26,6 +26,25 @@ const TAG_MAX: usize = 128;
 ///
 /// When both a tag and a digest are given, the digest decides what is pulled and the tag is kept
 /// only as a label, as docker does.
+///
+/// ```
+/// use haul::reference::Reference;
+///
+/// let alpine: Reference = "alpine".parse()?;
+/// assert_eq!(alpine.to_string(), "docker.io/library/alpine:latest");
+/// assert_eq!(alpine.familiar_name(), "alpine");
+/// assert_eq!(alpine.api_host(), "registry-1.docker.io");
+///
+/// let app: Reference = "registry.example.com:5000/team/app:1.2".parse()?;
+/// assert_eq!(app.registry(), "registry.example.com:5000");
+/// assert_eq!(app.repository(), "team/app");
+/// assert_eq!(app.tag(), Some("1.2"));
+///
+/// // docker's grammar, docker's first words.
+/// let err = "Team/App".parse::<Reference>().unwrap_err();
+/// assert_eq!(err.to_string(), "invalid reference format: repository name must be lowercase");
+/// # Ok::<(), haul::reference::ReferenceError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Reference {
     registry: String,
@@ -37,46 +56,83 @@ pub struct Reference {
 /// Why a string is not an image reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
+    /// The text is empty.
     #[error("invalid reference format: the reference is empty")]
     Empty,
+    /// Nothing before the tag or digest (`:latest`, `@sha256:…`).
     #[error("invalid reference format: repository name must have at least one component")]
     MissingName,
+    /// 64 hexadecimal digits: an image ID, which docker refuses as a name.
     #[error(
         "invalid reference format: a 64-character hexadecimal string is an image ID, not a repository name"
     )]
     ImageId,
+    /// The registry part is not a host name or address with an optional port.
     #[error("invalid reference format: invalid registry host {0:?}")]
-    InvalidRegistry(String),
+    InvalidRegistry(
+        /// The registry part as written.
+        String,
+    ),
+    /// The repository name has uppercase letters.
     #[error("invalid reference format: repository name must be lowercase")]
     Uppercase,
+    /// The repository name has an empty component.
     #[error(
         "invalid reference format: repository name has an empty component (a leading, trailing or doubled '/')"
     )]
     EmptyComponent,
+    /// A component of the repository name breaks the grammar.
     #[error(
         "invalid reference format: repository name component {0:?} must be lowercase letters and digits separated by '.', '_', '__' or '-'"
     )]
-    InvalidComponent(String),
+    InvalidComponent(
+        /// The component.
+        String,
+    ),
+    /// The normalised name (registry and repository: `alpine` counts as
+    /// `docker.io/library/alpine`) is longer than 255 characters.
     #[error(
         "invalid reference format: repository name must not be more than {NAME_MAX} characters"
     )]
-    NameTooLong { name: String, len: usize },
+    NameTooLong {
+        /// The normalised name.
+        name: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A `:` with no tag after it.
     #[error("invalid reference format: tag is empty")]
     EmptyTag,
+    /// The tag is longer than 128 characters.
     #[error("invalid reference format: tag is longer than {TAG_MAX} characters")]
-    TagTooLong { len: usize },
+    TagTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The tag breaks the grammar.
     #[error(
         "invalid reference format: invalid tag {0:?}: a tag is letters, digits, '_', '.' and '-', and does not begin with '.' or '-'"
     )]
-    InvalidTag(String),
+    InvalidTag(
+        /// The tag.
+        String,
+    ),
+    /// The digest is not one.
     // The digest error is part of the message rather than a `source`, so a printed error chain
     // does not say it twice.
     #[error("invalid reference format: {0}")]
-    InvalidDigest(DigestError),
+    InvalidDigest(
+        /// Why.
+        DigestError,
+    ),
+    /// A tag or digest where only a repository is accepted ([`Reference::parse_repository`]).
     #[error(
         "invalid reference format: {input:?} has a tag or digest, but only a repository name is accepted here"
     )]
-    NotARepository { input: String },
+    NotARepository {
+        /// The text given.
+        input: String,
+    },
 }
 
 impl FromStr for Reference {
@@ -129,6 +185,10 @@ impl FromStr for Reference {
 impl Reference {
     /// Parses a repository name alone, as `pull --all-tags` and `images REPO` take it: like
     /// [`FromStr`], but a tag or digest is an error.
+    ///
+    /// # Errors
+    ///
+    /// As parsing a reference, and [`ReferenceError::NotARepository`] for a tag or digest.
     pub fn parse_repository(s: &str) -> Result<Reference, ReferenceError> {
         let reference: Reference = s.parse()?;
         if reference.tag.is_some() || reference.digest.is_some() {
@@ -140,30 +200,37 @@ impl Reference {
     }
 
     /// The registry as named, e.g. `docker.io`, `ghcr.io`, `localhost`, `127.0.0.1:5000`.
+    #[must_use]
     pub fn registry(&self) -> &str {
         &self.registry
     }
 
     /// The repository path within the registry, e.g. `library/alpine` or `team/app`.
+    #[must_use]
     pub fn repository(&self) -> &str {
         &self.repository
     }
 
     /// The tag as written, or `None` when none was written.
+    #[must_use]
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
     }
 
+    /// The digest as written, or `None` when none was written.
+    #[must_use]
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()
     }
 
     /// The tag as written, or `latest`.
+    #[must_use]
     pub fn tag_or_default(&self) -> &str {
         self.tag.as_deref().unwrap_or(DEFAULT_TAG)
     }
 
     /// The host that serves the registry API for this reference (before any mirror is applied).
+    #[must_use]
     pub fn api_host(&self) -> &str {
         if self.is_docker_hub() {
             DOCKER_HUB_API_HOST
@@ -173,11 +240,13 @@ impl Reference {
     }
 
     /// Registry and repository, e.g. `docker.io/library/alpine`.
+    #[must_use]
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
 
     /// The short name docker shows: `alpine`, `user/app`, `127.0.0.1:5000/team/app`.
+    #[must_use]
     pub fn familiar_name(&self) -> String {
         if !self.is_docker_hub() {
             return self.name();
@@ -197,11 +266,17 @@ impl Reference {
 
     /// The short form docker prints in status lines: `alpine:latest`, `alpine@sha256:…`,
     /// `alpine:3.20@sha256:…`.
+    #[must_use]
     pub fn familiar_string(&self) -> String {
         format!("{}{}", self.familiar_name(), Suffix(self))
     }
 
     /// The same repository with `tag` instead of any tag or digest.
+    ///
+    /// # Errors
+    ///
+    /// `tag` is not a valid tag ([`ReferenceError::EmptyTag`], [`ReferenceError::TagTooLong`],
+    /// [`ReferenceError::InvalidTag`]).
     pub fn with_tag(&self, tag: &str) -> Result<Reference, ReferenceError> {
         check_tag(tag)?;
         Ok(Reference {
@@ -213,6 +288,7 @@ impl Reference {
     }
 
     /// The same reference pinned to `digest`; a tag stays as a label.
+    #[must_use]
     pub fn with_digest(&self, digest: Digest) -> Reference {
         Reference {
             digest: Some(digest),
@@ -220,6 +296,9 @@ impl Reference {
         }
     }
 
+    /// Whether the registry is Docker Hub (written `docker.io`, `index.docker.io` or not at
+    /// all).
+    #[must_use]
     pub fn is_docker_hub(&self) -> bool {
         self.registry == DOCKER_HUB
     }

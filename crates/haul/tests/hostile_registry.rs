@@ -13,9 +13,9 @@ use common::{harness, harness_with};
 use haul::config::Config;
 use haul::progress::Recorder;
 use haul::pull::{PullError, PullOptions, Puller};
-use haul::registry::error::{ForeignUrlRefusal, TagListProblem};
 use haul::registry::{
-    Anonymous, ClientOptions, Credential, RegistryClient, RegistryError, StaticCredentials,
+    Anonymous, ClientOptions, Credential, ForeignUrlRefusal, RegistryClient, RegistryError,
+    StaticCredentials, TagListProblem,
 };
 use haul::store::Store;
 use test_registry::{

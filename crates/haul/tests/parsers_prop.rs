@@ -26,8 +26,9 @@ use haul::archive;
 use haul::manifest::{self, ImageConfig, Manifest, media_type};
 use haul::platform::{self, Platform};
 use haul::reference::Reference;
-use haul::registry::challenge::{self, Challenge};
-use haul::registry::{Credential, DockerConfig};
+use haul::registry::{
+    Challenge, Credential, DockerConfig, parse_token_response, parse_www_authenticate,
+};
 use haul::store::Store;
 use haul::unpack::{ApplyOptions, apply_layer, apply_layer_for_cache};
 use proptest::prelude::*;
@@ -694,7 +695,7 @@ proptest! {
     #[test]
     fn any_www_authenticate_parses_to_usable_challenges(values in prop::collection::vec(text(), 0..3)) {
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        for c in challenge::parse_www_authenticate(&values) {
+        for c in parse_www_authenticate(&values) {
             if let Challenge::Bearer { realm, service, scope } = c {
                 prop_assert!(!realm.is_empty());
                 prop_assert!(service.is_none_or(|s| !s.is_empty()));
@@ -705,7 +706,7 @@ proptest! {
 
     #[test]
     fn well_formed_bearer_challenges_parse_back((header, realm, service, scope, basic_first) in bearer_header()) {
-        let parsed = challenge::parse_www_authenticate(&[&header]);
+        let parsed = parse_www_authenticate(&[&header]);
         let bearer = Challenge::Bearer { realm, service: Some(service), scope: Some(scope) };
         let bearer_at = usize::from(basic_first);
         prop_assert_eq!(parsed.get(bearer_at), Some(&bearer), "{} parsed as {:?}", header, parsed);
@@ -722,7 +723,7 @@ proptest! {
             1 => prop::collection::vec(any::<u8>(), 0..64),
         ],
     ) {
-        match challenge::parse_token_response(&body) {
+        match parse_token_response(&body) {
             Ok(token) => {
                 prop_assert!(!token.token.is_empty());
                 let lifetime = token.lifetime();
@@ -1229,7 +1230,7 @@ fn the_generators_make_what_they_claim() {
     // grammar reference parses, a tar of plain entries applies.
     let header = "Bearer realm=\"https://auth.example/token\",service=registry.example,scope=\"repository:a/b:pull\"";
     assert_eq!(
-        challenge::parse_www_authenticate(&[header]),
+        parse_www_authenticate(&[header]),
         vec![Challenge::Bearer {
             realm: "https://auth.example/token".into(),
             service: Some("registry.example".into()),

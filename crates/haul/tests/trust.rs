@@ -658,7 +658,7 @@ async fn haul_signs_images_cosign_compatibly_through_an_authenticated_registry()
 
     let alice = TestKey::new();
     let alice_key = PrivateKey::from_pkcs8(&alice.pkcs8, "alice").unwrap();
-    let outcome = haul::trust::sign::sign_image(&client, &pusher, &reference, &alice_key)
+    let outcome = haul::trust::sign_image(&client, &pusher, &reference, &alice_key)
         .await
         .unwrap();
     assert_eq!(outcome.digest.to_string(), image.digest());
@@ -719,11 +719,11 @@ async fn haul_signs_images_cosign_compatibly_through_an_authenticated_registry()
     // A second signer is added next to the first; signing again with alice replaces hers.
     let bob = TestKey::new();
     let bob_key = PrivateKey::from_pkcs8(&bob.pkcs8, "bob").unwrap();
-    let second = haul::trust::sign::sign_image(&client, &pusher, &reference, &bob_key)
+    let second = haul::trust::sign_image(&client, &pusher, &reference, &bob_key)
         .await
         .unwrap();
     assert_eq!(second.signatures, 2);
-    let again = haul::trust::sign::sign_image(&client, &pusher, &reference, &alice_key)
+    let again = haul::trust::sign_image(&client, &pusher, &reference, &alice_key)
         .await
         .unwrap();
     assert_eq!(again.signatures, 2);
@@ -1141,7 +1141,7 @@ async fn signing_asks_the_token_service_for_a_push_scope_and_anonymous_pushes_ar
     // Anonymous: the issuer grants pull only, so the upload is refused and nothing is tagged.
     let anonymous: Arc<dyn haul::registry::CredentialStore> = Arc::new(Anonymous);
     let client = fast_client(Config::default(), anonymous.clone());
-    let err = haul::trust::sign::sign_image(
+    let err = haul::trust::sign_image(
         &client,
         &HaulPusher::new(client.clone(), anonymous),
         &reference,
@@ -1149,10 +1149,7 @@ async fn signing_asks_the_token_service_for_a_push_scope_and_anonymous_pushes_ar
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, haul::trust::sign::SignError::Push { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, haul::trust::SignError::Push { .. }), "{err}");
 
     let mut creds = StaticCredentials::default();
     creds.0.insert(
@@ -1164,7 +1161,7 @@ async fn signing_asks_the_token_service_for_a_push_scope_and_anonymous_pushes_ar
     );
     let creds: Arc<dyn haul::registry::CredentialStore> = Arc::new(creds);
     let client = fast_client(Config::default(), creds.clone());
-    haul::trust::sign::sign_image(
+    haul::trust::sign_image(
         &client,
         &HaulPusher::new(client.clone(), creds),
         &reference,

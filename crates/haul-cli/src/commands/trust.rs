@@ -214,7 +214,7 @@ async fn sign(global: &GlobalArgs, args: &TrustSignArgs) -> anyhow::Result<ExitC
     )?;
     let (_, client, creds) = client(context::load_config(global)?)?;
     let pusher = Pusher::new(client.clone(), creds);
-    let outcome = haul::trust::sign::sign_image(&client, &pusher, &reference, &key)
+    let outcome = haul::trust::sign_image(&client, &pusher, &reference, &key)
         .await
         .with_context(|| format!("signing {}", reference.familiar_string()))?;
     eprintln!(

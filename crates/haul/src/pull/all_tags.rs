@@ -12,6 +12,7 @@ pub(super) const TAGS_AT_ONCE: usize = 8;
 /// What [`super::Puller::pull_all_tags`] did, tag by tag, in tag order.
 #[derive(Debug, Default)]
 pub struct AllTags {
+    /// The tags pulled.
     pub pulled: Vec<PullOutcome>,
     /// Tags that are not images (signatures, attestations, other artifacts), with why.
     pub skipped: Vec<SkippedTag>,
@@ -22,7 +23,9 @@ pub struct AllTags {
 /// A tag `--all-tags` left alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedTag {
+    /// The tag.
     pub tag: String,
+    /// Why it was skipped (`a cosign signature tag`…).
     pub reason: String,
 }
 

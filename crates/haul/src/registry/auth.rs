@@ -23,7 +23,38 @@ use super::error::RegistryError;
 
 /// Where credentials come from. [`DockerConfig`] is the usual source; tests and embedders may
 /// supply their own.
+///
+/// The client asks at most once per registry per process and remembers the answer (including
+/// "none"), from a blocking thread: an implementation may block, on a file or a helper program.
+///
+/// ```
+/// use haul::registry::{Credential, CredentialError, CredentialStore};
+///
+/// /// One robot account for the company registry, anonymous everywhere else.
+/// struct Robot {
+///     token: String,
+/// }
+///
+/// impl CredentialStore for Robot {
+///     fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {
+///         Ok((registry == "registry.example.com").then(|| Credential::Basic {
+///             username: "robot".to_owned(),
+///             password: self.token.clone(),
+///         }))
+///     }
+/// }
+///
+/// let robot = Robot { token: "s3cret".to_owned() };
+/// assert!(robot.get("docker.io").unwrap().is_none());
+/// ```
 pub trait CredentialStore: Send + Sync {
+    /// The credential for `registry` (`docker.io` for Docker Hub, else `host[:port]`), or `None`
+    /// to go anonymous.
+    ///
+    /// # Errors
+    ///
+    /// When the credentials cannot be read: the request that needed them fails with
+    /// [`RegistryError::Credentials`](super::RegistryError::Credentials).
     fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError>;
 }
 
@@ -44,7 +75,10 @@ impl CredentialStore for Anonymous {
 
 /// Fixed credentials per registry name.
 #[derive(Default)]
-pub struct StaticCredentials(pub HashMap<String, Credential>);
+pub struct StaticCredentials(
+    /// Credentials by registry name (`docker.io`, `host[:port]`).
+    pub HashMap<String, Credential>,
+);
 
 impl CredentialStore for StaticCredentials {
     fn get(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {

@@ -19,12 +19,18 @@ use serde_json::{Map, Value};
 pub enum Challenge {
     /// Exchange credentials (or nothing) for a token at `realm`.
     Bearer {
+        /// The token endpoint's URL.
         realm: String,
+        /// The `service` to ask the token endpoint for.
         service: Option<String>,
+        /// The scope the registry asked for, if it said.
         scope: Option<String>,
     },
     /// Send `Authorization: Basic` directly to the registry.
-    Basic { realm: Option<String> },
+    Basic {
+        /// The realm, as a name for people.
+        realm: Option<String>,
+    },
 }
 
 /// The challenge to answer among a 401's `WWW-Authenticate` headers: Bearer when offered (it scopes
@@ -45,6 +51,7 @@ pub(crate) fn preferred(headers: &reqwest::header::HeaderMap) -> Option<Challeng
 
 /// Parses every `WWW-Authenticate` value of one response into the challenges haul understands, in
 /// the order the server listed them.
+#[must_use]
 pub fn parse_www_authenticate(header_values: &[&str]) -> Vec<Challenge> {
     let mut challenges = Vec::new();
     for value in header_values {
@@ -302,9 +309,13 @@ fn parse_params(cur: &mut Cursor<'_>, challenge: &mut RawChallenge) -> Option<()
 /// What a token endpoint granted.
 #[derive(Clone)]
 pub struct TokenResponse {
+    /// The token (`token`, else `access_token`).
     pub token: String,
+    /// Its lifetime in seconds, as the server said.
     pub expires_in: Option<u64>,
+    /// When it was issued, as the server said.
     pub issued_at: Option<jiff::Timestamp>,
+    /// An OAuth2 refresh token, if the server gave one.
     pub refresh_token: Option<String>,
 }
 
@@ -330,6 +341,7 @@ const MAXIMUM_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl TokenResponse {
     /// How long the token may be used from `issued_at` (or from when it was received).
+    #[must_use]
     pub fn lifetime(&self) -> Duration {
         self.expires_in
             .map(Duration::from_secs)
@@ -342,20 +354,36 @@ impl TokenResponse {
 /// secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum ChallengeError {
+    /// The body is not JSON.
     #[error("token response is not valid JSON (line {line}, column {column})")]
-    InvalidJson { line: usize, column: usize },
+    InvalidJson {
+        /// Where parsing stopped: the line, from 1.
+        line: usize,
+        /// Where parsing stopped: the column, from 1.
+        column: usize,
+    },
+    /// The body is JSON, but not an object.
     #[error("token response is not a JSON object")]
     NotAnObject,
+    /// A field has the wrong type.
     #[error("token response field `{field}` is not {expected}")]
     InvalidField {
+        /// The field's name.
         field: &'static str,
+        /// What it should have been.
         expected: &'static str,
     },
+    /// The body holds no token.
     #[error("token response has neither `token` nor `access_token`")]
     MissingToken,
 }
 
 /// Parses a token endpoint's JSON body.
+///
+/// # Errors
+///
+/// A body that is not a JSON object with a non-empty `token` or `access_token`, or whose
+/// `expires_in`, `issued_at` or `refresh_token` has the wrong type.
 pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ChallengeError> {
     // Parsed by hand from a `Value` rather than derived: serde's type errors quote the offending
     // value, which here may be a token.

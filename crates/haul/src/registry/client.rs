@@ -39,8 +39,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Knobs that are not part of the user's config file.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// First retry delay; doubled per attempt, with jitter.
+    /// First retry delay; doubled per attempt, with jitter (default 500 ms).
     pub retry_base_delay: Duration,
+    /// How long establishing a connection (TCP and TLS) may take (default 30 s).
     pub connect_timeout: Duration,
     /// Longest silence while waiting for response bytes, so a stalled transfer fails (and is
     /// retried) instead of hanging. Not a limit on the whole request: layers can take minutes.
@@ -67,8 +68,27 @@ impl Default for ClientOptions {
     }
 }
 
-/// How many attempts in a row one mirror gets at one blob before the next endpoint is asked:
-
+/// The registry client: one per process, shared by cloning (the clones share connections,
+/// challenges and tokens).
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use haul::registry::{ClientOptions, DockerConfig, RegistryClient, RegistrySettings};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// // docker's defaults and docker's credentials; `Config::registry_settings` gives the settings
+/// // of a config file instead.
+/// let client = RegistryClient::new(
+///     RegistrySettings::default(),
+///     Arc::new(DockerConfig::load_default()?),
+///     ClientOptions::default(),
+/// )?;
+/// let alpine = client.repository(&"alpine".parse()?);
+/// let tags = alpine.tags().await?;
+/// println!("{} tags", tags.len());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RegistryClient {
     inner: Arc<Inner>,
@@ -125,6 +145,7 @@ impl RegistryClient {
     }
 
     /// The transport settings this client was built with.
+    #[must_use]
     pub fn settings(&self) -> &RegistrySettings {
         &self.inner.settings
     }

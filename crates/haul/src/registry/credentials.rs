@@ -26,8 +26,12 @@ use serde_json::{Map, Value};
 /// A credential for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
+    /// A user name and password (or access token), sent to the registry's token endpoint or, for
+    /// a registry that asks for Basic authentication, to the registry itself.
     Basic {
+        /// The user name.
         username: String,
+        /// The password or access token; never shown by `Debug`.
         password: String,
     },
     /// An OAuth2 refresh token (docker's `identitytoken`), exchanged at the token endpoint.
@@ -53,65 +57,109 @@ impl fmt::Debug for Credential {
 /// user can act; file contents and helper output that might hold secrets are not.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// Neither `DOCKER_CONFIG` nor `HOME` says where docker's config directory is.
     #[error("cannot find the docker config directory: neither DOCKER_CONFIG nor HOME is set")]
     NoConfigDir,
+    /// `config.json` exists but cannot be read.
     #[error("cannot read {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// `config.json` cannot be written.
     #[error("cannot write {}", path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// `config.json` is not JSON.
     #[error("{} is not valid JSON (line {line}, column {column})", path.display())]
     InvalidJson {
+        /// The file.
         path: PathBuf,
+        /// Where parsing stopped: the line, from 1.
         line: usize,
+        /// Where parsing stopped: the column, from 1.
         column: usize,
     },
+    /// A key of `config.json` has the wrong type.
     #[error("{}: `{field}` must be {expected}", path.display())]
     InvalidField {
+        /// The file.
         path: PathBuf,
+        /// The key, as a path (`auths.ghcr.io.auth`).
         field: String,
+        /// What it should have been.
         expected: &'static str,
     },
+    /// An `auths` entry's `auth` is not base64 of `user:password`.
     #[error("{}: the `auth` value of `auths.{key}` is invalid: {reason}", path.display())]
     InvalidAuth {
+        /// The file.
         path: PathBuf,
+        /// The `auths` key.
         key: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// `credsStore` or `credHelpers` names a helper that could not be a program name (a path,
+    /// for instance).
     #[error("{}: invalid credential helper name {name:?}", path.display())]
-    InvalidHelperName { path: PathBuf, name: String },
+    InvalidHelperName {
+        /// The file.
+        path: PathBuf,
+        /// The name as written.
+        name: String,
+    },
+    /// The configured `docker-credential-*` program is not installed.
     #[error("credential helper `{program}` not found")]
-    HelperNotFound { program: String },
+    HelperNotFound {
+        /// The program (`docker-credential-NAME`).
+        program: String,
+    },
+    /// The helper could not be started.
     #[error("cannot run credential helper `{program}`")]
     HelperSpawn {
+        /// The program.
         program: String,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// The helper did not answer in time and was killed.
     #[error("credential helper `{program} {action}` did not finish within {timeout:?}")]
     HelperTimeout {
+        /// The program.
         program: String,
+        /// What it was asked: `get`, `store` or `erase`.
         action: &'static str,
+        /// How long it had.
         timeout: Duration,
     },
+    /// The helper failed.
     #[error("credential helper `{program} {action}` failed ({status}): {message}")]
     HelperFailed {
+        /// The program.
         program: String,
+        /// What it was asked: `get`, `store` or `erase`.
         action: &'static str,
+        /// How it exited.
         status: ExitStatus,
         /// The first line of the helper's output: helpers report errors there, never secrets.
         message: String,
     },
+    /// The helper's answer is not the JSON helpers answer with.
     #[error("credential helper `{program} {action}` printed an unexpected reply")]
     HelperInvalidReply {
+        /// The program.
         program: String,
+        /// What it was asked: `get`, `store` or `erase`.
         action: &'static str,
     },
 }
@@ -157,7 +205,8 @@ enum Source {
 }
 
 impl DockerConfig {
-    /// `$DOCKER_CONFIG`, else `$HOME/.docker`.
+    /// `$DOCKER_CONFIG`, else `$HOME/.docker`; `None` when neither is set.
+    #[must_use]
     pub fn default_dir() -> Option<PathBuf> {
         if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
             return Some(PathBuf::from(dir));
@@ -168,6 +217,11 @@ impl DockerConfig {
     }
 
     /// Reads `dir/config.json`. A missing or empty file is an empty config, as for docker.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read, is not JSON, or whose `auths`, `credsStore` or `credHelpers`
+    /// have the wrong shape. Errors name the file and the key, never a secret.
     pub fn load(dir: &Path) -> Result<DockerConfig, CredentialError> {
         let path = dir.join("config.json");
         let bytes = match fs::read(&path) {
@@ -207,6 +261,11 @@ impl DockerConfig {
     }
 
     /// [`load`](Self::load) from [`default_dir`](Self::default_dir).
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialError::NoConfigDir`] when there is no default directory, else as
+    /// [`load`](Self::load).
     pub fn load_default() -> Result<DockerConfig, CredentialError> {
         let dir = Self::default_dir().ok_or(CredentialError::NoConfigDir)?;
         Self::load(&dir)
@@ -220,22 +279,29 @@ impl DockerConfig {
     }
 
     /// How long a helper may take before it is killed (10 s unless changed).
+    #[must_use]
     pub fn with_helper_timeout(mut self, timeout: Duration) -> Self {
         self.helper_timeout = timeout;
         self
     }
 
     /// The `config.json` this was read from and will be written to.
+    #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The credential for `registry` ("docker.io" or "host[:port]"), or `None` for anonymous.
+    /// The credential for `registry` (`docker.io` or `host[:port]`), or `None` for anonymous.
     ///
     /// Order: the `credHelpers` entry, else `credsStore`, then an inline `auths` entry. docker
     /// stops at the helper: with a helper configured, the `auths` entries it writes are empty
     /// markers. Falling back to inline credentials when the helper has nothing costs nothing for
     /// those markers and keeps working logins written by tools that ignore helpers.
+    ///
+    /// # Errors
+    ///
+    /// A credential helper that is missing, fails, times out or answers nonsense, or an `auths`
+    /// entry that cannot be decoded. A helper that has nothing for `registry` is not an error.
     pub fn lookup(&self, registry: &str) -> Result<Option<Credential>, CredentialError> {
         if let Some((name, source)) = self.helper_for(registry)? {
             if let Some(cred) = self.helper_get(&name, registry)? {
@@ -257,6 +323,10 @@ impl DockerConfig {
 
     /// Stores `cred` for `registry`: in its helper if one is configured (leaving an empty `auths`
     /// marker, as docker does), else base64-encoded in `auths`. Writes `config.json`.
+    ///
+    /// # Errors
+    ///
+    /// The helper failing, or `config.json` (or its directory) not writable.
     pub fn save(&mut self, registry: &str, cred: &Credential) -> Result<(), CredentialError> {
         let key = config_key(registry).to_owned();
         let mut entry = match self.auths().and_then(|a| a.get(&key)) {
@@ -286,6 +356,10 @@ impl DockerConfig {
 
     /// Removes the credential for `registry` from its helper and every matching `auths` key.
     /// Returns whether anything was removed.
+    ///
+    /// # Errors
+    ///
+    /// The helper failing, or `config.json` not writable.
     pub fn erase(&mut self, registry: &str) -> Result<bool, CredentialError> {
         let mut removed = false;
         if let Some((name, _)) = self.helper_for(registry)? {

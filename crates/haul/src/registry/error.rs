@@ -11,116 +11,242 @@ use super::credentials::CredentialError;
 use crate::digest::{Digest, VerifyError};
 use crate::manifest::ManifestError;
 
+/// What went wrong talking to a registry: what it answered (its error code, mapped to the variant
+/// a caller can branch on) or why it could not be reached.
+///
+/// `message` fields are the registry's own words (its error body), `detail` fields haul's
+/// description of a transport failure; both are for people, not for matching. `host` is the
+/// `host[:port]` contacted, `url` a request URL without credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The registry has no such tag or digest in the repository (`MANIFEST_UNKNOWN`).
     #[error("manifest unknown: {message}")]
-    ManifestUnknown { message: String },
+    ManifestUnknown {
+        /// The registry's message.
+        message: String,
+    },
+    /// The registry has no such repository (`NAME_UNKNOWN`).
     #[error("name unknown: {message}")]
-    NameUnknown { message: String },
+    NameUnknown {
+        /// The registry's message.
+        message: String,
+    },
+    /// The registry has no such blob (`BLOB_UNKNOWN`).
     #[error("blob unknown: {digest}")]
-    BlobUnknown { digest: String },
-    /// `anonymous`: no credentials were sent (there were none for this registry), so logging
-    /// in may help; with credentials sent, they were refused.
+    BlobUnknown {
+        /// The registry's message, usually naming the digest.
+        digest: String,
+    },
+    /// The registry wants credentials (`UNAUTHORIZED`, a 401 after the token dance).
     #[error("unauthorized: {message}")]
     Unauthorized {
+        /// The registry that refused.
         host: String,
+        /// The registry's message.
         message: String,
+        /// No credentials were sent (there were none for this registry), so logging in may
+        /// help; `false`: credentials were sent and refused.
         anonymous: bool,
     },
+    /// The registry refused access with the credentials given (`DENIED`, or a 403).
     #[error("denied: {message}")]
-    Denied { host: String, message: String },
+    Denied {
+        /// The registry that refused.
+        host: String,
+        /// The registry's message.
+        message: String,
+    },
+    /// Rate limited (`TOOMANYREQUESTS`, or a 429); retried within the configured limits before
+    /// it is returned.
     #[error("toomanyrequests: {message}")]
     TooManyRequests {
+        /// The registry's message.
         message: String,
+        /// The registry's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
     },
+    /// Any other status haul cannot use.
     #[error("{url} answered {status}{}", code_suffix(.code, .message))]
     Status {
+        /// The request's URL.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The registry's error code (`MANIFEST_INVALID`…), when its body had one.
         code: Option<String>,
+        /// The registry's message, when its body had one.
         message: Option<String>,
     },
+    /// The host could not be reached: name resolution, connection or a timeout before any
+    /// answer.
     #[error("cannot connect to {host}: {detail}")]
-    Connect { host: String, detail: String },
+    Connect {
+        /// The host contacted.
+        host: String,
+        /// What failed.
+        detail: String,
+    },
+    /// TLS failed: a certificate that does not verify, or a server that does not speak TLS.
+    /// Never retried.
     #[error("TLS failure talking to {host}: {detail}")]
-    Tls { host: String, detail: String },
+    Tls {
+        /// The host contacted.
+        host: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The request or the response body failed in transfer.
     #[error("request to {host} failed: {detail}")]
-    Transport { host: String, detail: String },
+    Transport {
+        /// The host contacted.
+        host: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A response (a manifest, a token, a tag list page, an error body) was larger than haul
+    /// reads.
     #[error("the response from {url} is larger than {limit} bytes")]
-    TooLarge { url: String, limit: usize },
+    TooLarge {
+        /// The request's URL.
+        url: String,
+        /// The most haul reads, in bytes.
+        limit: usize,
+    },
+    /// A manifest the registry served is not one haul can use.
     #[error("{url}: {source}")]
     Manifest {
+        /// Where the manifest came from.
         url: String,
+        /// What is wrong with it.
         #[source]
         source: ManifestError,
     },
+    /// Content the registry served failed verification against its digest or size.
     #[error("content from {url} failed verification: {source}")]
     Verify {
+        /// Where the content came from.
         url: String,
+        /// What did not match.
         #[source]
         source: VerifyError,
     },
+    /// The registry answered a request by digest with other content.
     #[error("the registry answered for {expected} with content whose digest is {actual}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of what was served.
+        actual: Digest,
+    },
+    /// The token endpoint refused or failed.
     #[error("token endpoint {realm}: {detail}")]
-    Token { realm: String, detail: String },
+    Token {
+        /// The token endpoint's URL.
+        realm: String,
+        /// What it answered.
+        detail: String,
+    },
+    /// The credentials could not be read (docker's `config.json`, a credential helper).
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// The token endpoint's answer could not be read.
     #[error(transparent)]
     Challenge(#[from] ChallengeError),
+    /// A URL (a proxy, a mirror, a `Location`, a token realm) is not valid.
     #[error("invalid URL {url:?}: {detail}")]
-    BadUrl { url: String, detail: String },
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it is not valid.
+        detail: String,
+    },
     /// A 503 (or other server error) that said when to come back.
     #[error("{url} answered {status}, asking to retry after {} s", .retry_after.as_secs())]
     Unavailable {
+        /// The request's URL.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The registry's `Retry-After`.
         retry_after: Duration,
     },
+    /// The registry asked to wait longer than `max-retry-after`: the request fails at once.
     #[error(
         "{host} asked to retry after {} s, more than haul waits ({})",
         .requested.as_secs(),
         Seconds(*.limit)
     )]
     RetryAfterTooLong {
+        /// The registry that asked.
         host: String,
+        /// The wait it asked for.
         requested: Duration,
+        /// `max-retry-after`.
         limit: Duration,
     },
+    /// The retries of one request would wait longer in all than haul allows (five times
+    /// `max-retry-after`); `source` is the last failure.
     #[error("waited {} in all for retries, the most haul waits for one download: {source}", Seconds(*.waited))]
     WaitedTooLong {
+        /// Time spent waiting between attempts so far.
         waited: Duration,
+        /// The failure that would have been retried.
         #[source]
         source: Box<RegistryError>,
     },
+    /// A transfer went below the minimum rate: fewer than `minimum` bytes in a
+    /// `download-stall-timeout` window.
     #[error(
         "transfer from {host} too slow: {received} bytes in {}, less than the {minimum} bytes \
          haul requires per download-stall-timeout",
         Seconds(*.window)
     )]
     TooSlow {
+        /// The host sending.
         host: String,
+        /// Bytes received in the window.
         received: u64,
+        /// Bytes required per window.
         minimum: u64,
+        /// The window (`download-stall-timeout`).
         window: Duration,
     },
+    /// The registry sent no response headers within `download-stall-timeout`.
     #[error("{host} sent no response headers within {} (download-stall-timeout)", Seconds(*.after))]
-    NoResponseHeaders { host: String, after: Duration },
+    NoResponseHeaders {
+        /// The host contacted.
+        host: String,
+        /// How long haul waited.
+        after: Duration,
+    },
+    /// The repository's tag list is hostile or too large to use.
     #[error("the tag list of {repository} {problem} (at {url})")]
     TagList {
+        /// The repository.
         repository: String,
+        /// The page where the problem showed.
         url: String,
+        /// What is wrong.
         problem: TagListProblem,
     },
+    /// The registry asked for credentials to go to a token endpoint over plain HTTP, which haul
+    /// refuses (see [`RegistryClient`](super::RegistryClient)).
     #[error(
         "{registry} asks for credentials to be sent to {realm} over plain HTTP; haul sends them \
          only over HTTPS, or to a host in insecure-registries when the registry is insecure too"
     )]
-    InsecureRealm { registry: String, realm: String },
+    InsecureRealm {
+        /// The registry that asked.
+        registry: String,
+        /// The token endpoint it named.
+        realm: String,
+    },
+    /// A foreign layer's URL leads where haul does not fetch from.
     #[error("not fetching the foreign layer URL {url}: {reason}")]
     ForeignUrlRefused {
+        /// The URL.
         url: String,
+        /// Why it was refused.
         reason: ForeignUrlRefusal,
     },
 }
@@ -132,13 +258,19 @@ pub enum TagListProblem {
     Loop,
     /// A `Link` to another host or outside the registry's API.
     LinkElsewhere,
+    /// More tags than haul lists.
     TooManyTags {
+        /// The most tags haul takes.
         limit: usize,
     },
+    /// More bytes than haul reads for one tag list.
     TooManyBytes {
+        /// The most bytes haul reads, over all pages.
         limit: usize,
     },
+    /// More pages than haul follows.
     TooManyPages {
+        /// The most pages haul follows.
         limit: usize,
     },
 }
@@ -206,6 +338,9 @@ fn code_suffix(code: &Option<String>, message: &Option<String>) -> String {
 
 impl RegistryError {
     /// Whether trying the same request again may succeed (network trouble, 5xx, rate limits).
+    /// haul has already retried such errors as often as `max-download-attempts` allows before
+    /// returning them.
+    #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Connect { .. }
@@ -225,7 +360,7 @@ impl RegistryError {
     /// Whether the endpoint could not be reached at all (refused, unresolvable, timed out before
     /// answering, TLS failure): a mirror failing this way is not asked again by the same
     /// repository handle, while one that answered (even with an error) still may be.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             RegistryError::Connect { .. }
@@ -235,6 +370,7 @@ impl RegistryError {
     }
 
     /// How long the registry asked us to wait, if it said.
+    #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RegistryError::TooManyRequests { retry_after, .. } => *retry_after,

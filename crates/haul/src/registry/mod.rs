@@ -5,31 +5,46 @@
 //! - [`Repository`] (`repository`, `tags`, `blob`): one repository's manifests, tag list and
 //!   blobs; [`Repository::fetch_blob`] is the one way a blob is downloaded: resumed, retried,
 //!   moved between mirrors and verified into a [`BlobSink`].
-//! - `endpoints`: mirrors, then the registry; `http`: how the HTTP clients are built;
-//!   [`foreign`]: where foreign layer URLs may lead; [`retry`], [`throughput`]: how long to wait
-//!   and how slow is too slow.
+//! - Credentials come from a [`CredentialStore`]: docker's `config.json` and its credential
+//!   helpers ([`DockerConfig`]), fixed ones ([`StaticCredentials`]), none ([`Anonymous`]) or the
+//!   caller's own.
+//! - Every failure is a [`RegistryError`]: what the registry answered, or why it could not be
+//!   reached.
+//!
+//! Inside (private): `endpoints` (mirrors, then the registry), `http` (how the HTTP clients are
+//! built), `foreign` (where foreign layer URLs may lead), `retry` and `throughput` (how long to
+//! wait, and how slow is too slow).
 
-pub mod auth;
+pub(crate) mod auth;
 mod blob;
-pub mod challenge;
-pub mod client;
-pub mod credentials;
+pub(crate) mod challenge;
+pub(crate) mod client;
+pub(crate) mod credentials;
 mod endpoints;
-pub mod error;
-pub mod foreign;
+pub(crate) mod error;
+mod foreign;
 mod http;
-pub mod push;
+// Only signing pushes (`crate::trust::sign_image`): without the `trust` feature nothing would.
+#[cfg(feature = "trust")]
+mod push;
 mod repository;
-pub mod retry;
-pub mod settings;
+mod retry;
+pub(crate) mod settings;
 mod tags;
-pub mod throughput;
+mod throughput;
 
 pub use auth::{Anonymous, CredentialStore, StaticCredentials};
 pub use blob::{BlobError, BlobSink, RetryNotice};
+pub use challenge::ChallengeError;
 pub use client::{ClientOptions, RegistryClient};
-pub use credentials::{Credential, DockerConfig};
-pub use error::RegistryError;
+pub use credentials::{Credential, CredentialError, DockerConfig};
+pub use error::{ForeignUrlRefusal, RegistryError, TagListProblem};
+#[cfg(feature = "trust")]
 pub use push::Pusher;
 pub use repository::{FetchedManifest, ManifestHead, Repository};
 pub use settings::{Proxies, RegistrySettings};
+
+// The challenge and token-response parsers are internals of the client, reachable only so the
+// property tests in `tests/parsers_prop.rs` can feed them arbitrary input from outside the crate.
+#[doc(hidden)]
+pub use challenge::{Challenge, TokenResponse, parse_token_response, parse_www_authenticate};

@@ -37,6 +37,9 @@ pub struct Pusher {
 }
 
 impl Pusher {
+    /// A pusher using `client`'s connections and settings, and `credentials` for the push
+    /// token (which needs `push` access, unlike a pull's).
+    #[must_use]
     pub fn new(client: RegistryClient, credentials: Arc<dyn CredentialStore>) -> Pusher {
         Pusher {
             client,
@@ -174,7 +177,7 @@ impl Pusher {
     }
 
     /// Whether the repository already has the blob (a `HEAD`).
-    pub async fn has_blob(
+    pub(crate) async fn has_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
@@ -196,7 +199,7 @@ impl Pusher {
 
     /// Uploads `bytes` as blob `digest` unless the repository has it. The digest is checked
     /// here first, so a wrong one never reaches the registry.
-    pub async fn push_blob(
+    pub(crate) async fn push_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
@@ -251,7 +254,7 @@ impl Pusher {
 
     /// PUTs a manifest under `tag_or_digest` with `media_type` as its `Content-Type` and returns
     /// the digest of the bytes sent (which the registry's `Docker-Content-Digest` must match).
-    pub async fn push_manifest(
+    pub(crate) async fn push_manifest(
         &self,
         reference: &Reference,
         tag_or_digest: &str,

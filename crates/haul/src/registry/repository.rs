@@ -24,8 +24,11 @@ use crate::reference::Reference;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ManifestHead {
+    /// The manifest's digest (`Docker-Content-Digest`).
     pub digest: Digest,
+    /// Its media type, without parameters, when the registry sent a `Content-Type`.
     pub media_type: Option<String>,
+    /// Its size in bytes, when the registry sent a `Content-Length`.
     pub size: Option<u64>,
 }
 
@@ -33,8 +36,12 @@ pub struct ManifestHead {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct FetchedManifest {
+    /// The manifest exactly as served (at most [`MAX_MANIFEST_BYTES`]).
     pub bytes: Vec<u8>,
+    /// The `Content-Type` as served, parameters included.
     pub content_type: Option<String>,
+    /// The digest of `bytes`: the one asked for when the manifest was fetched by digest,
+    /// else their SHA-256.
     pub digest: Digest,
 }
 
@@ -75,13 +82,9 @@ impl RegistryClient {
 impl Repository {
     /// The registry's own endpoint host (`registry-1.docker.io` for Docker Hub), whatever mirror
     /// serves the requests.
+    #[must_use]
     pub fn host(&self) -> &str {
         &self.upstream.host
-    }
-
-    /// The mirrors tried before the registry, in order.
-    pub fn mirrors(&self) -> impl Iterator<Item = &url::Url> {
-        self.mirrors.iter().filter_map(|m| m.mirror.as_ref())
     }
 
     pub(super) fn scope(&self) -> String {
@@ -100,6 +103,11 @@ impl Repository {
 
     /// Resolves a tag (or digest) with HEAD, which Docker Hub does not count against pull quotas.
     /// `None` when the registry's answer carries no usable digest; the caller then GETs.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ManifestUnknown`] when the registry has no such tag or digest, else why
+    /// no endpoint answered (after the retries the settings allow).
     pub async fn head_manifest(
         &self,
         reference: &str,
@@ -160,6 +168,12 @@ impl Repository {
 
     /// GETs a manifest by tag or digest, capped at [`MAX_MANIFEST_BYTES`]. When `reference` is a
     /// digest the bytes must hash to it (a mirror serving other bytes is passed over).
+    ///
+    /// # Errors
+    ///
+    /// What the registry answered ([`RegistryError::ManifestUnknown`] for no such tag or
+    /// digest), [`RegistryError::TooLarge`] past the cap, [`RegistryError::DigestMismatch`] for
+    /// bytes that are not the digest asked for, or why no endpoint answered.
     pub async fn get_manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
         self.first_success("manifest", |endpoint, attempts| {
             self.get_manifest_at(endpoint, reference, attempts)

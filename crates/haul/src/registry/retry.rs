@@ -62,7 +62,8 @@ impl RetryWaits {
     }
 
     /// Time spent waiting so far.
-    pub fn waited(&self) -> Duration {
+    #[cfg(test)]
+    fn waited(&self) -> Duration {
         self.waited
     }
 }

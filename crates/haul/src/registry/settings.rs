@@ -71,12 +71,12 @@ impl Default for RegistrySettings {
 impl RegistrySettings {
     /// Whether plain HTTP (and unverified TLS) is allowed for `host` (`name[:port]`) by
     /// `insecure_registries` (loopback is allowed regardless: see [`is_loopback`]).
-    pub fn is_insecure(&self, host: &str) -> bool {
+    pub(crate) fn is_insecure(&self, host: &str) -> bool {
         insecure_match(&self.insecure_registries, host)
     }
 
     /// Whether `foreign_layer_allowed_networks` lets foreign layer URLs reach `ip`.
-    pub fn allows_foreign_network(&self, ip: IpAddr) -> bool {
+    pub(crate) fn allows_foreign_network(&self, ip: IpAddr) -> bool {
         self.foreign_layer_allowed_networks
             .iter()
             .filter_map(|n| network(n))
@@ -84,13 +84,13 @@ impl RegistrySettings {
     }
 
     /// The most one request may wait between its attempts, in all.
-    pub fn retry_wait_budget(&self) -> Duration {
+    pub(crate) fn retry_wait_budget(&self) -> Duration {
         self.max_retry_after
             .saturating_mul(RETRY_WAIT_BUDGET_FACTOR)
     }
 
     /// Mirrors configured for `registry`, in the order they are to be tried.
-    pub fn mirrors_for(&self, registry: &str) -> &[url::Url] {
+    pub(crate) fn mirrors_for(&self, registry: &str) -> &[url::Url] {
         self.registry_mirrors
             .get(registry)
             .map(Vec::as_slice)
@@ -132,12 +132,14 @@ pub struct Proxies {
 
 impl Proxies {
     /// Whether the config file sets a proxy (and so overrides the environment's).
+    #[must_use]
     pub fn is_set(&self) -> bool {
         self.http.is_some() || self.https.is_some()
     }
 
     /// The same settings with any user name and password in the URLs shown as `xxxxx`, as
     /// `docker info` prints them: safe for logs, errors and `haul info`.
+    #[must_use]
     pub fn redacted(&self) -> Proxies {
         Proxies {
             http: self.http.as_deref().map(redact_userinfo),

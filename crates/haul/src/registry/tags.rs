@@ -17,6 +17,12 @@ use super::repository::Repository;
 impl Repository {
     /// Every tag of the repository, following `Link` pagination. The whole list comes from one
     /// endpoint: a mirror failing on any page hands the listing to the next from the start.
+    ///
+    /// # Errors
+    ///
+    /// What the registry answered ([`RegistryError::NameUnknown`] for no such repository),
+    /// [`RegistryError::TagList`] for a list that loops, links elsewhere or passes the limits, or
+    /// why no endpoint answered.
     pub async fn tags(&self) -> Result<Vec<String>, RegistryError> {
         self.first_success("tag list", |endpoint, attempts| {
             self.tags_at(endpoint, attempts)

@@ -53,6 +53,8 @@ impl std::fmt::Display for Source {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactManifest {
+    // Never read, but parsed: a signature manifest whose `mediaType` is not a string is refused.
+    #[allow(dead_code)]
     #[serde(default)]
     pub media_type: Option<String>,
     #[serde(default)]

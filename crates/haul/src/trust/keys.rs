@@ -24,51 +24,118 @@ const SYSTEM_KEYRING: &str = "/etc/haul/trust";
 /// Public keys and root certificates are small; anything bigger is not one.
 const MAX_KEY_FILE: u64 = 1 << 20;
 
+/// What went wrong with a key, a certificate or the keyring. `what` fields name the key's source
+/// for the user: a keyring name, a file, or what the caller passed as `what`.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// A keyring file or directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Not PEM, or PEM without the block looked for.
     #[error("{what} is not a PEM file: {detail}")]
-    NotPem { what: String, detail: String },
+    NotPem {
+        /// The source.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// PEM, but not a `PUBLIC KEY` (a private key or a certificate given as a key, say).
     #[error("{what}: expected a PEM `PUBLIC KEY`, found `{label}`")]
-    WrongPemLabel { what: String, label: String },
+    WrongPemLabel {
+        /// The source.
+        what: String,
+        /// The PEM label found.
+        label: String,
+    },
+    /// A key type haul does not verify or sign with.
     #[error("{what}: unsupported key type ({detail}); ECDSA P-256/P-384, Ed25519 and RSA are")]
-    Unsupported { what: String, detail: String },
+    Unsupported {
+        /// The source.
+        what: String,
+        /// The type found.
+        detail: String,
+    },
+    /// The key or certificate does not parse.
     #[error("{what}: malformed key: {detail}")]
-    Malformed { what: String, detail: String },
+    Malformed {
+        /// The source.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A cosign key is encrypted and no password was given.
     #[error(
         "{what} is encrypted: set COSIGN_PASSWORD to its password (empty for a key made without one)"
     )]
-    PasswordNeeded { what: String },
+    PasswordNeeded {
+        /// The source.
+        what: String,
+    },
+    /// A cosign key did not decrypt with the password given.
     #[error("{what}: wrong password, or the key file is damaged")]
-    Decrypt { what: String },
+    Decrypt {
+        /// The source.
+        what: String,
+    },
+    /// A keyring name that could not be a file name: letters, digits, `.`, `_` and `-`, at
+    /// most 128 characters, not starting with `.`.
     #[error("invalid key name {name:?}: use letters, digits, `.`, `_` and `-`")]
-    BadName { name: String },
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// Another key is already trusted under this name.
     #[error("a different key is already trusted as {name:?} ({path}); remove it first")]
-    Exists { name: String, path: PathBuf },
+    Exists {
+        /// The name.
+        name: String,
+        /// The key file already there.
+        path: PathBuf,
+    },
+    /// No key or root of that name in the keyring (or no such file, for a path).
     #[error("no trusted key or root named {name:?} in {dir}")]
-    NotFound { name: String, dir: PathBuf },
+    NotFound {
+        /// The name or path asked for.
+        name: String,
+        /// The keyring directory.
+        dir: PathBuf,
+    },
+    /// The private key failed to sign.
     #[error("signing failed: {detail}")]
-    Sign { detail: String },
+    Sign {
+        /// What the crypto library said.
+        detail: String,
+    },
     /// Key material another user could have put there is never trusted (like ssh's
     /// `authorized_keys` check): it must belong to this user or root and be writable by no one else.
     #[error(
         "{path} is not trusted as keyring material: {detail}; it must be owned by you or root \
          and not writable by group or others"
     )]
-    Unsafe { path: PathBuf, detail: String },
+    Unsafe {
+        /// The file or directory.
+        path: PathBuf,
+        /// Who owns it or may write it.
+        detail: String,
+    },
 }
 
 /// The kind of a key, as shown to users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// ECDSA on NIST P-256 (`ecdsa-p256`), cosign's default.
     EcdsaP256,
+    /// ECDSA on NIST P-384 (`ecdsa-p384`).
     EcdsaP384,
+    /// Ed25519 (`ed25519`).
     Ed25519,
+    /// RSA, 2048 to 8192 bits (`rsa`).
     Rsa,
 }
 
@@ -117,6 +184,11 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Parses a PEM `PUBLIC KEY` (the format `cosign generate-key-pair` and `openssl pkey -pubout`
     /// write). `what` names the source in errors.
+    ///
+    /// # Errors
+    ///
+    /// Not PEM, not a `PUBLIC KEY`, a key type other than [`KeyKind`]'s, or a key that does not
+    /// parse.
     pub fn from_pem(pem_bytes: &[u8], what: &str) -> Result<PublicKey, KeyError> {
         let block = pem::parse(pem_bytes).map_err(|e| KeyError::NotPem {
             what: what.to_owned(),
@@ -132,7 +204,7 @@ impl PublicKey {
     }
 
     /// Parses a DER SubjectPublicKeyInfo (also what a certificate carries).
-    pub fn from_spki_der(der: &[u8], what: &str) -> Result<PublicKey, KeyError> {
+    pub(crate) fn from_spki_der(der: &[u8], what: &str) -> Result<PublicKey, KeyError> {
         let malformed = |detail: String| KeyError::Malformed {
             what: what.to_owned(),
             detail,
@@ -190,34 +262,40 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// The key's type.
+    #[must_use]
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
 
     /// The DER SubjectPublicKeyInfo.
+    #[must_use]
     pub fn spki_der(&self) -> &[u8] {
         &self.spki
     }
 
     /// `SHA256:` and the hex SHA-256 of the SubjectPublicKeyInfo.
+    #[must_use]
     pub fn fingerprint(&self) -> String {
         format!("SHA256:{}", hex::encode(digest_sha256(&self.spki)))
     }
 
-    /// A short form of the fingerprint for messages.
+    /// A short form of the fingerprint for messages: `SHA256:` and 16 hex digits.
+    #[must_use]
     pub fn short_fingerprint(&self) -> String {
         let fp = self.fingerprint();
         fp.chars().take("SHA256:".len() + 16).collect()
     }
 
     /// The PEM `PUBLIC KEY` text.
+    #[must_use]
     pub fn to_pem(&self) -> String {
         pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki.clone()))
     }
 
     /// Whether `signature` over `message` verifies with this key under `scheme`. A scheme that
     /// does not fit the key's type never verifies.
-    pub fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, scheme: SignatureScheme, message: &[u8], signature: &[u8]) -> bool {
         use SignatureScheme as S;
         let alg: &'static dyn VerificationAlgorithm = match (self.kind, scheme) {
             (KeyKind::EcdsaP256, S::EcdsaAsn1) => &signature::ECDSA_P256_SHA256_ASN1,
@@ -238,7 +316,7 @@ impl PublicKey {
 
     /// cosign signs the payload with the key's natural scheme: ECDSA (ASN.1), Ed25519, or RSA
     /// PKCS#1 v1.5 with SHA-256; RSA-PSS is accepted too, as some cosign KMS back ends use it.
-    pub fn verify_cosign(&self, message: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify_cosign(&self, message: &[u8], signature: &[u8]) -> bool {
         match self.kind {
             KeyKind::EcdsaP256 | KeyKind::EcdsaP384 => {
                 self.verify(SignatureScheme::EcdsaAsn1, message, signature)
@@ -284,7 +362,13 @@ impl fmt::Debug for PrivateKey {
 
 impl PrivateKey {
     /// Reads a private key PEM: cosign's encrypted format (decrypted with `password`), PKCS#8
-    /// `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`.
+    /// `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`. `what` names the
+    /// source in errors.
+    ///
+    /// # Errors
+    ///
+    /// Not PEM, an encrypted key without `password` or with the wrong one, a key type other than
+    /// [`KeyKind`]'s, or a key that does not parse.
     pub fn from_pem(
         pem_bytes: &[u8],
         password: Option<&[u8]>,
@@ -337,7 +421,11 @@ impl PrivateKey {
         }
     }
 
-    /// A PKCS#8 DER private key of any supported type.
+    /// A PKCS#8 DER private key of any supported type. `what` names the source in errors.
+    ///
+    /// # Errors
+    ///
+    /// Not PKCS#8, a key type other than [`KeyKind`]'s, or a key that does not parse.
     pub fn from_pkcs8(der: &[u8], what: &str) -> Result<PrivateKey, KeyError> {
         if let Ok(pair) =
             signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der)
@@ -402,12 +490,14 @@ impl PrivateKey {
         })
     }
 
+    /// The key's public half: what others add to their keyring to trust its signatures.
+    #[must_use]
     pub fn public_key(&self) -> &PublicKey {
         &self.public
     }
 
     /// Signs `message` the way cosign does for this key type (see [`PublicKey::verify_cosign`]).
-    pub fn sign_cosign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn sign_cosign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let fail = |e: aws_lc_rs::error::Unspecified| KeyError::Sign {
             detail: e.to_string(),
@@ -518,14 +608,18 @@ pub struct Keyring {
 /// A trusted public key and the name it was added under.
 #[derive(Debug, Clone)]
 pub struct NamedKey {
+    /// The keyring name, or the file's path for a key a policy rule names by path.
     pub name: String,
+    /// The key.
     pub key: PublicKey,
 }
 
 /// Trusted root certificates (one PEM file may hold several) and the name they were added under.
 #[derive(Debug, Clone)]
 pub struct NamedRoot {
+    /// The keyring name, or the file's path for a root a policy rule names by path.
     pub name: String,
+    /// The certificates, DER-encoded.
     pub certs: Vec<Vec<u8>>,
 }
 
@@ -611,18 +705,22 @@ pub fn certificates_from_pem(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>, K
 }
 
 impl Keyring {
+    /// The keyring in `dir` (which need not exist yet: it is created by the first
+    /// [`add_key`](Self::add_key) or [`add_root`](Self::add_root)).
     pub fn new(dir: impl Into<PathBuf>) -> Keyring {
         Keyring { dir: dir.into() }
     }
 
     /// The keyring the configuration names (`trust.dir`), else [`Keyring::default_dir`] for the
     /// effective user.
+    #[must_use]
     pub fn configured(config: &crate::config::Config) -> Keyring {
         Keyring::from_trust_config(&config.trust)
     }
 
     /// The keyring `trust` names (its `dir`), else [`Keyring::default_dir`] for the effective
     /// user.
+    #[must_use]
     pub fn from_trust_config(trust: &super::TrustConfig) -> Keyring {
         match &trust.dir {
             Some(dir) => Keyring::new(dir),
@@ -655,6 +753,8 @@ impl Keyring {
             )
     }
 
+    /// The keyring's directory.
+    #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -669,6 +769,11 @@ impl Keyring {
 
     /// Trusts the public key in `pem_bytes` as `name`. Adding the same key again is fine; another
     /// key under an existing name is refused.
+    ///
+    /// # Errors
+    ///
+    /// An invalid name, a PEM that is not a supported public key, another key already trusted
+    /// as `name` ([`KeyError::Exists`]), or a keyring that cannot be written.
     pub fn add_key(&self, name: &str, pem_bytes: &[u8]) -> Result<NamedKey, KeyError> {
         check_name(name)?;
         let key = PublicKey::from_pem(pem_bytes, name)?;
@@ -690,6 +795,11 @@ impl Keyring {
     }
 
     /// Trusts the root certificate(s) in `pem_bytes` as `name` (for certificate-based signatures).
+    ///
+    /// # Errors
+    ///
+    /// An invalid name, a PEM without certificates or with one that does not parse, or a
+    /// keyring that cannot be written.
     pub fn add_root(&self, name: &str, pem_bytes: &[u8]) -> Result<NamedRoot, KeyError> {
         check_name(name)?;
         let certs = certificates_from_pem(pem_bytes, name)?;
@@ -711,6 +821,10 @@ impl Keyring {
     }
 
     /// Removes a trusted key or root; `false` when there was none.
+    ///
+    /// # Errors
+    ///
+    /// An invalid name, or a file that cannot be removed.
     pub fn remove(&self, name: &str) -> Result<bool, KeyError> {
         check_name(name)?;
         let mut removed = false;
@@ -725,6 +839,11 @@ impl Keyring {
     }
 
     /// Every trusted key, sorted by name. A missing directory is an empty keyring.
+    ///
+    /// # Errors
+    ///
+    /// A key file (or the directory) another user could have written ([`KeyError::Unsafe`]),
+    /// one that cannot be read, or one that is not a supported public key.
     pub fn keys(&self) -> Result<Vec<NamedKey>, KeyError> {
         let mut out = Vec::new();
         for (name, path) in list(&self.dir.join("keys"), "pub")? {
@@ -735,6 +854,10 @@ impl Keyring {
     }
 
     /// Every trusted root, sorted by name.
+    ///
+    /// # Errors
+    ///
+    /// As [`keys`](Self::keys), for root certificate files.
     pub fn roots(&self) -> Result<Vec<NamedRoot>, KeyError> {
         let mut out = Vec::new();
         for (name, path) in list(&self.dir.join("roots"), "pem")? {
@@ -745,6 +868,10 @@ impl Keyring {
     }
 
     /// A key by keyring name, or from a file when `spec` is a path (contains `/`).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::NotFound`] when the keyring has no such key, else as [`keys`](Self::keys).
     pub fn key(&self, spec: &str) -> Result<NamedKey, KeyError> {
         if spec.contains('/') {
             let key = PublicKey::from_pem(&read_trusted(Path::new(spec))?, spec)?;
@@ -769,6 +896,10 @@ impl Keyring {
     }
 
     /// A root by keyring name, or from a file when `spec` is a path.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::NotFound`] when there is no such root, else as [`roots`](Self::roots).
     pub fn root(&self, spec: &str) -> Result<NamedRoot, KeyError> {
         let path = if spec.contains('/') {
             PathBuf::from(spec)

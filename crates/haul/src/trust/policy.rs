@@ -33,26 +33,37 @@ use crate::reference::Reference;
 /// What to do with an image without a valid signature by an accepted signer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Unsigned {
+    /// Refuse the image (the default).
     #[default]
     Refuse,
+    /// Pull it, with a warning (a verdict's `warning`).
     Warn,
+    /// Pull it silently.
     Allow,
 }
 
+/// Whose signatures a rule that names several signers wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Require {
+    /// A valid signature by any one of them (the default).
     #[default]
     Any,
+    /// A valid signature by every one of them.
     All,
 }
 
+/// One entry of the policy: whose signatures images under `scope` need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rule {
     /// The prefix the rule was written for (`*` for the default).
     pub scope: String,
+    /// Trusted keys accepted, by keyring name or PEM file path (containing `/`).
     pub keys: Vec<String>,
+    /// Trusted roots accepted, by keyring name or PEM file path (containing `/`).
     pub roots: Vec<String>,
+    /// Whether one or all of `keys` and `roots` must have signed.
     pub require: Require,
+    /// What to do when no valid signature by an accepted signer is found.
     pub unsigned: Unsigned,
 }
 
@@ -63,12 +74,23 @@ pub struct TrustConfig {
     pub enabled: Option<bool>,
     /// The keyring directory, if the file names one.
     pub dir: Option<PathBuf>,
+    /// The policy, in the order the file lists it (the longest matching scope wins, not the
+    /// first).
     pub rules: Vec<Rule>,
 }
 
 impl TrustConfig {
     /// Parses the `trust` value; the error says what is wrong, for the config loader to name the
     /// key and file.
+    ///
+    /// # Errors
+    ///
+    /// A value that is not an object, an unknown key, or a key or rule with a value of the
+    /// wrong shape.
+    // Takes a `serde_json::Value`, which is not part of haul's API: the config file
+    // (`crate::config::Config`) is the public way in. Reachable for the policy tests in
+    // `tests/trust.rs`.
+    #[doc(hidden)]
     pub fn parse(v: &Value) -> Result<TrustConfig, String> {
         let map = v
             .as_object()
@@ -105,6 +127,7 @@ impl TrustConfig {
 
     /// The rule for `reference`: the longest matching prefix, else `*`, else the default (any
     /// trusted signer, unsigned refused).
+    #[must_use]
     pub fn rule_for(&self, reference: &Reference) -> Rule {
         let name = reference.name();
         self.rules
@@ -122,6 +145,7 @@ impl TrustConfig {
 /// Whether content trust is on, by docker's rule: an explicit choice (`--disable-content-trust`)
 /// wins, then `DOCKER_CONTENT_TRUST` when set to a value, then the config file's `trust.enabled`;
 /// off when none says.
+#[must_use]
 pub fn enabled(explicit: Option<bool>, config_default: Option<bool>) -> bool {
     explicit.unwrap_or_else(|| match std::env::var("DOCKER_CONTENT_TRUST") {
         Ok(v) if !v.is_empty() => matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"),

@@ -13,28 +13,41 @@ use crate::manifest::{Descriptor, media_type};
 use crate::reference::Reference;
 use crate::registry::{Pusher, RegistryClient, RegistryError};
 
+/// Why [`sign_image`] failed. `image` fields are the familiar name (`team/app:1.2`).
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
+    /// The tag could not be resolved to a digest.
     #[error("resolving {image}: {source}")]
     Resolve {
+        /// The image.
         image: String,
+        /// What the registry answered.
         #[source]
         source: RegistryError,
     },
+    /// The signatures already under the `.sig` tag could not be read (they would be lost).
     #[error("reading the signatures of {image}@{digest}: {source}")]
     Existing {
+        /// The image.
         image: String,
+        /// The digest being signed.
         digest: Digest,
+        /// What the registry answered, or why its manifest is not a signature manifest.
         #[source]
         source: RegistryError,
     },
+    /// The signature could not be pushed (no push access, say).
     #[error("pushing the signature of {image}@{digest}: {source}")]
     Push {
+        /// The image.
         image: String,
+        /// The digest being signed.
         digest: Digest,
+        /// What the registry answered.
         #[source]
         source: RegistryError,
     },
+    /// The key failed to sign.
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -54,6 +67,13 @@ pub struct SignOutcome {
 
 /// Signs `reference` (its digest, or what its tag resolves to now) with `key` and pushes the
 /// signature next to it.
+///
+/// `pusher` needs credentials with push access to the repository; `client` only reads.
+///
+/// # Errors
+///
+/// The tag cannot be resolved, the signatures already there cannot be read, the key fails to
+/// sign, or the registry refuses the push.
 pub async fn sign_image(
     client: &RegistryClient,
     pusher: &Pusher,

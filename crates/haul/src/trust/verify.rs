@@ -15,32 +15,85 @@ use super::{cosign, notation};
 /// Why one signature does not count.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureFailure {
+    /// The signature is valid, but for another image.
     #[error("signature does not match this digest (it signs {signed})")]
-    DigestMismatch { signed: String },
+    DigestMismatch {
+        /// The digest it signs.
+        signed: String,
+    },
+    /// The signature names another repository than the one pulled from (cosign's
+    /// `docker-reference`), so it cannot vouch for this one.
     #[error("signature is for another repository ({signed})")]
-    WrongIdentity { signed: String },
+    WrongIdentity {
+        /// The repository it names.
+        signed: String,
+    },
+    /// No trusted key verifies the signature.
     #[error("signed by an untrusted key (the signature verifies with no trusted key)")]
     UntrustedKey,
+    /// A trusted signer, but not one the policy rule for this image names.
     #[error("signed by {signer}, which the trust policy for this image does not accept")]
-    NotAccepted { signer: String },
+    NotAccepted {
+        /// The signer, as [`Signer`]'s `Display` shows it.
+        signer: String,
+    },
+    /// The signature does not verify with the key of the certificate that came with it.
     #[error("the signature does not verify with its certificate's key (changed after signing)")]
     BadSignature,
+    /// The signing certificate had expired at the time of the check.
     #[error("certificate {subject} expired on {not_after}")]
-    CertificateExpired { subject: String, not_after: String },
+    CertificateExpired {
+        /// The certificate's subject.
+        subject: String,
+        /// When it expired.
+        not_after: String,
+    },
+    /// The signing certificate was not yet valid at the time of the check.
     #[error("certificate {subject} is not valid before {not_before}")]
-    CertificateNotYetValid { subject: String, not_before: String },
+    CertificateNotYetValid {
+        /// The certificate's subject.
+        subject: String,
+        /// When it becomes valid.
+        not_before: String,
+    },
+    /// A certificate that came with the signature cannot be parsed.
     #[error("malformed certificate: {detail}")]
-    MalformedCertificate { detail: String },
+    MalformedCertificate {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The signing certificate does not chain to a trusted root.
     #[error("certificate {subject} is not trusted: {detail}")]
-    UntrustedCertificate { subject: String, detail: String },
+    UntrustedCertificate {
+        /// The certificate's subject.
+        subject: String,
+        /// Why the chain was refused.
+        detail: String,
+    },
+    /// The signature (a Notation envelope's expiry) had expired at the time of the check.
     #[error("the signature expired on {at}")]
-    SignatureExpired { at: String },
+    SignatureExpired {
+        /// When it expired.
+        at: String,
+    },
+    /// The signature or its envelope cannot be parsed.
     #[error("malformed signature: {detail}")]
-    Malformed { detail: String },
+    Malformed {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A signature in a format haul does not verify.
     #[error("unsupported signature format: {media_type}")]
-    Unsupported { media_type: String },
+    Unsupported {
+        /// The signature layer's media type.
+        media_type: String,
+    },
+    /// The signature could not be fetched from the registry (and retrying will not help).
     #[error("cannot read the signature: {detail}")]
-    Unreadable { detail: String },
+    Unreadable {
+        /// What the registry answered.
+        detail: String,
+    },
 }
 
 /// Who made a valid signature.
@@ -48,14 +101,21 @@ pub enum SignatureFailure {
 pub enum Signer {
     /// A key from the keyring (or a policy's key file).
     Key {
+        /// The name the key was trusted under (`haul trust key add NAME`), or the key file a
+        /// policy rule names.
         name: String,
+        /// The key's type (`ecdsa-p256`, `ed25519`…).
         kind: String,
+        /// `SHA256:` and the hex SHA-256 of the key's SubjectPublicKeyInfo.
         fingerprint: String,
     },
     /// A certificate that chains to a trusted root.
     Certificate {
+        /// The signing certificate's subject.
         subject: String,
+        /// The identities (e-mail addresses, URIs) its subject alternative names hold.
         identities: Vec<String>,
+        /// The name of the trusted root it chains to.
         root: String,
     },
 }
@@ -86,9 +146,13 @@ impl fmt::Display for Signer {
 /// The format of a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureKind {
+    /// cosign's simple signing.
     Cosign,
+    /// A Notation envelope in JWS.
     NotationJws,
+    /// A Notation envelope in COSE.
     NotationCose,
+    /// A signature artifact in a format haul does not verify.
     Unknown,
 }
 
@@ -106,22 +170,30 @@ impl fmt::Display for SignatureKind {
 /// One signature found for an image, and whether it is valid.
 #[derive(Debug, Clone)]
 pub struct SignatureReport {
+    /// The signature's format.
     pub kind: SignatureKind,
+    /// Where it was found.
     pub source: Source,
     /// The signature manifest it came from.
     pub manifest: Digest,
+    /// Who made it, when it verifies with a trusted key or root; else why it does not count.
     pub result: Result<Signer, SignatureFailure>,
 }
 
 /// Every signature found for one digest.
 #[derive(Debug, Clone)]
 pub struct Inspection {
+    /// The image as named.
     pub reference: Reference,
+    /// The digest it resolved to, whose signatures these are.
     pub digest: Digest,
+    /// Every signature found, valid or not.
     pub signatures: Vec<SignatureReport>,
 }
 
 impl Inspection {
+    /// The signers of the signatures that verify with a trusted key or root (whatever the
+    /// policy says of them).
     pub fn valid_signers(&self) -> impl Iterator<Item = &Signer> {
         self.signatures
             .iter()
@@ -132,8 +204,11 @@ impl Inspection {
 /// A refused signature, for error messages.
 #[derive(Debug, Clone)]
 pub struct Refusal {
+    /// The signature's format.
     pub kind: SignatureKind,
+    /// The signature manifest it came from.
     pub manifest: Digest,
+    /// Why it does not count.
     pub reason: SignatureFailure,
 }
 
@@ -145,48 +220,78 @@ fn list_refusals(refusals: &[Refusal]) -> String {
         .join("; ")
 }
 
+/// Why content trust refused an image, or could not decide. `image` fields are the familiar
+/// name (`alpine:3.20`), `digest` the digest judged.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
+    /// The image has no signature at all.
     #[error(
         "{image}@{digest}: no signature found (looked for cosign's {}.sig tag and OCI referrers)",
         discovery::digest_tag(.digest)
     )]
-    NoSignature { image: String, digest: Digest },
+    NoSignature {
+        /// The image.
+        image: String,
+        /// The digest judged.
+        digest: Digest,
+    },
+    /// Signatures were found, but none counts; [`TrustError::reasons`] says why for each.
     #[error("{image}@{digest}: no valid signature by a trusted key: {}", list_refusals(.refusals))]
     Untrusted {
+        /// The image.
         image: String,
+        /// The digest judged.
         digest: Digest,
+        /// Each signature found and why it does not count.
         refusals: Vec<Refusal>,
     },
+    /// The policy rule says `require: all`, and some of its signers have not signed.
     #[error("{image}@{digest}: the trust policy requires signatures by {missing}, missing")]
     MissingSigners {
+        /// The image.
         image: String,
+        /// The digest judged.
         digest: Digest,
+        /// The signers missing, comma-separated.
         missing: String,
     },
+    /// The tag could not be resolved to a digest.
     #[error("resolving {image}: {source}")]
     Resolve {
+        /// The image.
         image: String,
+        /// What the registry answered.
         #[source]
         source: Box<RegistryError>,
     },
+    /// The registry failed while signatures were looked for: trust fails closed.
     #[error("looking for signatures of {image}@{digest}: {source}")]
     Discovery {
+        /// The image.
         image: String,
+        /// The digest whose signatures were looked for.
         digest: Digest,
+        /// What the registry answered.
         #[source]
         source: Box<RegistryError>,
     },
+    /// The keyring (or a key file a policy rule names) could not be read or is not trusted.
     #[error("the keyring: {0}")]
     Key(#[from] KeyError),
+    /// The keyring is empty and the policy refuses unsigned images, so nothing could pass.
     #[error(
         "no trusted keys or roots: add one with `haul trust key add NAME FILE` (keyring {dir})"
     )]
-    EmptyKeyring { dir: String },
+    EmptyKeyring {
+        /// The keyring directory.
+        dir: String,
+    },
 }
 
 impl TrustError {
-    /// The signature failures behind a refusal, for callers that branch on the reason.
+    /// The signature failures behind a refusal, for callers that branch on the reason; empty
+    /// for every error but [`TrustError::Untrusted`].
+    #[must_use]
     pub fn reasons(&self) -> Vec<&SignatureFailure> {
         match self {
             TrustError::Untrusted { refusals, .. } => refusals.iter().map(|r| &r.reason).collect(),
@@ -199,13 +304,41 @@ impl TrustError {
 /// policy let an image without an accepted signature through (`unsigned: warn`).
 #[derive(Debug)]
 pub struct Verdict {
+    /// The digest checked: pull exactly this, not the tag again.
     pub digest: Digest,
+    /// Who signed it, among the signers the rule accepts; empty when the policy let an image
+    /// without an accepted signature through.
     pub signers: Vec<Signer>,
+    /// Why the image would have been refused, when the rule says `unsigned: warn`.
     pub warning: Option<TrustError>,
+    /// The policy rule applied.
     pub rule: Rule,
 }
 
 /// Checks images against the keyring and the policy.
+///
+/// A [`crate::pull::Puller`] (and so [`crate::Haul`]) with content trust on builds one from the
+/// configuration and calls it before every pull; build one yourself to check an image without
+/// pulling it, or to give a puller another keyring, policy or clock
+/// ([`crate::HaulBuilder::trust_verifier`]).
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use haul::registry::{Anonymous, ClientOptions, RegistryClient, RegistrySettings};
+/// use haul::trust::{Keyring, TrustConfig, TrustVerifier};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = RegistryClient::new(
+///     RegistrySettings::default(),
+///     Arc::new(Anonymous),
+///     ClientOptions::default(),
+/// )?;
+/// let verifier = TrustVerifier::new(client, Keyring::new("/etc/haul/trust"), TrustConfig::default());
+/// let verdict = verifier.verify(&"registry.example.com/team/app:1.2".parse()?).await?;
+/// println!("{} signed by {:?}", verdict.digest, verdict.signers);
+/// # Ok(()) }
+/// ```
 pub struct TrustVerifier {
     client: RegistryClient,
     keyring: Keyring,
@@ -221,6 +354,9 @@ fn now_secs() -> u64 {
 }
 
 impl TrustVerifier {
+    /// A verifier reading signatures through `client`, trusting what `keyring` holds, applying
+    /// `config`'s policy. Certificates are judged at the current time.
+    #[must_use]
     pub fn new(client: RegistryClient, keyring: Keyring, config: TrustConfig) -> TrustVerifier {
         TrustVerifier {
             client,
@@ -231,16 +367,23 @@ impl TrustVerifier {
     }
 
     /// Judges certificates at this time (seconds since the epoch) instead of now.
+    #[must_use]
     pub fn at_time(mut self, secs: u64) -> TrustVerifier {
         self.now = Some(secs);
         self
     }
 
+    /// The keyring this verifier trusts.
+    #[must_use]
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
     }
 
     /// The digest `reference` names: its digest, or what its tag resolves to now.
+    ///
+    /// # Errors
+    ///
+    /// [`TrustError::Resolve`] when the registry cannot resolve the tag.
     pub async fn resolve(&self, reference: &Reference) -> Result<Digest, TrustError> {
         if let Some(d) = reference.digest() {
             return Ok(d.clone());
@@ -282,6 +425,12 @@ impl TrustVerifier {
 
     /// Finds and checks every signature of `reference` (resolved to a digest) against all
     /// trusted keys and roots, without applying the policy.
+    ///
+    /// # Errors
+    ///
+    /// An image without signatures is not an error (the inspection is empty). Errors are a tag
+    /// that cannot be resolved, a keyring that cannot be read, or a registry failing while
+    /// signatures are looked for.
     pub async fn inspect(&self, reference: &Reference) -> Result<Inspection, TrustError> {
         let digest = self.resolve(reference).await?;
         let (keys, roots) = self.anchors(None)?;
@@ -367,6 +516,13 @@ impl TrustVerifier {
 
     /// Resolves `reference`, checks its signatures and applies the policy. `Ok` means the
     /// returned digest may be pulled; an error says why not.
+    ///
+    /// # Errors
+    ///
+    /// The image is refused ([`TrustError::NoSignature`], [`TrustError::Untrusted`],
+    /// [`TrustError::MissingSigners`], or [`TrustError::EmptyKeyring`] when nothing could pass),
+    /// or could not be judged (the tag not resolved, the keyring or a policy's key file
+    /// unreadable, the registry failing during discovery).
     pub async fn verify(&self, reference: &Reference) -> Result<Verdict, TrustError> {
         let rule = self.config.rule_for(reference);
         let (keys, roots) = self.anchors(Some(&rule))?;
