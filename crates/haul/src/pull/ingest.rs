@@ -6,9 +6,9 @@
 //!   ([`crate::registry::Repository::fetch_blob`]) resumes, retries, moves between mirrors and
 //!   refuses bytes past the size; the ingest's digest is the one it asks at the end.
 //! - The ingest blocks (it is the store's); the download does not wait on it chunk by chunk. The
-//!   chunks are gathered into batches of [`BATCH_BYTES`] that a blocking thread hashes and writes
-//!   while the next batch arrives: one batch in flight per blob, so a slow disk slows the
-//!   download rather than filling memory.
+//!   chunks are copied into batches of [`BATCH_BYTES`] that a blocking thread hashes and writes
+//!   while the next batch fills: one batch in flight per blob, so a slow disk slows the download
+//!   rather than filling memory.
 //! - A partial that a killed or failed pull left in `ROOT/ingest` is resumed from its end (the
 //!   ingest re-hashes it first); one that is not a prefix of the blob is dropped and the blob
 //!   fetched whole.
@@ -35,19 +35,27 @@ use crate::registry::{BlobError, BlobSink};
 use crate::space;
 use crate::store::{Ingest, IngestStart, Store, StoreError};
 
-/// Bytes of a download handed to a blocking thread at once. As big as the ingest's own buffer: a
-/// batch costs one hand-over and about one write.
+/// Bytes of a download handed to a blocking thread at once. As big as the ingest's own buffer,
+/// which a batch this size bypasses: a batch costs one copy, one hand-over and one write.
 const BATCH_BYTES: usize = 1 << 20;
 
-/// The store's ingest of one blob, fed from async code: chunks are batched, and each batch is
-/// hashed and written on a blocking thread while the next one arrives.
+/// A batch written on a blocking thread: it gives back the ingest and the batch's buffer, to fill
+/// again.
+type InFlight = JoinHandle<(Ingest, Vec<u8>, Result<(), StoreError>)>;
+
+/// The store's ingest of one blob, fed from async code: chunks are copied into a batch, and each
+/// batch is hashed and written on a blocking thread while the next one fills. Two buffers of
+/// [`BATCH_BYTES`] per blob, whatever the chunks: the download's own buffers are free as soon as
+/// a chunk is copied.
 pub(crate) struct IngestSink {
     /// The ingest, while no batch is in flight.
     idle: Option<Ingest>,
     /// The batch being written, which holds the ingest until it is done.
-    in_flight: Option<JoinHandle<(Ingest, Result<(), StoreError>)>>,
-    batch: Vec<Bytes>,
-    batch_bytes: usize,
+    in_flight: Option<InFlight>,
+    /// The batch filling.
+    batch: Vec<u8>,
+    /// The buffer the last batch written gave back, to fill next.
+    spare: Vec<u8>,
     /// Bytes taken: written by the ingest, in flight and batched.
     position: u64,
     digest: Digest,
@@ -82,7 +90,7 @@ impl IngestSink {
             idle: Some(ingest),
             in_flight: None,
             batch: Vec::new(),
-            batch_bytes: 0,
+            spare: Vec::new(),
             ingest_dir,
         }))
     }
@@ -99,7 +107,7 @@ impl IngestSink {
 
     /// Takes the next bytes of the blob. Bytes past its size are refused at once; the others are
     /// written in the background, and a failure to write them is returned by a later call.
-    pub(crate) async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let end = self.position.saturating_add(chunk.len() as u64);
         if end > self.size {
             return Err(StoreError::Verify {
@@ -110,9 +118,14 @@ impl IngestSink {
             });
         }
         self.position = end;
-        self.batch_bytes += chunk.len();
-        self.batch.push(chunk);
-        if self.batch_bytes >= BATCH_BYTES || self.position == self.size {
+        if self.batch.capacity() == 0 {
+            // Never more than the blob: a small config gets a small buffer.
+            let left = usize::try_from(self.size - self.position).unwrap_or(usize::MAX);
+            self.batch
+                .reserve_exact(BATCH_BYTES.min(left.saturating_add(chunk.len())));
+        }
+        self.batch.extend_from_slice(chunk);
+        if self.batch.len() >= BATCH_BYTES || self.position == self.size {
             self.send_batch().await?;
         }
         if self.position == self.size {
@@ -125,7 +138,6 @@ impl IngestSink {
     /// Drops every byte taken (the download starts over).
     pub(crate) async fn restart(&mut self) -> Result<(), StoreError> {
         self.batch.clear();
-        self.batch_bytes = 0;
         let mut ingest = self.take_idle().await?;
         let (ingest, result) = tokio::task::spawn_blocking(move || {
             let result = ingest.restart();
@@ -183,11 +195,11 @@ impl IngestSink {
     /// Hands the batch to a blocking thread, once the one before it is written.
     async fn send_batch(&mut self) -> Result<(), StoreError> {
         let mut ingest = self.take_idle().await?;
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
+        let mut batch = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = batch.iter().try_for_each(|chunk| ingest.write(chunk));
-            (ingest, result)
+            let result = ingest.write(&batch);
+            batch.clear();
+            (ingest, batch, result)
         }));
         Ok(())
     }
@@ -195,10 +207,11 @@ impl IngestSink {
     /// Waits for the batch in flight, if any, and returns its error.
     async fn settle(&mut self) -> Result<(), StoreError> {
         if let Some(task) = self.in_flight.take() {
-            let (ingest, result) = task
+            let (ingest, buffer, result) = task
                 .await
                 .map_err(|e| StoreError::task(&self.ingest_dir, e))?;
             self.idle = Some(ingest);
+            self.spare = buffer;
             result?;
         }
         Ok(())
@@ -237,7 +250,7 @@ impl BlobSink for IngestSink {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        IngestSink::write(self, chunk).await
+        IngestSink::write(self, &chunk).await
     }
 
     async fn restart(&mut self) -> Result<(), StoreError> {
