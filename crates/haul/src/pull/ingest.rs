@@ -361,3 +361,90 @@ fn store_error(digest: &Digest, source: StoreError) -> PullError {
         other => PullError::Store(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(len: usize) -> (Vec<u8>, Digest) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        (data, digest)
+    }
+
+    async fn sink(store: &Store, digest: &Digest, size: usize) -> IngestSink {
+        IngestSink::begin(store, digest, size as u64)
+            .await
+            .unwrap()
+            .expect("blob should be missing")
+    }
+
+    #[tokio::test]
+    async fn chunks_across_many_batches_commit_as_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(3 * BATCH_BYTES + 12_345);
+        let mut s = sink(&store, &d, data.len()).await;
+        for chunk in data.chunks(65_537) {
+            s.write(chunk).await.unwrap();
+        }
+        assert_eq!(s.position, data.len() as u64);
+        s.check().unwrap();
+        s.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+        assert!(IngestSink::begin(&store, &d, 1).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn verification_is_exact_once_every_byte_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(BATCH_BYTES + 10);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&data[..data.len() - 1]).await.unwrap();
+        assert!(matches!(s.check(), Err(VerifyError::TooShort { .. })));
+        s.write(b"X").await.unwrap();
+        assert!(matches!(s.check(), Err(VerifyError::Mismatch { .. })));
+        assert!(matches!(
+            s.write(b"Y").await,
+            Err(StoreError::Verify {
+                source: VerifyError::TooLong { .. },
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_restart_drops_every_byte_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(2 * BATCH_BYTES);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&[7u8; BATCH_BYTES + BATCH_BYTES / 2])
+            .await
+            .unwrap();
+        s.restart().await.unwrap();
+        assert_eq!(s.position, 0);
+        for chunk in data.chunks(100_000) {
+            s.write(chunk).await.unwrap();
+        }
+        s.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sink_leaves_its_batches_for_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(4 * BATCH_BYTES);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&data[..3 * BATCH_BYTES]).await.unwrap();
+        drop(s);
+        // Waits for the blob's lock, which the dropped ingest holds until its bytes are out.
+        let mut again = sink(&store, &d, data.len()).await;
+        assert_eq!(again.resumed(), 3 * BATCH_BYTES as u64);
+        again.write(&data[3 * BATCH_BYTES..]).await.unwrap();
+        again.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+    }
+}
