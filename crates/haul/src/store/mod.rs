@@ -65,6 +65,33 @@ pub use lock::FileLock;
 pub use refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, RefEntry, SOURCE_ANNOTATION};
 
 /// A handle on a store root. Cheap to clone; holds the root directory open.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use haul::digest::Digest;
+/// use haul::store::{IngestStart, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+///
+/// // Bytes in memory, checked against their digest.
+/// let config = br#"{"architecture":"amd64","os":"linux"}"#;
+/// let digest = Digest::sha256_of(config);
+/// store.put_blob(&digest, config)?;
+/// assert_eq!(store.read_blob(&digest, 1 << 20)?, config);
+///
+/// // A stream of known digest and size, written as it arrives.
+/// let layer = vec![7u8; 3 << 20];
+/// let digest = Digest::sha256_of(&layer);
+/// if let IngestStart::Writer(mut ingest) = store.begin_ingest(&digest, layer.len() as u64)? {
+///     for chunk in layer.chunks(64 << 10) {
+///         ingest.write(chunk)?;
+///     }
+///     ingest.commit()?;
+/// }
+/// assert!(store.has_blob(&digest));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
