@@ -34,7 +34,7 @@ use crate::store::{IngestStart, RefEntry, Store, StoreError};
 
 /// The full image name, as containerd and docker ≥ 25 annotate index entries.
 const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
-const REF_NAME_ANNOTATION: &str = crate::store::refs::REF_NAME_ANNOTATION;
+const REF_NAME_ANNOTATION: &str = crate::store::REF_NAME_ANNOTATION;
 /// The most haul reads whole from an archive's metadata files (`manifest.json`, `index.json`, …).
 const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
 const COPY_BUFFER: usize = 1 << 20;
@@ -598,28 +598,25 @@ pub async fn load<R: Read + Send + 'static>(
     store: &Store,
     reader: R,
 ) -> Result<Vec<LoadedImage>, ArchiveError> {
-    let _writer = store.writer_lock()?;
-    let s = store.clone();
-    let handle = tokio::runtime::Handle::current();
-    let images = tokio::task::spawn_blocking(move || {
-        let meta = read_members(&s, decompressed(reader)?, &handle)?;
-        plan(&s, &meta)
-    })
-    .await
-    .map_err(|e| ArchiveError::Read(io::Error::other(e)))??;
-    let mut loaded = Vec::new();
-    for (entry, image) in images {
-        for name in &image.names {
-            store
-                .set_ref(RefEntry {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _writer = store.writer_lock()?;
+        let meta = read_members(&store, decompressed(reader)?)?;
+        let images = plan(&store, &meta)?;
+        let mut loaded = Vec::new();
+        for (entry, image) in images {
+            for name in &image.names {
+                store.set_ref(&RefEntry {
                     name: name.to_string(),
                     ..entry.clone()
-                })
-                .await?;
+                })?;
+            }
+            loaded.push(image);
         }
-        loaded.push(image);
-    }
-    Ok(loaded)
+        Ok(loaded)
+    })
+    .await
+    .map_err(|e| ArchiveError::Read(io::Error::other(e)))?
 }
 
 /// How a stream is compressed, from its first bytes.
@@ -687,11 +684,7 @@ fn decompressed<R: Read + Send + 'static>(
     })
 }
 
-fn read_members(
-    store: &Store,
-    reader: impl Read,
-    handle: &tokio::runtime::Handle,
-) -> Result<Metadata, ArchiveError> {
+fn read_members(store: &Store, reader: impl Read) -> Result<Metadata, ArchiveError> {
     let mut archive = tar::Archive::new(reader);
     let mut meta = Metadata::default();
     for entry in archive.entries().map_err(ArchiveError::Read)? {
@@ -725,7 +718,7 @@ fn read_members(
             p if p.ends_with("/VERSION") || p.ends_with("/json") => {}
             _ => match blob_name(&path) {
                 Some(digest) => {
-                    handle.block_on(ingest(store, &digest, size, &mut entry))?;
+                    ingest(store, &digest, size, &mut entry)?;
                     meta.blobs.insert(digest, size);
                 }
                 None => {
@@ -779,13 +772,13 @@ fn read_small(entry: &mut impl Read, path: &str, size: u64) -> Result<Vec<u8>, A
     Ok(buf)
 }
 
-async fn ingest(
+fn ingest(
     store: &Store,
     digest: &Digest,
     size: u64,
     reader: &mut impl Read,
 ) -> Result<(), ArchiveError> {
-    let IngestStart::Writer(mut writer) = store.begin_ingest(digest, size).await? else {
+    let IngestStart::Writer(mut writer) = store.begin_ingest(digest, size)? else {
         // Already in the store, verified when it entered. The archive's copy is not read; the
         // tar reader skips it.
         return Ok(());
@@ -796,9 +789,9 @@ async fn ingest(
         if n == 0 {
             break;
         }
-        writer.write(&buf[..n]).await?;
+        writer.write(&buf[..n])?;
     }
-    writer.commit().await?;
+    writer.commit()?;
     Ok(())
 }
 

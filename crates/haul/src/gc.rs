@@ -21,8 +21,8 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, ImageConfig, Manifest, ManifestError};
 use crate::reference::Reference;
-use crate::store::refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, SOURCE_ANNOTATION};
 use crate::store::{Entry, Store, StoreError, TRASH_DIR};
+use crate::store::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, SOURCE_ANNOTATION};
 use crate::unpack::cache::chain_ids;
 
 /// Partial downloads and temp files younger than this may belong to a running operation.
@@ -131,7 +131,8 @@ pub struct PruneReport {
 }
 
 /// Removes what no ref reaches (see the module documentation for what counts as reached and
-/// what is swept). Waits for running pulls to finish first, and holds pulls off while it runs.
+/// what is swept). Waits for running pulls to finish first, and holds pulls off while it runs. The store's
+/// work runs on a blocking thread.
 ///
 /// # Errors
 ///
@@ -139,10 +140,15 @@ pub struct PruneReport {
 /// read; [`GcError::Store`] or [`GcError::Io`] when the store cannot be locked, read or changed;
 /// [`GcError::Task`] if the sweeping task stops.
 pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
-    let s = store.clone();
-    let lock = tokio::task::spawn_blocking(move || s.collector_lock())
+    let store = store.clone();
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || prune_blocking(&store, &options))
         .await
-        .map_err(GcError::Task)??;
+        .map_err(GcError::Task)?
+}
+
+fn prune_blocking(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
+    let _lock = store.collector_lock()?;
     let roots = read_roots(store)?;
     let doomed: Vec<String> = if options.all {
         roots
@@ -157,26 +163,19 @@ pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport,
     if !options.dry_run {
         // Names first: a crash after this leaves unreachable content for the next prune.
         for name in &doomed {
-            if store.remove_ref(name).await? {
+            if store.remove_ref(name)? {
                 untagged.push(name.clone());
             }
         }
     } else {
         untagged = doomed.clone();
     }
-    let store = store.clone();
-    let options = options.clone();
-    let mut report = tokio::task::spawn_blocking(move || {
-        let _lock = lock;
-        let roots: Vec<Root> = roots
-            .into_iter()
-            .filter(|r| r.name.as_ref().is_none_or(|n| !doomed.contains(n)))
-            .collect();
-        let marks = mark(&store, &roots)?;
-        sweep(&store, &marks, &options)
-    })
-    .await
-    .map_err(GcError::Task)??;
+    let roots: Vec<Root> = roots
+        .into_iter()
+        .filter(|r| r.name.as_ref().is_none_or(|n| !doomed.contains(n)))
+        .collect();
+    let marks = mark(store, &roots)?;
+    let mut report = sweep(store, &marks, options)?;
     report.untagged = untagged;
     Ok(report)
 }

@@ -47,6 +47,7 @@ mod tee;
 
 pub use all_tags::{AllTags, SkippedTag};
 use all_tags::{TAGS_AT_ONCE, artifact_tag};
+pub(crate) use ingest::IngestSink;
 use layer::{BlobContext, LayerJob};
 use manifests::{manifest_media_type, map_name_error, parse_image};
 
@@ -722,12 +723,6 @@ impl Puller {
         }
         let (blobs_downloaded, bytes_downloaded) = downloaded;
 
-        // Publish: manifests after the blobs they reach, the ref last.
-        self.store
-            .put_blob(&manifest_doc.digest, &manifest_doc.bytes)?;
-        if let Some(index) = &index_doc {
-            self.store.put_blob(&index.digest, &index.bytes)?;
-        }
         let platform = platform.unwrap_or_else(|| Platform {
             architecture: config.architecture.clone(),
             os: config.os.clone(),
@@ -742,16 +737,15 @@ impl Puller {
                 context: format!("{reference}"),
                 source,
             })?;
-        let (mut descriptor, source) = match oci {
+        let (mut descriptor, source, rewrite) = match oci {
             Some(bytes) => {
                 let digest = Digest::sha256_of(&bytes);
-                self.store.put_blob(&digest, &bytes)?;
                 let d = Descriptor::new(
                     manifest::media_type::OCI_MANIFEST,
-                    digest,
+                    digest.clone(),
                     bytes.len() as u64,
                 );
-                (d, Some(manifest_doc.digest.clone()))
+                (d, Some(manifest_doc.digest.clone()), Some((digest, bytes)))
             }
             None => (
                 Descriptor::new(
@@ -760,19 +754,35 @@ impl Puller {
                     manifest_doc.bytes.len() as u64,
                 ),
                 None,
+                None,
             ),
         };
         descriptor.platform = Some(platform);
-        if !up_to_date {
-            self.store
-                .set_ref(RefEntry {
-                    name,
-                    manifest: descriptor,
-                    resolved: resolved.clone(),
-                    source,
-                })
-                .await?;
-        }
+        let entry = (!up_to_date).then(|| RefEntry {
+            name,
+            manifest: descriptor,
+            resolved: resolved.clone(),
+            source,
+        });
+        // Publish, in one step on a blocking thread: manifests after the blobs they reach, the
+        // ref last.
+        let manifests: Vec<(Digest, Vec<u8>)> = [Some((
+            manifest_doc.digest.clone(),
+            manifest_doc.bytes.clone(),
+        ))]
+        .into_iter()
+        .chain([index_doc.map(|index| (index.digest, index.bytes)), rewrite])
+        .flatten()
+        .collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (digest, bytes) in &manifests {
+                store.put_blob(digest, bytes)?;
+            }
+            entry.map_or(Ok(()), |entry| store.set_ref(&entry))
+        })
+        .await
+        .map_err(PullError::Task)??;
 
         reporter.report(Event::Resolved {
             digest: resolved.clone(),
@@ -895,7 +905,7 @@ impl Puller {
             let stopping = session.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 stopping.wait_idle(STOP_PATIENCE);
-                store.take_back(&published)
+                store.layers().take_back(&published)
             })
             .await;
             return Err(failure);
@@ -954,7 +964,11 @@ impl Puller {
             }
             if let Some(o) = &ctx.unpack
                 && chains.insert(&layer.chain_id)
-                && self.store.cached_layer(&layer.chain_id, &o.apply).is_none()
+                && self
+                    .store
+                    .layers()
+                    .cached(&layer.chain_id, &o.apply)
+                    .is_none()
             {
                 need =
                     need.saturating_add(layer.desc.size.saturating_mul(space::EXTRACTION_ESTIMATE));

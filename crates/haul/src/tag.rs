@@ -42,7 +42,7 @@ pub enum TagError {
 
 /// Names `source`'s image (a name or an image ID) `target` as well, replacing any image `target`
 /// named before. Returns the new ref. Content is not touched: the new ref shares the source's
-/// manifest.
+/// manifest. The store's work runs on a blocking thread.
 ///
 /// # Errors
 ///
@@ -54,23 +54,29 @@ pub async fn tag(store: &Store, source: &str, target: &Reference) -> Result<RefE
             target: target.to_string(),
         });
     }
+    let (s, source, target) = (store.clone(), source.to_owned(), target.to_string());
+    blocking(store, move || tag_blocking(&s, &source, target)).await
+}
+
+fn tag_blocking(store: &Store, source: &str, target: String) -> Result<RefEntry, TagError> {
     let image = inspect::find(store, source)?;
     // The first ref found: for an ID every ref names the same config, and any of them will do.
     let Some(from) = image.matched.into_iter().next() else {
         return Err(InspectError::NoSuchImage(source.to_owned()).into());
     };
     let entry = RefEntry {
-        name: target.to_string(),
+        name: target,
         ..from
     };
-    store.set_ref(entry.clone()).await?;
+    store.set_ref(&entry)?;
     Ok(entry)
 }
 
 /// Removes the names `image` stands for: the one ref a name matches, or every ref of the image
 /// for an image ID (refused without `force` when they span several repositories, as docker
 /// does). Returns the removed names (full references) in index order; a ref another process
-/// removed meanwhile is not among them. Content stays.
+/// removed meanwhile is not among them. Content stays. The store's work runs
+/// on a blocking thread.
 ///
 /// # Errors
 ///
@@ -78,6 +84,11 @@ pub async fn tag(store: &Store, source: &str, target: &Reference) -> Result<RefE
 /// [`TagError::MultipleRepositories`] as above, [`TagError::Store`] when `index.json` cannot be
 /// updated (refs removed before the failure stay removed).
 pub async fn untag(store: &Store, image: &str, force: bool) -> Result<Vec<String>, TagError> {
+    let (s, image) = (store.clone(), image.to_owned());
+    blocking(store, move || untag_blocking(&s, &image, force)).await
+}
+
+fn untag_blocking(store: &Store, image: &str, force: bool) -> Result<Vec<String>, TagError> {
     let found = inspect::find(store, image)?;
     let targets: Vec<RefEntry> = if !found.by_id {
         found.matched
@@ -99,9 +110,19 @@ pub async fn untag(store: &Store, image: &str, force: bool) -> Result<Vec<String
     let mut removed = Vec::new();
     for entry in targets {
         // Another process may have removed it meanwhile: that is the outcome asked for.
-        if store.remove_ref(&entry.name).await? {
+        if store.remove_ref(&entry.name)? {
             removed.push(entry.name);
         }
     }
     Ok(removed)
+}
+
+/// Runs `f`, the store's work, on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce() -> Result<T, TagError> + Send + 'static,
+) -> Result<T, TagError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::task(store.root(), e))?
 }

@@ -29,9 +29,10 @@ use crate::digest::{Digest, Hasher};
 use crate::inspect::{self, InspectError};
 use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
 use crate::progress::Silent;
+use crate::pull::IngestSink;
 use crate::reference::{Reference, ReferenceError};
 use crate::registry::{RegistryClient, RegistryError, Repository};
-use crate::store::{IngestStart, RefEntry, Store, StoreError};
+use crate::store::{RefEntry, Store, StoreError};
 use crate::unpack::budget::ImageBudget;
 use crate::unpack::cache::{LayerJob, Session, cache_keys};
 use crate::unpack::compare::Alteration;
@@ -366,8 +367,9 @@ impl Checker<'_> {
                 chain_id: key.clone(),
                 source: Box::new(e),
             };
-            let _reading = self.store.read_lock(key).map_err(cache_error)?;
-            let Some(cached) = self.store.cached_entry(key) else {
+            let layers = self.store.layers();
+            let _reading = layers.read_lock(key).map_err(cache_error)?;
+            let Some(cached) = layers.entry(key) else {
                 continue;
             };
             if !cached.meta.privileged && cached.meta.format < 2 {
@@ -385,10 +387,7 @@ impl Checker<'_> {
                 diff_id,
                 chain_id: key,
             };
-            let found = self
-                .store
-                .check_cached_layer(&job, &cached)
-                .map_err(cache_error)?;
+            let found = layers.check(&job, &cached).map_err(cache_error)?;
             if let Some(alteration) = found {
                 self.report.problems.push(Problem {
                     digest: key.clone(),
@@ -597,7 +596,7 @@ async fn extract_again(
     );
     let key = chain_id.clone();
     tokio::task::spawn_blocking(move || {
-        store.drop_cached_layer(&chain_id)?;
+        store.layers().remove(&chain_id)?;
         let options = UnpackOptions::for_current_user();
         let session = Session::new(ImageBudget::new(&options, layer.size, store.root(), 0));
         let job = LayerJob {
@@ -606,7 +605,7 @@ async fn extract_again(
             diff_id: &diff_id,
             chain_id: &chain_id,
         };
-        store.cache_layer(&job, &options, &Silent, &session)?;
+        store.layers().extract(&job, &options, &Silent, &session)?;
         Ok::<(), UnpackError>(())
     })
     .await
@@ -623,9 +622,8 @@ async fn fetch_blob(
     digest: &Digest,
     size: u64,
 ) -> Result<(), VerifyError> {
-    let mut ingest = match store.begin_ingest(digest, size).await? {
-        IngestStart::Present => return Ok(()),
-        IngestStart::Writer(w) => w,
+    let Some(mut ingest) = IngestSink::begin(store, digest, size).await? else {
+        return Ok(());
     };
     let registry_error = |source| VerifyError::Registry {
         digest: digest.clone(),

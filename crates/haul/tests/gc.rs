@@ -113,7 +113,7 @@ async fn prune_removes_exactly_what_no_ref_reaches() {
     }
     let options = UnpackOptions::for_current_user();
     for chain in &chains_b {
-        assert!(h.store.cached_layer(chain, &options.apply).is_some());
+        assert!(h.store.layers().cached(chain, &options.apply).is_some());
     }
     let entry = h.store.find_ref(&name_b).unwrap().unwrap();
     let rootfs = h.dir.path().join("rootfs");

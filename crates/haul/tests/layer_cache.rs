@@ -50,7 +50,7 @@ async fn pull_extracts_once_and_unpack_reuses_the_cache() {
     let options = UnpackOptions::for_current_user();
     for chain in chains(&image) {
         assert!(
-            h.store.cached_layer(&chain, &options.apply).is_some(),
+            h.store.layers().cached(&chain, &options.apply).is_some(),
             "{chain} cached"
         );
     }
@@ -117,8 +117,8 @@ async fn the_same_layer_on_another_parent_is_cached_separately() {
     let (ca, cb) = (chains(&a), chains(&b));
     assert_ne!(ca[1], cb[1]);
     let options = UnpackOptions::for_current_user();
-    let la = h.store.cached_layer(&ca[1], &options.apply).unwrap();
-    let lb = h.store.cached_layer(&cb[1], &options.apply).unwrap();
+    let la = h.store.layers().cached(&ca[1], &options.apply).unwrap();
+    let lb = h.store.layers().cached(&cb[1], &options.apply).unwrap();
     assert_ne!(la.dir, lb.dir);
     assert_eq!(la.meta.diff_id, lb.meta.diff_id);
     assert_eq!(

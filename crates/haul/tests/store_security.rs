@@ -111,7 +111,8 @@ async fn local_user_cannot_run_a_cached_setuid_binary() {
 
     let options = UnpackOptions::for_current_user();
     let cached = store
-        .cached_layer(&chains(&image)[0], &options.apply)
+        .layers()
+        .cached(&chains(&image)[0], &options.apply)
         .unwrap();
     let suid = cached.diff_dir().join("bin/id");
     // The cache keeps the image's modes: the protection is that nobody else can reach them.
@@ -176,7 +177,8 @@ async fn local_user_cannot_plant_files_in_the_layer_cache() {
 
     let options = UnpackOptions::for_current_user();
     let cached = store
-        .cached_layer(&chains(&image)[0], &options.apply)
+        .layers()
+        .cached(&chains(&image)[0], &options.apply)
         .unwrap();
     let world_writable = cached.diff_dir().join("tmp");
     assert_eq!(

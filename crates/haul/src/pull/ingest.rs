@@ -5,6 +5,10 @@
 //!   verified, fsynced and renamed into `blobs/` at commit. The registry's download
 //!   ([`crate::registry::Repository::fetch_blob`]) resumes, retries, moves between mirrors and
 //!   refuses bytes past the size; the ingest's digest is the one it asks at the end.
+//! - The ingest blocks (it is the store's); the download does not wait on it chunk by chunk. The
+//!   chunks are copied into batches of [`BATCH_BYTES`] that a blocking thread hashes and writes
+//!   while the next batch fills: one batch in flight per blob, so a slow disk slows the download
+//!   rather than filling memory.
 //! - A partial that a killed or failed pull left in `ROOT/ingest` is resumed from its end (the
 //!   ingest re-hashes it first); one that is not a prefix of the blob is dropped and the blob
 //!   fetched whole.
@@ -14,8 +18,11 @@
 //! - Progress comes from wrapping the sink ([`super::reporting`]), the extraction's copy likewise
 //!   ([`super::tee`]).
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
 
 use super::PullError;
 use super::layer::BlobContext;
@@ -26,36 +33,232 @@ use crate::manifest::Descriptor;
 use crate::progress::LayerStatus;
 use crate::registry::{BlobError, BlobSink};
 use crate::space;
-use crate::store::{Ingest, IngestStart, StoreError};
+use crate::store::{Ingest, IngestStart, Store, StoreError};
 
-/// The store's ingest of one blob, as a download's sink.
-struct IngestSink(Ingest);
+/// Bytes of a download handed to a blocking thread at once. As big as the ingest's own buffer,
+/// which a batch this size bypasses: a batch costs one copy, one hand-over and one write.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// A batch written on a blocking thread: it gives back the ingest and the batch's buffer, to fill
+/// again.
+type InFlight = JoinHandle<(Ingest, Vec<u8>, Result<(), StoreError>)>;
+
+/// The store's ingest of one blob, fed from async code: chunks are copied into a batch, and each
+/// batch is hashed and written on a blocking thread while the next one fills. Two buffers of
+/// [`BATCH_BYTES`] per blob, whatever the chunks: the download's own buffers are free as soon as
+/// a chunk is copied.
+pub(crate) struct IngestSink {
+    /// The ingest, while no batch is in flight.
+    idle: Option<Ingest>,
+    /// The batch being written, which holds the ingest until it is done.
+    in_flight: Option<InFlight>,
+    /// The batch filling.
+    batch: Vec<u8>,
+    /// The buffer the last batch written gave back, to fill next.
+    spare: Vec<u8>,
+    /// Bytes taken: written by the ingest, in flight and batched.
+    position: u64,
+    digest: Digest,
+    size: u64,
+    resumed: u64,
+    /// The store's ingest directory, for errors of the blocking threads.
+    ingest_dir: PathBuf,
+}
+
+impl IngestSink {
+    /// Starts ingesting `digest` (waiting for another writer of it, resuming a partial) on a
+    /// blocking thread. `None` when the store has the blob, or it arrived while waiting.
+    pub(crate) async fn begin(
+        store: &Store,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<IngestSink>, StoreError> {
+        let ingest_dir = store.root().join("ingest");
+        let (s, d) = (store.clone(), digest.clone());
+        let start = tokio::task::spawn_blocking(move || s.begin_ingest(&d, size))
+            .await
+            .map_err(|e| StoreError::task(&ingest_dir, e))??;
+        let ingest = match start {
+            IngestStart::Present => return Ok(None),
+            IngestStart::Writer(ingest) => ingest,
+        };
+        Ok(Some(IngestSink {
+            position: ingest.written(),
+            digest: digest.clone(),
+            size,
+            resumed: ingest.resumed(),
+            idle: Some(ingest),
+            in_flight: None,
+            batch: Vec::new(),
+            spare: Vec::new(),
+            ingest_dir,
+        }))
+    }
+
+    /// The blob being written.
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Bytes an earlier attempt left that this ingest continues from.
+    pub(crate) fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    /// Takes the next bytes of the blob. Bytes past its size are refused at once; the others are
+    /// written in the background, and a failure to write them is returned by a later call.
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let end = self.position.saturating_add(chunk.len() as u64);
+        if end > self.size {
+            return Err(StoreError::Verify {
+                digest: self.digest.clone(),
+                source: VerifyError::TooLong {
+                    expected: self.size,
+                },
+            });
+        }
+        self.position = end;
+        if self.batch.capacity() == 0 {
+            // Never more than the blob: a small config gets a small buffer.
+            let left = usize::try_from(self.size - self.position).unwrap_or(usize::MAX);
+            self.batch
+                .reserve_exact(BATCH_BYTES.min(left.saturating_add(chunk.len())));
+        }
+        self.batch.extend_from_slice(chunk);
+        if self.batch.len() >= BATCH_BYTES || self.position == self.size {
+            self.send_batch().await?;
+        }
+        if self.position == self.size {
+            // Every byte is here: the ingest has hashed them all before anyone asks.
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops every byte taken (the download starts over).
+    pub(crate) async fn restart(&mut self) -> Result<(), StoreError> {
+        self.batch.clear();
+        let mut ingest = self.take_idle().await?;
+        let (ingest, result) = tokio::task::spawn_blocking(move || {
+            let result = ingest.restart();
+            (ingest, result)
+        })
+        .await
+        .map_err(|e| StoreError::task(&self.ingest_dir, e))?;
+        self.position = ingest.written();
+        self.resumed = 0;
+        self.idle = Some(ingest);
+        result
+    }
+
+    /// Whether the bytes taken are the blob. Exact once every byte is taken (the batches are
+    /// written by then); before, the content is short whatever it holds.
+    fn check(&self) -> Result<(), VerifyError> {
+        let short = VerifyError::TooShort {
+            expected: self.size,
+            actual: self.position,
+        };
+        match &self.idle {
+            Some(ingest) if self.in_flight.is_none() && self.batch.is_empty() => {
+                match ingest.check() {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Verify { source, .. }) => Err(source),
+                    // `check` fails only with `Verify`; anything else is no proof of the
+                    // content either.
+                    Err(_) => Err(short),
+                }
+            }
+            _ => Err(short),
+        }
+    }
+
+    /// Writes what is batched, then verifies and commits the blob (see [`Ingest::commit`]).
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        if !self.batch.is_empty() {
+            self.send_batch().await?;
+        }
+        let ingest = self.take_idle().await?;
+        tokio::task::spawn_blocking(move || ingest.commit())
+            .await
+            .map_err(|e| StoreError::task(&self.ingest_dir, e))?
+    }
+
+    /// Ends the ingest and removes its partial file (see [`Ingest::discard`]).
+    pub(crate) async fn discard(mut self) {
+        self.batch.clear();
+        // A failed batch no longer matters: its bytes go with the partial.
+        if let Ok(ingest) = self.take_idle().await {
+            let _ = tokio::task::spawn_blocking(move || ingest.discard()).await;
+        }
+    }
+
+    /// Hands the batch to a blocking thread, once the one before it is written.
+    async fn send_batch(&mut self) -> Result<(), StoreError> {
+        let mut ingest = self.take_idle().await?;
+        let mut batch = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let result = ingest.write(&batch);
+            batch.clear();
+            (ingest, batch, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and returns its error.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        if let Some(task) = self.in_flight.take() {
+            let (ingest, buffer, result) = task
+                .await
+                .map_err(|e| StoreError::task(&self.ingest_dir, e))?;
+            self.idle = Some(ingest);
+            self.spare = buffer;
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The ingest, once no batch is in flight.
+    async fn take_idle(&mut self) -> Result<Ingest, StoreError> {
+        self.settle().await?;
+        self.idle.take().ok_or_else(|| {
+            StoreError::io(
+                &self.ingest_dir,
+                std::io::Error::other("ingest used after a failure"),
+            )
+        })
+    }
+}
+
+impl Drop for IngestSink {
+    fn drop(&mut self) {
+        // An ingest dropped writes out its buffer (its partial is resumed later): on a blocking
+        // thread, not the runtime's. A batch in flight drops its ingest where it runs.
+        if let Some(ingest) = self.idle.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(ingest))),
+                Err(_) => drop(ingest),
+            }
+        }
+    }
+}
 
 impl BlobSink for IngestSink {
     type Error = StoreError;
 
     fn position(&self) -> u64 {
-        self.0.written()
+        self.position
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        self.0.write(&chunk).await
+        IngestSink::write(self, &chunk).await
     }
 
     async fn restart(&mut self) -> Result<(), StoreError> {
-        self.0.restart().await
+        IngestSink::restart(self).await
     }
 
     fn verify(&mut self) -> Result<(), VerifyError> {
-        match self.0.check() {
-            Ok(()) => Ok(()),
-            Err(StoreError::Verify { source, .. }) => Err(source),
-            // `check` fails only with `Verify`; anything else is no proof of the content either.
-            Err(_) => Err(VerifyError::TooShort {
-                expected: self.0.size(),
-                actual: self.0.written(),
-            }),
-        }
+        self.check()
     }
 }
 
@@ -79,9 +282,8 @@ impl BlobContext {
             None if is_layer => Some(self.download_slot(&desc.digest).await?),
             None => None,
         };
-        let ingest = match self.store.begin_ingest(&desc.digest, desc.size).await? {
-            IngestStart::Present => return Ok(None),
-            IngestStart::Writer(w) => w,
+        let Some(ingest) = IngestSink::begin(&self.store, &desc.digest, desc.size).await? else {
+            return Ok(None);
         };
         if ingest.resumed() > 0 {
             tracing::debug!(digest = %desc.digest, bytes = ingest.resumed(), "resuming a partial download");
@@ -91,7 +293,7 @@ impl BlobContext {
         }
         let mut sink = Reporting::new(
             Teed {
-                inner: IngestSink(ingest),
+                inner: ingest,
                 tee: tee.take(),
             },
             is_layer.then(|| self.reporter.clone()),
@@ -100,7 +302,7 @@ impl BlobContext {
         );
         let fetched = self.repo.fetch_blob(&desc, &mut sink).await;
         let Teed {
-            inner: IngestSink(ingest),
+            inner: ingest,
             tee: teed,
         } = sink.inner;
         *tee = teed;
@@ -123,7 +325,7 @@ impl BlobContext {
 }
 
 /// The pull's error for a failed download, after deciding what becomes of its partial.
-async fn failed(ingest: Ingest, error: BlobError<StoreError>) -> PullError {
+async fn failed(ingest: IngestSink, error: BlobError<StoreError>) -> PullError {
     let blob = ingest.digest().clone();
     match error {
         // The registry may serve the rest later: the partial stays for the next pull.
@@ -157,5 +359,92 @@ fn store_error(digest: &Digest, source: StoreError) -> PullError {
             source: Box::new(source),
         },
         other => PullError::Store(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(len: usize) -> (Vec<u8>, Digest) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        (data, digest)
+    }
+
+    async fn sink(store: &Store, digest: &Digest, size: usize) -> IngestSink {
+        IngestSink::begin(store, digest, size as u64)
+            .await
+            .unwrap()
+            .expect("blob should be missing")
+    }
+
+    #[tokio::test]
+    async fn chunks_across_many_batches_commit_as_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(3 * BATCH_BYTES + 12_345);
+        let mut s = sink(&store, &d, data.len()).await;
+        for chunk in data.chunks(65_537) {
+            s.write(chunk).await.unwrap();
+        }
+        assert_eq!(s.position, data.len() as u64);
+        s.check().unwrap();
+        s.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+        assert!(IngestSink::begin(&store, &d, 1).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn verification_is_exact_once_every_byte_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(BATCH_BYTES + 10);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&data[..data.len() - 1]).await.unwrap();
+        assert!(matches!(s.check(), Err(VerifyError::TooShort { .. })));
+        s.write(b"X").await.unwrap();
+        assert!(matches!(s.check(), Err(VerifyError::Mismatch { .. })));
+        assert!(matches!(
+            s.write(b"Y").await,
+            Err(StoreError::Verify {
+                source: VerifyError::TooLong { .. },
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_restart_drops_every_byte_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(2 * BATCH_BYTES);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&[7u8; BATCH_BYTES + BATCH_BYTES / 2])
+            .await
+            .unwrap();
+        s.restart().await.unwrap();
+        assert_eq!(s.position, 0);
+        for chunk in data.chunks(100_000) {
+            s.write(chunk).await.unwrap();
+        }
+        s.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sink_leaves_its_batches_for_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (data, d) = blob(4 * BATCH_BYTES);
+        let mut s = sink(&store, &d, data.len()).await;
+        s.write(&data[..3 * BATCH_BYTES]).await.unwrap();
+        drop(s);
+        // Waits for the blob's lock, which the dropped ingest holds until its bytes are out.
+        let mut again = sink(&store, &d, data.len()).await;
+        assert_eq!(again.resumed(), 3 * BATCH_BYTES as u64);
+        again.write(&data[3 * BATCH_BYTES..]).await.unwrap();
+        again.commit().await.unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
     }
 }

@@ -56,10 +56,12 @@ impl BlobContext {
     /// Whether a layer needs nothing: its blob is stored and, when unpacking, it is extracted.
     pub(super) fn is_ready(&self, layer: &LayerJob) -> bool {
         self.store.has_blob(&layer.desc.digest)
-            && self
-                .unpack
-                .as_ref()
-                .is_none_or(|o| self.store.cached_layer(&layer.chain_id, &o.apply).is_some())
+            && self.unpack.as_ref().is_none_or(|o| {
+                self.store
+                    .layers()
+                    .cached(&layer.chain_id, &o.apply)
+                    .is_some()
+            })
     }
 
     /// Downloads a layer if needed and, when unpacking, extracts it into the layer cache: from the
@@ -78,7 +80,16 @@ impl BlobContext {
         let digest = layer.desc.digest.clone();
         let extract_error = extract_error(&digest);
         let options = match self.unpack.clone() {
-            Some(o) if extract && self.store.cached_layer(&layer.chain_id, &o.apply).is_none() => o,
+            Some(o)
+                if extract
+                    && self
+                        .store
+                        .layers()
+                        .cached(&layer.chain_id, &o.apply)
+                        .is_none() =>
+            {
+                o
+            }
             // Not unpacking, extracted already or by another job: only the blob is missing.
             _ => {
                 let downloaded = self
@@ -121,7 +132,7 @@ impl BlobContext {
             let ctx = self.clone();
             let job = layer.clone();
             tokio::task::spawn_blocking(move || {
-                ctx.store.cache_layer(
+                ctx.store.layers().extract(
                     &job.as_cache_job(),
                     &options,
                     ctx.reporter.as_ref(),
@@ -157,7 +168,8 @@ impl BlobContext {
         let extraction = tokio::task::spawn_blocking(move || {
             let job = job.as_cache_job();
             ctx.store
-                .extract_layer(&job, &opts, None, &extracting, Box::new(source))
+                .layers()
+                .extract_from(&job, &opts, None, &extracting, Box::new(source))
         });
         let fetched = self
             .fetch(layer.desc.clone(), true, Some(slot), &mut tee)

@@ -7,40 +7,51 @@
 //!
 //! A partial file outlives a failed or killed pull on purpose: the next ingest of the same digest
 //! (in this process or another) re-hashes what is there and continues from its end, so a download
-//! interrupted at 90% fetches only the last 10%. Content that turns out wrong is removed: a partial
-//! longer than the blob, and any partial whose finished digest does not match.
+//! interrupted at 90% fetches only the last 10%. An ingest dropped without [`Ingest::commit`] or
+//! [`Ingest::discard`] writes out what it buffered first. Content that turns out wrong is
+//! removed: a partial longer than the blob, and any partial whose finished digest does not match.
 //!
 //! An [`Import`] is for content whose digest nobody declared (a layer an archive names by its path,
 //! `<id>/layer.tar`): it is hashed while it is written to a fresh file of its own under `ingest/`,
 //! and [`Import::commit`] renames that file to the digest it turned out to have. Nothing is resumed
 //! (there is no name to resume under) and nothing is verified against an expectation: the caller
 //! checks the digest it gets back against what the image says (the config's diff_ids).
+//!
+//! Both are plain blocking writers, buffered in memory so that small writes cost a copy, not a
+//! system call; an async caller feeds them from a blocking thread (the pull batches a download's
+//! chunks into one blocking call per buffer's worth).
 
-use std::io::{Read, Seek as _, Write as _};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
-
-use super::{FileLock, INGEST_DIR, Store, StoreError};
+use super::layout::INGEST_DIR;
+use super::{FileLock, Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher, Verifier};
 
+/// Bytes an ingest buffers before writing them out.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// The outcome of asking to ingest a blob.
+/// The outcome of asking to ingest a blob ([`Store::begin_ingest`]).
 // Made once per blob download and consumed at once: boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum IngestStart {
     /// The blob is already committed (perhaps by another process while we waited for the lock).
     Present,
+    /// The blob is missing: write it through this.
     Writer(Ingest),
 }
 
+/// A blob of known digest and size being written into the store ([`Store::begin_ingest`]).
+///
+/// Blocking. Holds the blob's lock until dropped.
 pub struct Ingest {
     store: Store,
     digest: Digest,
     /// `ingest/<algo>-<hex>.partial`, relative to the store root.
     partial: PathBuf,
-    file: Option<BufWriter<tokio::fs::File>>,
+    /// Declared before the lock: written out (when dropped) while the lock is still held.
+    file: Option<BufWriter<File>>,
     verifier: Verifier,
     size: u64,
     /// Bytes found in a partial file left by an earlier attempt.
@@ -48,39 +59,36 @@ pub struct Ingest {
     _lock: FileLock,
 }
 
-impl Store {
-    /// Starts ingesting the blob `digest` of `size` bytes, waiting for any other writer of it
-    /// first, and continuing from a partial file an earlier attempt left.
-    pub async fn begin_ingest(
-        &self,
+/// The lock every writer of `digest` holds, across processes.
+fn digest_lock_name(digest: &Digest) -> String {
+    format!("{}-{}.lock", digest.algorithm().name(), digest.hex())
+}
+
+impl Ingest {
+    /// See [`Store::begin_ingest`].
+    pub(super) fn begin(
+        store: &Store,
         digest: &Digest,
         size: u64,
     ) -> Result<IngestStart, StoreError> {
-        if self.has_blob(digest) {
+        if store.has_blob(digest) {
             return Ok(IngestStart::Present);
         }
-        let stem = format!("{}-{}", digest.algorithm().name(), digest.hex());
-        let lock = FileLock::exclusive_async(self, format!("{stem}.lock")).await?;
-        if self.has_blob(digest) {
+        let lock = FileLock::exclusive(store, &digest_lock_name(digest))?;
+        if store.has_blob(digest) {
             return Ok(IngestStart::Present);
         }
-        let partial = Path::new(INGEST_DIR).join(format!("{stem}.partial"));
-        let (file, verifier, resumed) = {
-            let (store, rel, digest) = (self.clone(), partial.clone(), digest.clone());
-            tokio::task::spawn_blocking(move || open_partial(&store, &rel, digest, size))
-                .await
-                .map_err(|e| {
-                    StoreError::io(&self.root().join(&partial), std::io::Error::other(e))
-                })??
-        };
+        let partial = Path::new(INGEST_DIR).join(format!(
+            "{}-{}.partial",
+            digest.algorithm().name(),
+            digest.hex()
+        ));
+        let (file, verifier, resumed) = open_partial(store, &partial, digest.clone(), size)?;
         Ok(IngestStart::Writer(Ingest {
-            store: self.clone(),
+            store: store.clone(),
             digest: digest.clone(),
             partial,
-            file: Some(BufWriter::with_capacity(
-                WRITE_BUFFER,
-                tokio::fs::File::from_std(file),
-            )),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             verifier,
             size,
             resumed,
@@ -97,7 +105,7 @@ fn open_partial(
     rel: &Path,
     digest: Digest,
     size: u64,
-) -> Result<(std::fs::File, Verifier, u64), StoreError> {
+) -> Result<(File, Verifier, u64), StoreError> {
     let path = store.root().join(rel);
     let io_err = |e| StoreError::io(&path, e);
     let mut file = store.dir().open_writable(rel)?;
@@ -130,26 +138,37 @@ fn open_partial(
 }
 
 impl Ingest {
+    /// The blob being written.
+    #[must_use]
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
 
+    /// Its declared size.
+    #[must_use]
     pub fn size(&self) -> u64 {
         self.size
     }
 
     /// Bytes accepted so far, including those resumed from an earlier attempt's partial file.
+    #[must_use]
     pub fn written(&self) -> u64 {
         self.verifier.bytes_seen()
     }
 
     /// Bytes that were already on disk when this ingest began.
+    #[must_use]
     pub fn resumed(&self) -> u64 {
         self.resumed
     }
 
     /// Appends bytes, refusing them as soon as they run past the declared size.
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Verify`] for bytes past the declared size (none of them is taken);
+    /// [`StoreError::Io`] when writing fails.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.verifier
             .update(bytes)
             .map_err(|source| StoreError::Verify {
@@ -159,26 +178,24 @@ impl Ingest {
         let Some(file) = self.file.as_mut() else {
             return Err(self.closed());
         };
-        match file.write_all(bytes).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(StoreError::io(&self.path(), e)),
-        }
+        file.write_all(bytes)
+            .map_err(|e| StoreError::io(&self.store.root().join(&self.partial), e))
     }
 
     /// Drops what was written so far (a retry that could not resume starts over).
-    pub async fn restart(&mut self) -> Result<(), StoreError> {
-        // Buffered bytes go with the writer; the file is emptied in place (same inode, still
-        // ours), so nothing is reopened by name.
-        let Some(writer) = self.file.take() else {
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when the partial file cannot be emptied.
+    pub fn restart(&mut self) -> Result<(), StoreError> {
+        // Buffered bytes go unwritten; the file is emptied in place (same inode, still ours),
+        // so nothing is reopened by name.
+        let Some(mut file) = self.take_file_unflushed() else {
             return Err(self.closed());
         };
-        let mut file = writer.into_inner();
         let path = self.path();
-        file.set_len(0)
-            .await
-            .map_err(|e| StoreError::io(&path, e))?;
-        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(0))
-            .await
+        file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+        file.seek(std::io::SeekFrom::Start(0))
             .map_err(|e| StoreError::io(&path, e))?;
         self.file = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
         self.verifier = Verifier::new(self.digest.clone(), self.size);
@@ -187,6 +204,11 @@ impl Ingest {
     }
 
     /// Checks size and digest of what was written, without committing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Verify`] when the bytes written are not the blob (too few, or another
+    /// digest).
     pub fn check(&self) -> Result<(), StoreError> {
         self.verifier
             .clone()
@@ -200,40 +222,42 @@ impl Ingest {
 
     /// Ends the ingest and removes its partial file: its bytes are wrong, or the disk needs them
     /// back.
-    pub async fn discard(mut self) {
-        self.file = None;
-        let (store, rel) = (self.store.clone(), self.partial.clone());
-        let _ = tokio::task::spawn_blocking(move || store.dir().remove_file(&rel)).await;
+    pub fn discard(mut self) {
+        drop(self.take_file_unflushed());
+        let _ = self.store.dir().remove_file(&self.partial);
     }
 
     /// Verifies size and digest, then makes the blob visible. On a mismatch the partial file is
     /// removed, so the next attempt starts from zero.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Verify`] when the bytes written are not the blob; [`StoreError::Io`] when
+    /// writing, syncing or renaming fails (the partial then stays, for a later attempt).
+    pub fn commit(mut self) -> Result<(), StoreError> {
         if let Err(e) = self.check() {
-            self.discard().await;
+            self.discard();
             return Err(e);
         }
         let path = self.path();
-        let mut file = self.file.take().ok_or_else(|| self.closed())?;
-        file.flush().await.map_err(|e| StoreError::io(&path, e))?;
-        let file = file.into_inner();
-        file.sync_all()
-            .await
-            .map_err(|e| StoreError::io(&path, e))?;
+        let writer = self.file.take().ok_or_else(|| self.closed())?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| StoreError::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| StoreError::io(&path, e))?;
         drop(file);
-        let (store, from) = (self.store.clone(), self.partial.clone());
         let to = Store::blob_rel(&self.digest);
-        tokio::task::spawn_blocking(move || {
-            // `blobs/sha256` exists from `Store::open`; another algorithm's directory (sha512) is
-            // made, private like the rest, by the first blob that needs it.
-            store
-                .dir()
-                .create_dir(to.parent().unwrap_or(Path::new("")))?;
-            store.dir().rename(&from, &to)?;
-            store.dir().sync_dir(to.parent().unwrap_or(Path::new("")))
-        })
-        .await
-        .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
+        let dir = to.parent().unwrap_or(Path::new(""));
+        // `blobs/sha256` exists from `Store::open`; another algorithm's directory (sha512) is
+        // made, private like the rest, by the first blob that needs it.
+        self.store.dir().create_dir(dir)?;
+        self.store.dir().rename(&self.partial, &to)?;
+        self.store.dir().sync_dir(dir)
+    }
+
+    /// The file without writing out what is buffered.
+    fn take_file_unflushed(&mut self) -> Option<File> {
+        self.file.take().map(|w| w.into_parts().0)
     }
 
     /// The partial file's full path, for messages.
@@ -251,53 +275,56 @@ impl Ingest {
 
 /// A blob being written whose digest is learnt from its content ([`Store::begin_import`]).
 ///
-/// Blocking: run it off the async runtime. Dropped without [`Import::commit`], its file is removed.
+/// Blocking. Dropped without [`Import::commit`], its file is removed.
 pub struct Import {
     store: Store,
     /// `ingest/import-<pid>-<random>`, relative to the store root; ours alone (created O_EXCL).
     partial: PathBuf,
-    file: Option<std::io::BufWriter<std::fs::File>>,
+    file: Option<BufWriter<File>>,
     hasher: Hasher,
     size: u64,
 }
 
-impl Store {
-    /// Starts writing a blob whose digest (sha256) is what its bytes hash to.
-    pub fn begin_import(&self) -> Result<Import, StoreError> {
+impl Import {
+    /// See [`Store::begin_import`].
+    pub(super) fn begin(store: &Store) -> Result<Import, StoreError> {
         let partial = Path::new(INGEST_DIR).join(format!(
             "import-{}-{:016x}",
             std::process::id(),
             fastrand::u64(..)
         ));
-        let file = self.dir().create_new(&partial)?;
+        let file = store.dir().create_new(&partial)?;
         Ok(Import {
-            store: self.clone(),
+            store: store.clone(),
             partial,
-            file: Some(std::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         })
     }
-}
 
-impl Import {
     /// Appends bytes (hashed on the way).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when writing fails.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.store.root().join(&self.partial);
+        let path = || self.store.root().join(&self.partial);
         let file = self.file.as_mut().ok_or_else(|| {
             StoreError::io(
-                &path,
+                &path(),
                 std::io::Error::other("import used after it was closed"),
             )
         })?;
         file.write_all(bytes)
-            .map_err(|e| StoreError::io(&path, e))?;
+            .map_err(|e| StoreError::io(&path(), e))?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
     }
 
     /// Bytes written so far.
+    #[must_use]
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -305,6 +332,10 @@ impl Import {
     /// Makes the content visible as `blobs/sha256/<its digest>` (fsynced, renamed, directory
     /// fsynced) and returns the digest and size. A blob of that digest already in the store is
     /// kept and this copy dropped: the same digest is the same content.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when writing, syncing or renaming fails; nothing is left behind.
     pub fn commit(mut self) -> Result<(Digest, u64), StoreError> {
         let path = self.store.root().join(&self.partial);
         let writer = self.file.take().ok_or_else(|| {
@@ -323,10 +354,7 @@ impl Import {
             let digest = hasher.finish();
             // The per-digest lock of ingests: a pull committing the same blob meanwhile is not
             // renamed over.
-            let _lock = FileLock::exclusive(
-                &self.store,
-                &format!("{}-{}.lock", digest.algorithm().name(), digest.hex()),
-            )?;
+            let _lock = FileLock::exclusive(&self.store, &digest_lock_name(&digest))?;
             if !self.store.has_blob(&digest) {
                 let to = Store::blob_rel(&digest);
                 self.store.dir().rename(&self.partial, &to)?;
@@ -344,7 +372,9 @@ impl Import {
 
 impl Drop for Import {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        // Unwritten: the file is removed anyway.
+        if let Some(writer) = self.file.take() {
+            drop(writer.into_parts());
             let _ = self.store.dir().remove_file(&self.partial);
         }
     }
@@ -354,87 +384,83 @@ impl Drop for Import {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn commits_only_verified_content() {
+    #[test]
+    fn commits_only_verified_content() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let data = b"layer bytes".repeat(1000);
         let d = Digest::sha256_of(&data);
 
-        let IngestStart::Writer(mut bad) = store.begin_ingest(&d, data.len() as u64).await.unwrap()
+        let IngestStart::Writer(mut bad) = store.begin_ingest(&d, data.len() as u64).unwrap()
         else {
             panic!("blob should be missing")
         };
-        bad.write(&data[..100]).await.unwrap();
-        bad.write(b"X").await.unwrap();
-        bad.write(&data[101..]).await.unwrap();
-        assert!(matches!(bad.commit().await, Err(StoreError::Verify { .. })));
+        bad.write(&data[..100]).unwrap();
+        bad.write(b"X").unwrap();
+        bad.write(&data[101..]).unwrap();
+        assert!(matches!(bad.commit(), Err(StoreError::Verify { .. })));
         assert!(!store.has_blob(&d));
 
-        let IngestStart::Writer(mut good) =
-            store.begin_ingest(&d, data.len() as u64).await.unwrap()
+        let IngestStart::Writer(mut good) = store.begin_ingest(&d, data.len() as u64).unwrap()
         else {
             panic!("blob should be missing")
         };
         for chunk in data.chunks(777) {
-            good.write(chunk).await.unwrap();
+            good.write(chunk).unwrap();
         }
-        good.commit().await.unwrap();
+        good.commit().unwrap();
         assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
         assert!(matches!(
-            store.begin_ingest(&d, data.len() as u64).await.unwrap(),
+            store.begin_ingest(&d, data.len() as u64).unwrap(),
             IngestStart::Present
         ));
         let partials = std::fs::read_dir(store.ingest_dir()).unwrap().count();
         assert_eq!(partials, 0);
     }
 
-    #[tokio::test]
-    async fn refuses_bytes_past_the_declared_size() {
+    #[test]
+    fn refuses_bytes_past_the_declared_size() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"abc");
-        let IngestStart::Writer(mut w) = store.begin_ingest(&d, 3).await.unwrap() else {
+        let IngestStart::Writer(mut w) = store.begin_ingest(&d, 3).unwrap() else {
             panic!("blob should be missing")
         };
-        w.write(b"abc").await.unwrap();
-        assert!(matches!(
-            w.write(b"d").await,
-            Err(StoreError::Verify { .. })
-        ));
+        w.write(b"abc").unwrap();
+        assert!(matches!(w.write(b"d"), Err(StoreError::Verify { .. })));
     }
 
-    async fn writer(store: &Store, d: &Digest, size: u64) -> Ingest {
-        match store.begin_ingest(d, size).await.unwrap() {
+    fn writer(store: &Store, d: &Digest, size: u64) -> Ingest {
+        match store.begin_ingest(d, size).unwrap() {
             IngestStart::Writer(w) => w,
             IngestStart::Present => panic!("blob should be missing"),
         }
     }
 
-    #[tokio::test]
-    async fn an_abandoned_ingest_is_resumed_from_its_partial_file() {
+    #[test]
+    fn an_abandoned_ingest_is_resumed_from_its_partial_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let d = Digest::sha256_of(&data);
         let size = data.len() as u64;
 
-        let mut first = writer(&store, &d, size).await;
-        first.write(&data[..1_000_000]).await.unwrap();
+        let mut first = writer(&store, &d, size);
+        first.write(&data[..1_000_000]).unwrap();
         // Flushed bytes survive the ingest being dropped, as they survive a killed process.
-        first.file.as_mut().unwrap().flush().await.unwrap();
+        first.file.as_mut().unwrap().flush().unwrap();
         drop(first);
 
-        let mut second = writer(&store, &d, size).await;
+        let mut second = writer(&store, &d, size);
         assert_eq!(second.resumed(), 1_000_000);
         assert_eq!(second.written(), 1_000_000);
-        second.write(&data[1_000_000..]).await.unwrap();
-        second.commit().await.unwrap();
+        second.write(&data[1_000_000..]).unwrap();
+        second.commit().unwrap();
         assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), data);
     }
 
-    #[tokio::test]
-    async fn a_partial_that_is_not_a_prefix_is_dropped_at_commit() {
+    #[test]
+    fn a_partial_that_is_not_a_prefix_is_dropped_at_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let data = b"the real blob content".repeat(100);
@@ -445,21 +471,21 @@ mod tests {
             .join(format!("sha256-{}.partial", d.hex()));
         std::fs::write(&partial, b"garbage left by a crash").unwrap();
 
-        let mut w = writer(&store, &d, size).await;
+        let mut w = writer(&store, &d, size);
         assert_eq!(w.resumed(), 23);
-        w.write(&data[23..]).await.unwrap();
-        assert!(matches!(w.commit().await, Err(StoreError::Verify { .. })));
+        w.write(&data[23..]).unwrap();
+        assert!(matches!(w.commit(), Err(StoreError::Verify { .. })));
         assert!(
             !partial.exists(),
             "a wrong partial must not be resumed again"
         );
 
-        let w = writer(&store, &d, size).await;
+        let w = writer(&store, &d, size);
         assert_eq!(w.resumed(), 0);
     }
 
-    #[tokio::test]
-    async fn a_partial_longer_than_the_blob_is_emptied() {
+    #[test]
+    fn a_partial_longer_than_the_blob_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"abc");
@@ -467,27 +493,27 @@ mod tests {
             .ingest_dir()
             .join(format!("sha256-{}.partial", d.hex()));
         std::fs::write(&partial, b"abcdef").unwrap();
-        let mut w = writer(&store, &d, 3).await;
+        let mut w = writer(&store, &d, 3);
         assert_eq!(w.resumed(), 0);
-        w.write(b"abc").await.unwrap();
-        w.commit().await.unwrap();
+        w.write(b"abc").unwrap();
+        w.commit().unwrap();
         assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), b"abc");
     }
 
-    #[tokio::test]
-    async fn a_second_writer_waits_and_then_finds_the_blob() {
+    #[test]
+    fn a_second_writer_waits_and_then_finds_the_blob() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"shared");
-        let IngestStart::Writer(mut first) = store.begin_ingest(&d, 6).await.unwrap() else {
+        let IngestStart::Writer(mut first) = store.begin_ingest(&d, 6).unwrap() else {
             panic!("blob should be missing")
         };
         let other = store.clone();
         let d2 = d.clone();
-        let waiter = tokio::spawn(async move { other.begin_ingest(&d2, 6).await });
-        first.write(b"shared").await.unwrap();
-        first.commit().await.unwrap();
-        let second = waiter.await.unwrap().unwrap();
+        let waiter = std::thread::spawn(move || other.begin_ingest(&d2, 6));
+        first.write(b"shared").unwrap();
+        first.commit().unwrap();
+        let second = waiter.join().unwrap().unwrap();
         assert!(matches!(second, IngestStart::Present));
     }
 

@@ -12,10 +12,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{FileLock, INDEX_FILE, Store, StoreError};
+use super::layout::INDEX_FILE;
+use super::{FileLock, Store, StoreError};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, media_type};
 
+/// The standard annotation naming a ref in an OCI layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// The digest the name resolved to at the registry: the index for multi-platform images.
 pub const RESOLVED_ANNOTATION: &str = "dev.haul.resolved-digest";
@@ -52,6 +54,7 @@ impl RefEntry {
     }
 
     /// The manifest digest as the registry knows it.
+    #[must_use]
     pub fn registry_manifest(&self) -> &Digest {
         self.source.as_ref().unwrap_or(&self.manifest.digest)
     }
@@ -76,96 +79,82 @@ impl RefEntry {
     }
 }
 
-impl Store {
-    /// Every named image, in index order. Entries without a name (or not written by an OCI tool in a
-    /// shape haul understands) are skipped.
-    pub fn refs(&self) -> Result<Vec<RefEntry>, StoreError> {
-        let index = self.read_index()?;
-        Ok(manifest_entries(&index)
-            .iter()
-            .filter_map(|v| serde_json::from_value::<Descriptor>(v.clone()).ok())
-            .filter_map(RefEntry::from_descriptor)
-            .collect())
-    }
+/// Every named image, in index order. Entries without a name (or not written by an OCI tool in a
+/// shape haul understands) are skipped.
+pub(super) fn list(store: &Store) -> Result<Vec<RefEntry>, StoreError> {
+    let index = read_index(store)?;
+    Ok(manifest_entries(&index)
+        .iter()
+        .filter_map(|v| serde_json::from_value::<Descriptor>(v.clone()).ok())
+        .filter_map(RefEntry::from_descriptor)
+        .collect())
+}
 
-    pub fn find_ref(&self, name: &str) -> Result<Option<RefEntry>, StoreError> {
-        Ok(self.refs()?.into_iter().find(|r| r.name == name))
-    }
+/// Adds or replaces the ref named `entry.name`.
+pub(super) fn set(store: &Store, entry: &RefEntry) -> Result<(), StoreError> {
+    let _lock = FileLock::exclusive(store, INDEX_LOCK)?;
+    let mut index = read_index(store)?;
+    let new = serde_json::to_value(entry.to_descriptor())
+        .map_err(|e| StoreError::io(&store.root().join(INDEX_FILE), io::Error::other(e)))?;
+    let entries = manifest_entries_mut(&mut index);
+    entries.retain(|v| ref_name(v) != Some(entry.name.as_str()));
+    entries.push(new);
+    write_index(store, &index)
+}
 
-    /// Adds or replaces the ref named `entry.name`. This is the publishing step of a pull: callers
-    /// make sure every blob the manifest reaches is committed first.
-    pub async fn set_ref(&self, entry: RefEntry) -> Result<(), StoreError> {
-        let store = self.clone();
-        run_blocking(move || {
-            let _lock = FileLock::exclusive(&store, INDEX_LOCK)?;
-            let mut index = store.read_index()?;
-            let new = serde_json::to_value(entry.to_descriptor())
-                .map_err(|e| StoreError::io(&store.root().join(INDEX_FILE), io::Error::other(e)))?;
-            let entries = manifest_entries_mut(&mut index);
-            entries.retain(|v| ref_name(v) != Some(entry.name.as_str()));
-            entries.push(new);
-            store.write_index(&index)
-        })
-        .await
+/// Removes the ref `name`; returns whether it existed.
+pub(super) fn remove(store: &Store, name: &str) -> Result<bool, StoreError> {
+    let _lock = FileLock::exclusive(store, INDEX_LOCK)?;
+    let mut index = read_index(store)?;
+    let entries = manifest_entries_mut(&mut index);
+    let before = entries.len();
+    entries.retain(|v| ref_name(v) != Some(name));
+    let removed = entries.len() != before;
+    if removed {
+        write_index(store, &index)?;
     }
+    Ok(removed)
+}
 
-    /// Removes the ref `name`; returns whether it existed.
-    pub async fn remove_ref(&self, name: &str) -> Result<bool, StoreError> {
-        let store = self.clone();
-        let name = name.to_owned();
-        run_blocking(move || {
-            let _lock = FileLock::exclusive(&store, INDEX_LOCK)?;
-            let mut index = store.read_index()?;
-            let entries = manifest_entries_mut(&mut index);
-            let before = entries.len();
-            entries.retain(|v| ref_name(v) != Some(name.as_str()));
-            let removed = entries.len() != before;
-            if removed {
-                store.write_index(&index)?;
-            }
-            Ok(removed)
-        })
-        .await
-    }
-
-    pub(super) fn ensure_index(&self) -> Result<(), StoreError> {
-        let exists = || Ok::<_, StoreError>(self.dir().stat(Path::new(INDEX_FILE))?.is_some());
+/// Writes an empty `index.json` into a new store; parses an existing one, so that a corrupt
+/// index is reported at open, not halfway through a pull.
+pub(super) fn ensure_index(store: &Store) -> Result<(), StoreError> {
+    let exists = || Ok::<_, StoreError>(store.dir().stat(Path::new(INDEX_FILE))?.is_some());
+    if exists()? {
+        read_index(store).map(drop)
+    } else {
+        let _lock = FileLock::exclusive(store, INDEX_LOCK)?;
         if exists()? {
-            // Parse once so a corrupt index is reported at open, not halfway through a pull.
-            self.read_index().map(drop)
-        } else {
-            let _lock = FileLock::exclusive(self, INDEX_LOCK)?;
-            if exists()? {
-                return Ok(());
-            }
-            self.write_index(&empty_index())
+            return Ok(());
         }
+        write_index(store, &empty_index())
     }
+}
 
-    /// `index.json` as JSON: an object, never read through a symlink.
-    pub(crate) fn read_index(&self) -> Result<Value, StoreError> {
-        let path = self.root().join(INDEX_FILE);
-        let bytes = self
-            .read_private_file(&path, u64::MAX)?
-            .ok_or_else(|| StoreError::io(&path, io::ErrorKind::NotFound.into()))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadLayout {
-            path: path.clone(),
-            reason: format!("index.json is not valid JSON: {e}"),
-        })?;
-        if !v.is_object() {
-            return Err(StoreError::BadLayout {
-                path,
-                reason: "index.json is not a JSON object".to_owned(),
-            });
-        }
-        Ok(v)
+/// `index.json` as JSON: an object, never read through a symlink.
+pub(super) fn read_index(store: &Store) -> Result<Value, StoreError> {
+    let path = store.root().join(INDEX_FILE);
+    let bytes = store
+        .read_private_file(&path, u64::MAX)?
+        .ok_or_else(|| StoreError::io(&path, io::ErrorKind::NotFound.into()))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadLayout {
+        path: path.clone(),
+        reason: format!("index.json is not valid JSON: {e}"),
+    })?;
+    if !v.is_object() {
+        return Err(StoreError::BadLayout {
+            path,
+            reason: "index.json is not a JSON object".to_owned(),
+        });
     }
+    Ok(v)
+}
 
-    fn write_index(&self, index: &Value) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(index)
-            .map_err(|e| StoreError::io(&self.root().join(INDEX_FILE), io::Error::other(e)))?;
-        self.write_atomically(Path::new(INDEX_FILE), &bytes)
-    }
+/// Replaces `index.json` atomically; the caller holds [`INDEX_LOCK`].
+fn write_index(store: &Store, index: &Value) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(index)
+        .map_err(|e| StoreError::io(&store.root().join(INDEX_FILE), io::Error::other(e)))?;
+    store.write_atomically(Path::new(INDEX_FILE), &bytes)
 }
 
 fn empty_index() -> Value {
@@ -203,17 +192,6 @@ fn ref_name(v: &Value) -> Option<&str> {
     v.get("annotations")?.get(REF_NAME_ANNOTATION)?.as_str()
 }
 
-async fn run_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Io {
-            path: std::path::PathBuf::from("index.json"),
-            source: io::Error::other(e),
-        })?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,35 +206,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn set_replace_and_remove_refs() {
+    #[test]
+    fn set_replace_and_remove_refs() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .set_ref(entry("docker.io/library/a:1", 1))
-            .await
-            .unwrap();
-        store
-            .set_ref(entry("docker.io/library/b:1", 2))
-            .await
-            .unwrap();
-        store
-            .set_ref(entry("docker.io/library/a:1", 3))
-            .await
-            .unwrap();
+        store.set_ref(&entry("docker.io/library/a:1", 1)).unwrap();
+        store.set_ref(&entry("docker.io/library/b:1", 2)).unwrap();
+        store.set_ref(&entry("docker.io/library/a:1", 3)).unwrap();
         let refs = store.refs().unwrap();
         assert_eq!(refs.len(), 2);
         assert_eq!(refs[1], entry("docker.io/library/a:1", 3));
-        assert!(store.remove_ref("docker.io/library/b:1").await.unwrap());
-        assert!(!store.remove_ref("docker.io/library/b:1").await.unwrap());
+        assert!(store.remove_ref("docker.io/library/b:1").unwrap());
+        assert!(!store.remove_ref("docker.io/library/b:1").unwrap());
         assert_eq!(
             store.refs().unwrap(),
             vec![entry("docker.io/library/a:1", 3)]
         );
     }
 
-    #[tokio::test]
-    async fn keeps_what_other_tools_wrote() {
+    #[test]
+    fn keeps_what_other_tools_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let foreign = serde_json::json!({
@@ -267,30 +236,26 @@ mod tests {
             "annotations": {"kept": "yes"}
         });
         std::fs::write(store.index_path(), foreign.to_string()).unwrap();
-        store
-            .set_ref(entry("docker.io/library/a:1", 1))
-            .await
-            .unwrap();
+        store.set_ref(&entry("docker.io/library/a:1", 1)).unwrap();
         let v: Value = serde_json::from_slice(&std::fs::read(store.index_path()).unwrap()).unwrap();
         assert_eq!(v["annotations"]["kept"], "yes");
         assert_eq!(v["manifests"][0]["annotations"]["x"], "y");
         assert_eq!(store.refs().unwrap().len(), 2);
     }
 
-    #[tokio::test]
-    async fn concurrent_writers_lose_nothing() {
+    #[test]
+    fn concurrent_writers_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..16u8 {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                s.set_ref(entry(&format!("docker.io/library/img:{i}"), i))
-                    .await
+            tasks.push(std::thread::spawn(move || {
+                s.set_ref(&entry(&format!("docker.io/library/img:{i}"), i))
             }));
         }
         for t in tasks {
-            t.await.unwrap().unwrap();
+            t.join().unwrap().unwrap();
         }
         assert_eq!(store.refs().unwrap().len(), 16);
     }

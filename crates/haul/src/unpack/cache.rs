@@ -25,7 +25,13 @@
 //! read. Merging reads the cached tree back as a tar stream through the same confined applier,
 //! copying every file: nothing in an unpacked rootfs shares an inode with the cache, and nothing
 //! reading the cache changes it. A pull that fails takes back the entries it published that no ref
-//! reaches and nobody is using ([`Session`], [`Store::take_back`]).
+//! reaches and nobody is using ([`Session`], [`LayerCache::take_back`]).
+//!
+//! The cache is reached from its store, [`Store::layers`], as a [`LayerCache`]: blocking, like
+//! the rest of the store. [`LayerCache::cached`] finds an entry, [`LayerCache::extract`] builds
+//! one from a stored blob and [`LayerCache::extract_from`] from a stream (a download as it
+//! arrives), [`LayerCache::merge`] applies one onto a root filesystem, [`LayerCache::take_back`]
+//! undoes a failed pull's.
 //!
 //! Inside: this file reads and removes entries and merges them; `keys` computes what they are
 //! keyed by, `extract` builds one, `session` publishes it, `take_back` undoes a failed pull's,
@@ -65,13 +71,18 @@ const DIFF_DIR: &str = "diff";
 /// `meta.json` is a few hundred bytes plus one line per deferred hardlink.
 const MAX_META_BYTES: u64 = 64 << 20;
 
-/// What is known about a cached layer.
+/// What is known about a cached layer (its `meta.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerMeta {
+    /// What the entry is keyed by ([`cache_keys`]).
     pub chain_id: Digest,
+    /// The digest of the layer's uncompressed tar.
     pub diff_id: Digest,
+    /// The layer blob it was extracted from.
     pub blob: Digest,
+    /// The size of the layer's uncompressed tar.
     pub uncompressed_bytes: u64,
+    /// Tar entries applied.
     pub entries: u64,
     /// Hardlinks whose target lives in a lower layer, made when the layer is merged.
     #[serde(default)]
@@ -90,16 +101,24 @@ pub struct LayerMeta {
 /// A complete cache entry.
 #[derive(Debug, Clone)]
 pub struct CachedLayer {
+    /// The entry's directory, `layers/<algorithm>/<chain ID hex>`.
     pub dir: PathBuf,
+    /// What is known about it.
     pub meta: LayerMeta,
 }
 
 impl CachedLayer {
+    /// The layer's own changes, whiteout markers kept.
+    #[must_use]
     pub fn diff_dir(&self) -> PathBuf {
         self.dir.join(DIFF_DIR)
     }
 
     /// The entry as the layer tar it replays.
+    ///
+    /// # Errors
+    ///
+    /// When the entry's tree cannot be read.
     pub fn tar(&self) -> std::io::Result<impl Read + Send + use<>> {
         tar_cached(
             &self.diff_dir(),
@@ -110,16 +129,37 @@ impl CachedLayer {
 }
 
 /// One layer of an image, with what the cache keys it by.
+#[derive(Debug, Clone, Copy)]
 pub struct LayerJob<'a> {
+    /// The layer's position in the image, bottom first.
     pub index: usize,
+    /// The layer blob.
     pub layer: &'a Descriptor,
+    /// What its uncompressed tar hashes to (the config's `rootfs.diff_ids`).
     pub diff_id: &'a Digest,
+    /// What the cache keys it by ([`cache_keys`]).
     pub chain_id: &'a Digest,
 }
 
-impl Store {
+/// The layer cache of a store ([`Store::layers`]).
+///
+/// Blocking, like the store: every method works on the disk (extracting works through a whole
+/// layer), so async callers run them on blocking threads.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerCache<'s> {
+    store: &'s Store,
+}
+
+impl<'s> LayerCache<'s> {
+    /// The layer cache of `store`; see [`Store::layers`].
+    pub(crate) fn new(store: &'s Store) -> Self {
+        LayerCache { store }
+    }
+}
+
+impl LayerCache<'_> {
     fn layers_dir(&self) -> PathBuf {
-        self.root().join("layers")
+        self.store.root().join("layers")
     }
 
     fn layer_dir(&self, chain_id: &Digest) -> PathBuf {
@@ -130,8 +170,9 @@ impl Store {
 
     /// The cached layer for `chain_id`, if it is complete and was built with at least the
     /// privileges `options` needs (a cache built rootless lacks ownership a root unpack wants).
-    pub fn cached_layer(&self, chain_id: &Digest, options: &ApplyOptions) -> Option<CachedLayer> {
-        let cached = self.cached_entry(chain_id)?;
+    #[must_use]
+    pub fn cached(&self, chain_id: &Digest, options: &ApplyOptions) -> Option<CachedLayer> {
+        let cached = self.entry(chain_id)?;
         let wants_privilege = options.preserve_ownership || options.allow_devices;
         if wants_privilege && !cached.meta.privileged {
             return None;
@@ -144,9 +185,10 @@ impl Store {
     }
 
     /// The entry under `chain_id` whatever it was built with, if complete.
-    pub(crate) fn cached_entry(&self, chain_id: &Digest) -> Option<CachedLayer> {
+    pub(crate) fn entry(&self, chain_id: &Digest) -> Option<CachedLayer> {
         let dir = self.layer_dir(chain_id);
         let bytes = self
+            .store
             .read_private_file(&dir.join(META_FILE), MAX_META_BYTES)
             .ok()??;
         let meta: LayerMeta = serde_json::from_slice(&bytes).ok()?;
@@ -156,16 +198,22 @@ impl Store {
         Some(CachedLayer { dir, meta })
     }
 
-    /// Extracts one layer blob into the cache (once, even across processes) and returns it.
-    pub fn cache_layer(
+    /// Extracts one stored layer blob into the cache (once, even across processes) and returns
+    /// the published entry.
+    ///
+    /// # Errors
+    ///
+    /// [`UnpackError`] when the blob is missing, the layer cannot be extracted (it is not what its
+    /// diff_id says, it is hostile, the disk is full), or the session was stopped.
+    pub fn extract(
         &self,
         job: &LayerJob<'_>,
         options: &UnpackOptions,
         reporter: &dyn Reporter,
         session: &Session,
     ) -> Result<CachedLayer, UnpackError> {
-        let file = self.open_blob(&job.layer.digest)?;
-        match self.extract_layer(job, options, Some(reporter), session, Box::new(file))? {
+        let file = self.store.open_blob(&job.layer.digest)?;
+        match self.extract_from(job, options, Some(reporter), session, Box::new(file))? {
             Extracted::Cached(hit) => Ok(hit),
             Extracted::Pending(pending) => session.publish(pending),
         }
@@ -174,17 +222,17 @@ impl Store {
     /// Holds `chain_id`'s entry for reading (merging, verifying): nobody removes or rebuilds it
     /// meanwhile.
     pub(crate) fn read_lock(&self, chain_id: &Digest) -> Result<FileLock, UnpackError> {
-        Ok(FileLock::shared(self, &layer_lock_name(chain_id))?)
+        Ok(self.store.lock_shared(&layer_lock_name(chain_id))?)
     }
 
     /// Removes `chain_id`'s entry, waiting for its readers. Returns whether there was one.
-    pub(crate) fn drop_cached_layer(&self, chain_id: &Digest) -> Result<bool, UnpackError> {
-        let _lock = self.lock_exclusive(&layer_lock_name(chain_id))?;
-        self.remove_entry(chain_id)
+    pub(crate) fn remove(&self, chain_id: &Digest) -> Result<bool, UnpackError> {
+        let _lock = self.store.lock_exclusive(&layer_lock_name(chain_id))?;
+        self.remove_locked(chain_id)
     }
 
     /// Moves an entry out of sight in one rename and deletes it. The caller holds its lock.
-    fn remove_entry(&self, chain_id: &Digest) -> Result<bool, UnpackError> {
+    fn remove_locked(&self, chain_id: &Digest) -> Result<bool, UnpackError> {
         let dir = self.layer_dir(chain_id);
         let aside = dir.with_file_name(format!(
             ".tmp-{}-{}-{:08x}",
@@ -206,7 +254,12 @@ impl Store {
 
     /// Applies a cached layer onto `root` with the normal layer semantics. The caller holds the
     /// entry's read lock.
-    pub fn merge_layer(
+    ///
+    /// # Errors
+    ///
+    /// [`UnpackError::Apply`] when the layer cannot be applied onto `root` (index `index` of the
+    /// image); [`UnpackError::Io`] when the entry cannot be read.
+    pub fn merge(
         &self,
         cached: &CachedLayer,
         root: &Path,

@@ -267,16 +267,17 @@ fn merge_from_cache(
     let mut hit = true;
     // A failed pull may take back an entry between its extraction and our read lock: extract
     // again, a few times at most.
+    let layers = store.layers();
     for _ in 0..3 {
-        let lock = store.read_lock(job.chain_id)?;
-        if let Some(cached) = store.cached_layer(job.chain_id, &options.apply) {
-            let merged = store.merge_layer(&cached, staging, &options.apply, job.index)?;
+        let lock = layers.read_lock(job.chain_id)?;
+        if let Some(cached) = layers.cached(job.chain_id, &options.apply) {
+            let merged = layers.merge(&cached, staging, &options.apply, job.index)?;
             drop(lock);
             return Ok((cached, merged, hit));
         }
         drop(lock);
         hit = false;
-        store.cache_layer(job, options, reporter, session)?;
+        layers.extract(job, options, reporter, session)?;
     }
     Err(UnpackError::Io {
         path: store.root().join("layers"),

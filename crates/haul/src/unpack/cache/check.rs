@@ -9,16 +9,15 @@ use super::super::budget::ImageBudget;
 use super::super::compare::{Alteration, Change, Compare, first_difference};
 use super::super::image::{UnpackError, UnpackOptions, remove_tree};
 use super::session::Session;
-use super::{CachedLayer, DIFF_DIR, LayerJob};
-use crate::store::Store;
+use super::{CachedLayer, DIFF_DIR, LayerCache, LayerJob};
 
-impl Store {
+impl LayerCache<'_> {
     /// Compares `cached` (the entry of `job.chain_id`, which the caller holds with
-    /// [`read_lock`](Store::read_lock)) with a fresh extraction of the layer's blob, which the
+    /// [`read_lock`](LayerCache::read_lock)) with a fresh extraction of the layer's blob, which the
     /// caller has verified. Returns the first difference. The extraction runs beside the entry
     /// with the privileges the entry was built with (the caller skips a privileged entry when it
     /// has none) and is removed after.
-    pub(crate) fn check_cached_layer(
+    pub(crate) fn check(
         &self,
         job: &LayerJob<'_>,
         cached: &CachedLayer,
@@ -40,10 +39,15 @@ impl Store {
             fastrand::u32(..)
         ));
         let _cleanup = RemoveOnDrop(staging.clone());
-        // 0700 until the layer's own `.` entry, if any, gives it a mode (as in `extract_layer`).
-        self.create_private_dir(&staging.join(DIFF_DIR))?;
-        let file = self.open_blob(&job.layer.digest)?;
-        let session = Session::new(ImageBudget::new(&options, job.layer.size, self.root(), 0));
+        // 0700 until the layer's own `.` entry, if any, gives it a mode (as in `extract_from`).
+        self.store.create_private_dir(&staging.join(DIFF_DIR))?;
+        let file = self.store.open_blob(&job.layer.digest)?;
+        let session = Session::new(ImageBudget::new(
+            &options,
+            job.layer.size,
+            self.store.root(),
+            0,
+        ));
         let meta = match self.build_entry(&staging, job, &options, None, &session, Box::new(file)) {
             Ok(meta) => meta,
             Err(e) => {

@@ -15,14 +15,13 @@ use super::super::image::{UnpackError, UnpackOptions, remove_tree};
 use super::super::stream::{Compression, StreamError, decompress};
 use super::session::{PendingLayer, Session};
 use super::{
-    CachedLayer, DIFF_DIR, FORMAT, LayerJob, LayerMeta, META_FILE, PROGRESS_INTERVAL,
+    CachedLayer, DIFF_DIR, FORMAT, LayerCache, LayerJob, LayerMeta, META_FILE, PROGRESS_INTERVAL,
     layer_lock_name,
 };
 use crate::digest::Digest;
 use crate::progress::{Event, LayerStatus, Reporter};
-use crate::store::Store;
 
-/// What [`Store::extract_layer`] produced.
+/// What [`LayerCache::extract_from`] produced.
 pub enum Extracted {
     /// Already in the cache (perhaps built by another process meanwhile).
     Cached(CachedLayer),
@@ -30,13 +29,19 @@ pub enum Extracted {
     Pending(PendingLayer),
 }
 
-impl Store {
+impl LayerCache<'_> {
     /// Extracts a layer from its compressed bytes (`compressed`: the stored blob, or the download
     /// as it arrives) into a staging directory, verified against its diff_id. The entry becomes
     /// visible only through [`Session::publish`], which the caller calls once the blob itself
     /// is verified; dropping it removes the staging directory. `reporter` gets `Extracting`
     /// progress when given.
-    pub fn extract_layer(
+    ///
+    /// # Errors
+    ///
+    /// [`UnpackError`] when the layer cannot be extracted: its compression is not one haul
+    /// reads, its content is not its diff_id or is hostile, it does not fit its budget, the disk
+    /// fails, or the session was stopped.
+    pub fn extract_from(
         &self,
         job: &LayerJob<'_>,
         options: &UnpackOptions,
@@ -45,7 +50,7 @@ impl Store {
         compressed: Box<dyn Read + Send>,
     ) -> Result<Extracted, UnpackError> {
         let chain_id = job.chain_id;
-        if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
+        if let Some(hit) = self.cached(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
         let final_dir = self.layer_dir(chain_id);
@@ -53,9 +58,9 @@ impl Store {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.layers_dir());
-        self.create_private_dir(&parent)?;
-        let lock = self.lock_exclusive(&layer_lock_name(chain_id))?;
-        if let Some(hit) = self.cached_layer(chain_id, &options.apply) {
+        self.store.create_private_dir(&parent)?;
+        let lock = self.store.lock_exclusive(&layer_lock_name(chain_id))?;
+        if let Some(hit) = self.cached(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
         // A stale entry (built with fewer privileges, or unreadable) is rebuilt.
@@ -84,7 +89,7 @@ impl Store {
             fastrand::u32(..)
         ));
         let mut pending = PendingLayer {
-            store: self.clone(),
+            store: self.store.clone(),
             staging,
             final_dir,
             meta: None,
@@ -93,7 +98,8 @@ impl Store {
             _active: session.enter(),
         };
         // 0700 until the layer's own `.` entry, if any, gives it a mode.
-        self.create_private_dir(&pending.staging.join(DIFF_DIR))?;
+        self.store
+            .create_private_dir(&pending.staging.join(DIFF_DIR))?;
         let meta = self.build_entry(
             &pending.staging,
             job,
@@ -106,6 +112,7 @@ impl Store {
         Ok(Extracted::Pending(pending))
     }
 
+    /// Extracts the layer into `staging` and writes its `meta.json` there.
     pub(super) fn build_entry(
         &self,
         staging: &Path,
@@ -137,7 +144,7 @@ impl Store {
             }
         };
         report(0);
-        let blob = self.blob_path(digest);
+        let blob = self.store.blob_path(digest);
         let mut budget = LayerBudget::new(session.budget().clone(), options, layer.size);
         let limit = budget.stream_limit();
         let (stream, consumed) = decompress(compressed, compression, diff_id.algorithm(), limit)
@@ -195,7 +202,7 @@ impl Store {
             path: meta_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        self.write_private_file(&meta_path, &bytes)?;
+        self.store.write_private_file(&meta_path, &bytes)?;
         report(layer.size);
         for w in applied.warnings {
             tracing::warn!(layer = %digest, "{w}");

@@ -9,6 +9,7 @@ use crate::digest::{Digest, Hasher};
 /// The key each layer of a stack is cached under, bottom first: its chain ID, or for a diff_id
 /// listed lower in the same stack already, the key of its lowest position (see the module
 /// documentation for why that is safe).
+#[must_use]
 pub fn cache_keys(diff_ids: &[Digest]) -> Vec<Digest> {
     let chains = chain_ids(diff_ids);
     let mut first: HashMap<&Digest, usize> = HashMap::new();
@@ -20,6 +21,7 @@ pub fn cache_keys(diff_ids: &[Digest]) -> Vec<Digest> {
 }
 
 /// The chain IDs of a stack of diff_ids, bottom first (OCI image-spec's definition).
+#[must_use]
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {

@@ -6,7 +6,7 @@
 //!   its staging directory is removed.
 //! - **A stopped session publishes nothing.** Once [`Session::stop`] is called, extractions still
 //!   running fail at their next read, nothing more is published, and the caller gets back the
-//!   chain IDs published so far to [take back](crate::store::Store::take_back).
+//!   chain IDs published so far to [take back](super::LayerCache::take_back).
 //! - **Waiting for the end is bounded.** [`Session::wait_idle`] returns once no extraction's
 //!   staging directory exists, or after the patience given.
 
@@ -88,6 +88,8 @@ impl Drop for Active {
 }
 
 impl Session {
+    /// A session whose extractions write within `budget`.
+    #[must_use]
     pub fn new(budget: ImageBudget) -> Self {
         Session {
             budget: Arc::new(budget),
@@ -95,15 +97,24 @@ impl Session {
         }
     }
 
+    /// What the session's extractions write within.
+    #[must_use]
     pub fn budget(&self) -> &Arc<ImageBudget> {
         &self.budget
     }
 
+    /// Whether [`Session::stop`] was called.
+    #[must_use]
     pub fn is_stopped(&self) -> bool {
         self.state.stopped.load(Ordering::Relaxed)
     }
 
     /// Makes `pending` visible unless the session was stopped (then its staging directory goes).
+    ///
+    /// # Errors
+    ///
+    /// [`UnpackError::Stopped`] once the session is stopped; [`UnpackError::Store`] when the
+    /// entry cannot be renamed into place.
     pub fn publish(&self, pending: PendingLayer) -> Result<CachedLayer, UnpackError> {
         let mut published = self
             .state
@@ -119,6 +130,7 @@ impl Session {
     }
 
     /// Stops the session: nothing more is published. Returns the chain IDs it published.
+    #[must_use = "the entries the session published, for the caller to take back or keep"]
     pub fn stop(&self) -> Vec<Digest> {
         let mut published = self
             .state
