@@ -183,9 +183,9 @@ impl Filters {
         Ok(filters)
     }
 
-    /// The rows the filters keep. An image is dangling when no name of it has a tag (it is
-    /// stored only as NAME@DIGEST): docker hides those without `-a` unless `dangling=true`
-    /// asks for them.
+    /// The rows the filters keep. An image is dangling when it is stored only as NAME@DIGEST
+    /// (no tag, and no name another OCI tool gave it): docker hides those without `-a` unless
+    /// `dangling=true` asks for them.
     fn apply(
         &self,
         store: &Store,
@@ -194,7 +194,7 @@ impl Filters {
     ) -> anyhow::Result<Vec<ImageSummary>> {
         let tagged: HashSet<Digest> = haul::images::list(store, None)?
             .into_iter()
-            .filter(|r| r.tag.is_some())
+            .filter(|r| r.tag.is_some() || !r.reference.contains('@'))
             .map(|r| r.image_id)
             .collect();
         let created = |name: &str| -> anyhow::Result<Option<jiff::Timestamp>> {
