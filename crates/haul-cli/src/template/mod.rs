@@ -33,7 +33,7 @@ pub enum OutputFormat {
     Default,
     /// `json`: the command's JSON.
     Json,
-    Template(Template),
+    Template(Box<Template>),
 }
 
 /// How a command reads its `--format`.
@@ -69,7 +69,7 @@ impl OutputFormat {
         if formats.escapes {
             source = source.replace(r"\t", "\t").replace(r"\n", "\n");
         }
-        Template::compile(&source, formats.shape, table).map(OutputFormat::Template)
+        Template::compile(&source, formats.shape, table).map(|t| OutputFormat::Template(Box::new(t)))
     }
 }
 
@@ -355,7 +355,7 @@ mod tests {
 
     fn template(arg: &str) -> Template {
         match OutputFormat::parse(Some(arg), &list_formats()) {
-            Ok(OutputFormat::Template(t)) => t,
+            Ok(OutputFormat::Template(t)) => *t,
             Ok(_) => panic!("{arg}: not a template"),
             Err(e) => panic!("{arg}: {e}"),
         }
