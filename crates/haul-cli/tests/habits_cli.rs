@@ -395,17 +395,19 @@ fn global_options_go_before_or_after_the_command() {
     let store = env.dir.path().join("elsewhere");
     let store_arg = store.display().to_string();
     // Before the command (docker's place for them) and after it.
-    let before =
-        run(env
-            .haul_bare()
-            .args(["--root", &store_arg, "info", "--format", "{{.Store.Root}}"]));
-    assert_eq!(before.code, 0, "{}", before.stderr);
-    assert_eq!(before.stdout, format!("{store_arg}\n"));
-    let after =
-        run(env
-            .haul_bare()
-            .args(["info", "--root", &store_arg, "--format", "{{.Store.Root}}"]));
-    assert_eq!(after.stdout, format!("{store_arg}\n"));
+    let root_of = |out: common::Output| -> String {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let info: Value = serde_json::from_str(&out.stdout).unwrap();
+        info["store"]["root"].as_str().unwrap().to_owned()
+    };
+    let before = run(env
+        .haul_bare()
+        .args(["--root", &store_arg, "info", "--format", "json"]));
+    assert_eq!(root_of(before), store_arg);
+    let after = run(env
+        .haul_bare()
+        .args(["info", "--root", &store_arg, "--format", "json"]));
+    assert_eq!(root_of(after), store_arg);
     // After the command wins over before it.
     let both = run(env.haul_bare().args([
         "--root",

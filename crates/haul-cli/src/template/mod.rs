@@ -69,7 +69,8 @@ impl OutputFormat {
         if formats.escapes {
             source = source.replace(r"\t", "\t").replace(r"\n", "\n");
         }
-        Template::compile(&source, formats.shape, table).map(|t| OutputFormat::Template(Box::new(t)))
+        Template::compile(&source, formats.shape, table)
+            .map(|t| OutputFormat::Template(Box::new(t)))
     }
 }
 
