@@ -1,8 +1,16 @@
-//! Command-line syntax (clap derive). Global options work before or after the subcommand.
+//! Command-line syntax (clap derive).
+//!
+//! Options that apply to every command (`--root`, `--config`, `-D`, `--progress`) are accepted
+//! before the subcommand, as docker takes its global options, and also after it, but only on the
+//! commands that use them: `haul login --help` does not list a store it never opens, and
+//! `haul login --root DIR` is refused, while `haul --root DIR login` (an alias's prefix) is not.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
+};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -29,15 +37,91 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// The store (an OCI image layout). Default: $HAUL_ROOT, /var/lib/haul as root, else
     /// $XDG_DATA_HOME/haul (~/.local/share/haul)
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Config file (docker daemon.json keys). Default: $HAUL_CONFIG, ~/.config/haul/config.json,
     /// /etc/haul/config.json
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log details of what haul does to stderr (same as RUST_LOG=haul=debug)
     #[arg(long, short = 'D', global = true)]
     pub debug: bool,
+    /// How pull, unpack and bundle show progress (they also take it after their name)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub progress: Option<ProgressMode>,
+}
+
+/// The options a command takes after its name, beside its own: the store and the config file
+/// for those that use them. The rest take them only before the subcommand, where they are
+/// ignored.
+struct Uses {
+    store: bool,
+    config: bool,
+}
+
+/// What each command (by its path, `image ls`) uses; anything not named uses both.
+fn uses(path: &str) -> Uses {
+    let store = !matches!(
+        path.split(' ').next(),
+        Some("login" | "logout" | "manifest" | "trust" | "version" | "completion" | "man")
+    );
+    let config = !matches!(
+        path.split(' ').next(),
+        Some("logout" | "version" | "completion" | "man")
+    );
+    Uses { store, config }
+}
+
+/// The command line's full definition: clap's, with `--root` and `--config` added after the
+/// name of each command that uses them. Parsing, shell completions and man pages all use it.
+pub fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let arg = |id: &str| cmd.get_arguments().find(|a| a.get_id() == id).cloned();
+    let (root, config) = (arg("root"), arg("config"));
+    fn add(
+        cmd: clap::Command,
+        path: &str,
+        root: &Option<clap::Arg>,
+        config: &Option<clap::Arg>,
+    ) -> clap::Command {
+        cmd.mut_subcommands(|sub| {
+            let path = format!("{path} {}", sub.get_name()).trim_start().to_owned();
+            if sub.has_subcommands() {
+                return add(sub, &path, root, config);
+            }
+            let uses = uses(&path);
+            let mut sub = sub;
+            if let (true, Some(root)) = (uses.store, root) {
+                sub = sub.arg(root.clone());
+            }
+            if let (true, Some(config)) = (uses.config, config) {
+                sub = sub.arg(config.clone());
+            }
+            sub
+        })
+    }
+    add(cmd, "", &root, &config)
+}
+
+/// Parses the process's arguments (exiting with clap's message and code 2 on a bad command
+/// line). An option given after the subcommand wins over the same one given before it.
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let mut level: Option<&ArgMatches> = matches.subcommand().map(|(_, m)| m);
+    while let Some(m) = level {
+        if let Ok(Some(root)) = m.try_get_one::<PathBuf>("root") {
+            cli.global.root = Some(root.clone());
+        }
+        if let Ok(Some(config)) = m.try_get_one::<PathBuf>("config") {
+            cli.global.config = Some(config.clone());
+        }
+        level = m.subcommand().map(|(_, m)| m);
+    }
+    cli
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,16 +163,30 @@ pub enum Command {
     /// Content trust: inspect signatures, trust keys and roots, sign images
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Show haul's version, commit, build date, Rust version and platform
+    Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = COMPLETION_HELP)]
+    Completion(CompletionArgs),
+    /// Write a man page per command (haul.1, haul-pull.1, haul-image-ls.1, …) into a directory
+    Man(ManArgs),
 }
 
-/// A command line clap accepts but the command refuses (docker's own checks, in docker's words):
-/// exit code 2, like clap's own errors.
+const COMPLETION_HELP: &str = "\
+Install:
+  haul completion bash > /usr/share/bash-completion/completions/haul
+  haul completion zsh > \"${fpath[1]}/_haul\"
+  haul completion fish > ~/.config/fish/completions/haul.fish";
+
+/// A command line clap accepts but the command refuses (docker's own checks, in docker's words,
+/// and `--format` templates that do not fit the command's data): exit code 2, like clap's own
+/// errors.
 #[derive(Debug)]
-pub struct UsageError(pub &'static str);
+pub struct UsageError(pub Cow<'static, str>);
 
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -129,30 +227,38 @@ pub struct PullArgs {
     /// Skip image verification by signature (content trust is off unless DOCKER_CONTENT_TRUST=1)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub disable_content_trust: Option<bool>,
-    /// How to show progress
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
+    /// How to show progress [default: auto]
+    #[arg(long, value_enum)]
+    pub progress: Option<ProgressMode>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListFormat {
-    Table,
-    Json,
-}
+/// `--format`'s help, as docker words it.
+const FORMAT_HELP: &str = "Format output: 'table' (default), 'table TEMPLATE' (a Go template, \
+                           with column headers), 'json', or 'TEMPLATE' (a Go template, e.g. \
+                           '{{.Repository}}:{{.Tag}}')";
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
     /// Only images of this repository (and tag)
     pub repository: Option<String>,
+    /// Show all images (by default images without a tag, named only NAME@DIGEST, are hidden)
+    #[arg(long, short = 'a')]
+    pub all: bool,
     /// Show digests
     #[arg(long)]
     pub digests: bool,
+    /// Filter: dangling=true|false, reference=PATTERN, before=IMAGE, since=IMAGE (repeat to
+    /// combine; several references match any)
+    #[arg(long, short = 'f', value_name = "FILTER")]
+    pub filter: Vec<String>,
     /// Only show image IDs
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Don't truncate output (full image IDs)
+    #[arg(long)]
+    pub no_trunc: bool,
+    #[arg(long, value_name = "FORMAT", help = FORMAT_HELP)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +267,10 @@ pub struct InspectArgs {
     /// least 4 hex characters)
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+    /// Format output: 'json' (default) or a Go template applied to each image, e.g. '{{.Id}}'
+    /// or '{{json .Config}}'
+    #[arg(long, short = 'f', value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -173,9 +283,10 @@ pub struct HistoryArgs {
     /// Only show image IDs
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Output format (json: exact sizes and RFC 3339 times)
-    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Format output: 'table' (default), 'table TEMPLATE', 'json' (exact sizes and RFC 3339
+    /// times) or 'TEMPLATE' (a Go template, e.g. '{{.CreatedBy}}')
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,9 +299,10 @@ pub enum SaveFormat {
 
 #[derive(Debug, Args)]
 pub struct SaveArgs {
-    /// The archive to write (appears only once complete); `-` for stdout
+    /// The archive to write (appears only once complete); `-` or none for stdout, which must
+    /// not be a terminal
     #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     /// Archive format
     #[arg(long, value_enum, default_value_t = SaveFormat::DockerArchive)]
     pub format: SaveFormat,
@@ -250,9 +362,31 @@ pub struct ManifestInspectArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Output format (json: exact bytes)
-    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
-    pub format: ListFormat,
+    /// Format output: 'table' (default), 'json' (exact bytes) or a Go template, e.g.
+    /// '{{.Store.Root}}'
+    #[arg(long, short = 'f', value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Format output: 'json' or a Go template, e.g. '{{.Client.Version}}'
+    #[arg(long, short = 'f', value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write the pages, e.g. /usr/local/share/man/man1 (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -305,13 +439,32 @@ pub struct UnpackArgs {
     /// Skip image verification by signature (content trust is off unless DOCKER_CONTENT_TRUST=1)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub disable_content_trust: Option<bool>,
-    /// How to show progress
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
+    /// How to show progress [default: auto]
+    #[arg(long, value_enum)]
+    pub progress: Option<ProgressMode>,
 }
 
+/// docker's management commands (`docker image ls`), beside the short forms.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// List images in the store (haul images)
+    #[command(visible_alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove image names (haul rmi)
+    #[command(visible_alias = "remove")]
+    Rm(RmiArgs),
+    /// Show details of images in the store (haul inspect)
+    Inspect(InspectArgs),
+    /// Download an image from a registry (haul pull)
+    Pull(PullArgs),
+    /// Write images to a tar archive (haul save)
+    Save(SaveArgs),
+    /// Read images from a tar archive (haul load)
+    Load(LoadArgs),
+    /// Give an image in the store another name (haul tag)
+    Tag(TagArgs),
+    /// Show the steps that built an image (haul history)
+    History(HistoryArgs),
     /// Remove what no name reaches: blobs, extracted layers, day-old partial downloads
     Prune(PruneArgs),
 }

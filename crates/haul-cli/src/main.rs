@@ -5,18 +5,17 @@ mod cli;
 mod commands;
 mod context;
 mod render;
+mod template;
 mod terminal;
 
 use std::io::{IsTerminal as _, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // One TLS provider for the whole process, before any client is built; a second one pulled in
     // by a dependency would otherwise make rustls refuse to pick.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     init_tracing(cli.global.debug);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -31,7 +30,10 @@ fn main() -> ExitCode {
     };
     let downloads = matches!(
         cli.command,
-        cli::Command::Pull(_) | cli::Command::Unpack(_) | cli::Command::Bundle(_)
+        cli::Command::Pull(_)
+            | cli::Command::Image(cli::ImageCommand::Pull(_))
+            | cli::Command::Unpack(_)
+            | cli::Command::Bundle(_)
     );
     let outcome = runtime.block_on(async {
         tokio::select! {

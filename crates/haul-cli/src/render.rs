@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use haul::digest::Digest;
@@ -33,6 +34,10 @@ struct Bars {
 pub struct Progress {
     mode: Mutex<Mode>,
     json: bool,
+    /// For `unpack` and `bundle`: layer events outside a pull are the layers being unpacked.
+    unpack: bool,
+    /// Between a pull's `Pulling from` and its `Status:`.
+    pulling: AtomicBool,
 }
 
 impl Progress {
@@ -54,6 +59,30 @@ impl Progress {
         Progress {
             mode: Mutex::new(mode),
             json,
+            unpack: false,
+            pulling: AtomicBool::new(false),
+        }
+    }
+
+    /// Progress of `unpack` or `bundle`: a layer merged into the directory is `Unpack complete`,
+    /// not a second `Pull complete`.
+    pub fn for_unpack(mut self) -> Progress {
+        self.unpack = true;
+        self
+    }
+
+    /// Whether `event` is part of unpacking (rather than of the pull before it).
+    fn unpacking(&self, event: &Event) -> bool {
+        match event {
+            Event::PullingFrom { .. } => {
+                self.pulling.store(true, Ordering::Relaxed);
+                false
+            }
+            Event::Finished { .. } => {
+                self.pulling.store(false, Ordering::Relaxed);
+                false
+            }
+            _ => self.unpack && !self.pulling.load(Ordering::Relaxed),
         }
     }
 
@@ -76,6 +105,7 @@ impl Reporter for Progress {
         let Ok(mut mode) = self.mode.lock() else {
             return;
         };
+        let unpacking = self.unpacking(&event);
         // Warnings are never silenced.
         if matches!(&*mode, Mode::Quiet | Mode::Json)
             && let Some(line) = warning_line(&event)
@@ -85,25 +115,37 @@ impl Reporter for Progress {
         match &mut *mode {
             Mode::Quiet => {}
             Mode::Json => {
-                if let Ok(line) = terminal::json_line(&event) {
+                let mut value = serde_json::to_value(&event).unwrap_or_default();
+                if unpacking && value["status"] == "pull_complete" {
+                    value["status"] = "unpack_complete".into();
+                }
+                if let Ok(line) = terminal::json_line(&value) {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                 }
             }
             Mode::Plain => {
-                if let Some(line) = plain_line(&event) {
+                if let Some(line) = plain_line(&event, unpacking) {
                     let mut err = std::io::stderr().lock();
                     let _ = writeln!(err, "{line}");
                 }
             }
-            Mode::Bars(bars) => bars.update(event),
+            Mode::Bars(bars) => bars.update(event, unpacking),
         }
+    }
+}
+
+/// docker's words for a layer's status; a layer merged by `unpack` is `Unpack complete`.
+fn status_label(status: &LayerStatus, unpacking: bool) -> String {
+    match status {
+        LayerStatus::PullComplete if unpacking => "Unpack complete".to_owned(),
+        other => other.label(),
     }
 }
 
 /// docker's line for an event in non-terminal output; byte-level progress is left out of logs.
 /// Tags, repositories and reasons may come from a registry, so the line is escaped.
-fn plain_line(event: &Event) -> Option<String> {
+fn plain_line(event: &Event, unpacking: bool) -> Option<String> {
     let line = match event {
         Event::UsingDefaultTag { tag } => format!("Using default tag: {tag}"),
         Event::PullingFrom { label, repository } => format!("{label}: Pulling from {repository}"),
@@ -117,7 +159,9 @@ fn plain_line(event: &Event) -> Option<String> {
             status: LayerStatus::Extracting { current, .. },
             ..
         } if *current > 0 => return None,
-        Event::Layer { digest, status } => format!("{}: {}", digest.short(), status.label()),
+        Event::Layer { digest, status } => {
+            format!("{}: {}", digest.short(), status_label(status, unpacking))
+        }
         Event::Trusted {
             image,
             repository,
@@ -256,7 +300,7 @@ impl Bars {
         }
     }
 
-    fn update(&mut self, event: Event) {
+    fn update(&mut self, event: Event, unpacking: bool) {
         match event {
             Event::Plan {
                 bytes_total,
@@ -286,7 +330,7 @@ impl Bars {
                     }
                     LayerStatus::PullComplete | LayerStatus::AlreadyExists => {
                         bar.set_style(Self::status_style());
-                        bar.finish_with_message(status.label());
+                        bar.finish_with_message(status_label(&status, unpacking));
                     }
                     other => {
                         self.phase.remove(&digest);
@@ -299,12 +343,12 @@ impl Bars {
                 // The layers are done: leave their last lines on screen and print the summary
                 // below them, as docker does.
                 self.finish();
-                if let Some(line) = plain_line(&event) {
+                if let Some(line) = plain_line(&event, unpacking) {
                     eprintln!("{line}");
                 }
             }
             other => {
-                if let Some(line) = plain_line(&other) {
+                if let Some(line) = plain_line(&other, unpacking) {
                     let _ = self.multi.println(line);
                 }
             }
@@ -462,29 +506,50 @@ mod tests {
     #[test]
     fn plain_lines_use_docker_words() {
         let d = Digest::sha256_of(b"x");
-        let line = plain_line(&Event::Layer {
-            digest: d.clone(),
-            status: LayerStatus::PullingFsLayer,
-        });
+        let line = plain_line(
+            &Event::Layer {
+                digest: d.clone(),
+                status: LayerStatus::PullingFsLayer,
+            },
+            false,
+        );
         assert_eq!(line.unwrap(), format!("{}: Pulling fs layer", d.short()));
         assert!(
-            plain_line(&Event::Layer {
-                digest: d,
-                status: LayerStatus::Downloading {
-                    current: 1,
-                    total: 2
-                }
-            })
+            plain_line(
+                &Event::Layer {
+                    digest: d.clone(),
+                    status: LayerStatus::Downloading {
+                        current: 1,
+                        total: 2
+                    }
+                },
+                false
+            )
             .is_none()
         );
         assert_eq!(
-            plain_line(&Event::Finished {
-                up_to_date: true,
-                familiar: "alpine:latest".into(),
-                reference: "docker.io/library/alpine:latest".into()
-            })
+            plain_line(
+                &Event::Finished {
+                    up_to_date: true,
+                    familiar: "alpine:latest".into(),
+                    reference: "docker.io/library/alpine:latest".into()
+                },
+                false
+            )
             .unwrap(),
             "Status: Image is up to date for alpine:latest"
+        );
+        let complete = Event::Layer {
+            digest: d.clone(),
+            status: LayerStatus::PullComplete,
+        };
+        assert_eq!(
+            plain_line(&complete, false).unwrap(),
+            format!("{}: Pull complete", d.short())
+        );
+        assert_eq!(
+            plain_line(&complete, true).unwrap(),
+            format!("{}: Unpack complete", d.short())
         );
     }
 

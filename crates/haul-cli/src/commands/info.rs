@@ -6,19 +6,65 @@ use std::process::ExitCode;
 use haul::registry::DockerConfig;
 use serde_json::json;
 
-use crate::cli::{GlobalArgs, InfoArgs, ListFormat};
+use crate::cli::{GlobalArgs, InfoArgs};
 use crate::context;
 use crate::render::human_size;
+use crate::template::{Formats, INFO, OutputFormat};
 use crate::terminal;
 
 pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
+    let format = OutputFormat::parse(
+        args.format.as_deref(),
+        &Formats {
+            shape: &INFO,
+            headers: None,
+            escapes: true,
+        },
+    )?;
     let config = context::load_config(global)?;
     let store = context::open_store(global)?;
     let usage = haul::info::usage(&store)?;
     let credentials = DockerConfig::default_dir().map(|d| d.join("config.json"));
     let effective = haul::info::effective_config(&config);
     let mut out = std::io::stdout().lock();
-    if args.format == ListFormat::Json {
+    if let OutputFormat::Template(template) = &format {
+        let proxies = &effective.proxies;
+        let view = json!({
+            "Version": env!("CARGO_PKG_VERSION"),
+            "DockerRootDir": usage.root,
+            "Images": usage.images,
+            "Store": {
+                "Root": usage.root,
+                "Images": usage.images,
+                "Blobs": usage.blobs,
+                "BlobBytes": usage.blob_bytes,
+                "PartialFiles": usage.partial_files,
+                "PartialBytes": usage.partial_bytes,
+                "ExtractedLayers": usage.extracted_layers,
+                "ExtractedBytes": usage.extracted_bytes,
+            },
+            "ConfigFile": config.source,
+            "Config": {
+                "MaxConcurrentDownloads": effective.max_concurrent_downloads,
+                "MaxDownloadAttempts": effective.max_download_attempts,
+                "DownloadStallTimeout": effective.download_stall_timeout,
+                "MaxRetryAfter": effective.max_retry_after,
+                "ForeignLayerAllowedNetworks": effective.foreign_layer_allowed_networks,
+                "InsecureRegistries": effective.insecure_registries,
+                "RegistryMirrors": effective.registry_mirrors,
+                "Proxies": {
+                    "Source": proxies.source,
+                    "HTTPProxy": proxies.http,
+                    "HTTPSProxy": proxies.https,
+                    "NoProxy": proxies.no_proxy,
+                },
+            },
+            "CredentialsFile": credentials,
+        });
+        template.write(&mut out, [view])?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let OutputFormat::Json = format {
         let value = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "store": usage,

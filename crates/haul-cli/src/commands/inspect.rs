@@ -2,11 +2,23 @@
 
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use crate::cli::{GlobalArgs, InspectArgs};
 use crate::context;
+use crate::template::{Formats, IMAGE_INSPECT, OutputFormat};
 use crate::terminal;
 
 pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    // docker's inspect reads its template as written: `\n` stays two characters.
+    let format = OutputFormat::parse(
+        args.format.as_deref(),
+        &Formats {
+            shape: &IMAGE_INSPECT,
+            headers: None,
+            escapes: false,
+        },
+    )?;
     context::load_config(global)?;
     let store = context::open_store(global)?;
     let mut found = Vec::new();
@@ -19,7 +31,18 @@ pub fn run(global: &GlobalArgs, args: &InspectArgs) -> anyhow::Result<ExitCode> 
     }
     // Like docker: what was found is printed even when some names were not.
     let mut out = std::io::stdout().lock();
-    terminal::write_json(&mut out, &found)?;
+    match format {
+        OutputFormat::Template(template) => {
+            // One image's output, then a newline, as docker prints each.
+            for image in &found {
+                match template.render(&serde_json::to_value(image)?) {
+                    Ok(text) => writeln!(out, "{text}")?,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        OutputFormat::Default | OutputFormat::Json => terminal::write_json(&mut out, &found)?,
+    }
     last_error(errors)
 }
 

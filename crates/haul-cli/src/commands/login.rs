@@ -18,13 +18,14 @@ pub async fn login(global: &GlobalArgs, args: &LoginArgs) -> anyhow::Result<Exit
     if args.password.is_some() {
         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
         if args.password_stdin {
-            return Err(
-                UsageError("--password and --password-stdin are mutually exclusive").into(),
-            );
+            return Err(UsageError(
+                "--password and --password-stdin are mutually exclusive".into(),
+            )
+            .into());
         }
     }
     if args.password_stdin && args.username.is_none() {
-        return Err(UsageError("Must provide --username with --password-stdin").into());
+        return Err(UsageError("Must provide --username with --password-stdin".into()).into());
     }
     let server = server(args.server.as_deref())?;
     let config = context::load_config(global)?;

@@ -1,5 +1,6 @@
 //! One module per subcommand, each a thin layer over the library.
 
+mod completion;
 mod history;
 mod images;
 mod info;
@@ -15,15 +16,17 @@ mod tag;
 pub mod trust;
 mod unpack;
 mod verify;
+mod version;
 
 use std::process::ExitCode;
 
 use haul::pull::PullError;
 use haul::registry::RegistryError;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ImageCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = &cli.global;
     match &cli.command {
         Command::Pull(args) => pull::run(&cli.global, args).await,
         Command::Unpack(args) => unpack::run(&cli.global, args, unpack::Output::RootFs).await,
@@ -34,7 +37,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag(args) => tag::run(&cli.global, args).await,
         Command::Rmi(args) => rmi::run(&cli.global, args).await,
         Command::Manifest(command) => manifest::run(&cli.global, command).await,
-        Command::Image(command) => prune::run(&cli.global, command).await,
+        Command::Image(command) => match command {
+            ImageCommand::Ls(args) => images::run(global, args),
+            ImageCommand::Rm(args) => rmi::run(global, args).await,
+            ImageCommand::Inspect(args) => inspect::run(global, args),
+            ImageCommand::Pull(args) => pull::run(global, args).await,
+            ImageCommand::Save(args) => save::run(global, args).await,
+            ImageCommand::Load(args) => load::run(global, args).await,
+            ImageCommand::Tag(args) => tag::run(global, args).await,
+            ImageCommand::History(args) => history::run(global, args),
+            ImageCommand::Prune(args) => prune::run(global, args).await,
+        },
         Command::Verify(args) => verify::run(&cli.global, args).await,
         Command::Info(args) => info::run(&cli.global, args),
         Command::Login(args) => login::login(&cli.global, args).await,
@@ -42,6 +55,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Save(args) => save::run(&cli.global, args).await,
         Command::Load(args) => load::run(&cli.global, args).await,
         Command::Trust(command) => trust::run(&cli.global, command).await,
+        Command::Version(args) => version::run(args),
+        Command::Completion(args) => completion::completion(args),
+        Command::Man(args) => completion::man(args),
     }
 }
 

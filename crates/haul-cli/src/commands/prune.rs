@@ -7,7 +7,7 @@ use haul::gc::{PruneOptions, Swept};
 use haul::reference::Reference;
 use haul::store::Store;
 
-use crate::cli::{GlobalArgs, ImageCommand, PruneArgs};
+use crate::cli::{GlobalArgs, PruneArgs};
 use crate::context;
 use crate::render::human_size;
 use crate::terminal;
@@ -16,13 +16,7 @@ const WARNING: &str = "WARNING! This will remove all dangling images.";
 const WARNING_ALL: &str =
     "WARNING! This will remove all dangling images and all images named only by digest.";
 
-pub async fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        ImageCommand::Prune(args) => prune(global, args).await,
-    }
-}
-
-async fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<ExitCode> {
     context::load_config(global)?;
     let store = context::open_store(global)?;
     if !args.force && !args.dry_run && !confirm(if args.all { WARNING_ALL } else { WARNING })? {

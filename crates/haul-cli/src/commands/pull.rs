@@ -8,7 +8,7 @@ use haul::platform::Platform;
 use haul::pull::AllTags;
 use haul::reference::Reference;
 
-use crate::cli::{GlobalArgs, PullArgs};
+use crate::cli::{GlobalArgs, ProgressMode, PullArgs};
 use crate::context;
 use crate::render::Progress;
 
@@ -37,7 +37,12 @@ pub async fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCod
         args.image.parse()?
     };
 
-    let progress = Arc::new(Progress::new(args.progress, args.quiet));
+    let progress = Arc::new(Progress::new(
+        args.progress
+            .or(global.progress)
+            .unwrap_or(ProgressMode::Auto),
+        args.quiet,
+    ));
     // Content trust is the library's: every name the front door pulls is checked when the config,
     // the environment or the flag turns it on.
     let haul = context::front_door(global, |b| {

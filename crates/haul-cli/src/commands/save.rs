@@ -16,19 +16,22 @@ pub async fn run(global: &GlobalArgs, args: &SaveArgs) -> anyhow::Result<ExitCod
         SaveFormat::OciArchive => ArchiveFormat::OciArchive,
     };
     let images = args.images.clone();
-    let output = args.output.clone();
-    let to_stdout = output.as_os_str() == "-";
-    if to_stdout && std::io::stdout().is_terminal() {
+    // Like docker: without -o (or with `-o -`) the archive goes to stdout, never to a terminal.
+    let file = args.output.clone().filter(|o| o.as_os_str() != "-");
+    if file.is_none() && std::io::stdout().is_terminal() {
         // docker's text.
         anyhow::bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
     }
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        if to_stdout {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            archive::save(&store, &images, format, &mut out)?;
-            out.flush()?;
-        } else {
-            archive::save_to_file(&store, &images, format, &output)?;
+        match file {
+            Some(file) => {
+                archive::save_to_file(&store, &images, format, &file)?;
+            }
+            None => {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                archive::save(&store, &images, format, &mut out)?;
+                out.flush()?;
+            }
         }
         Ok(())
     })

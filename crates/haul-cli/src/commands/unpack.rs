@@ -10,7 +10,7 @@ use haul::platform::Platform;
 use haul::reference::Reference;
 use haul::unpack::UnpackOptions;
 
-use crate::cli::{GlobalArgs, UnpackArgs};
+use crate::cli::{GlobalArgs, ProgressMode, UnpackArgs};
 use crate::context;
 use crate::render::{Progress, human_size};
 
@@ -32,7 +32,15 @@ pub async fn run(
         .filter(|p| !p.is_empty())
         .map(str::parse::<Platform>)
         .transpose()?;
-    let progress = Arc::new(Progress::new(args.progress, args.quiet));
+    let progress = Arc::new(
+        Progress::new(
+            args.progress
+                .or(global.progress)
+                .unwrap_or(ProgressMode::Auto),
+            args.quiet,
+        )
+        .for_unpack(),
+    );
     let haul = context::front_door(global, |b| {
         let b = match platform {
             Some(p) => b.platform(p),
@@ -80,15 +88,20 @@ pub async fn run(
     }
     if !args.quiet {
         eprintln!(
-            "Unpacked {} layers ({}, {} entries) of {}",
-            stats.layers,
+            "Unpacked {} ({}, {}) of {}",
+            count(stats.layers as u64, "layer", "layers"),
             human_size(stats.uncompressed_bytes),
-            stats.entries,
+            count(stats.entries, "entry", "entries"),
             shown
         );
     }
     println!("{}", absolute(&args.dir).display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 layer`, `2 layers`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {
