@@ -38,6 +38,12 @@
 //!   ([`pull::PullError::TrustUnavailable`]) rather than pull unchecked.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::missing_errors_doc,
+    clippy::missing_panics_doc,
+    clippy::must_use_candidate
+)]
 
 pub mod archive;
 pub mod bundle;

@@ -145,7 +145,7 @@ pub enum Event {
         repository: String,
         /// The digest checked, which is what is pulled.
         digest: Digest,
-        /// The accepted signers, as [`crate::trust::Signer`] displays them.
+        /// The accepted signers, as the trust module's `Signer` displays them.
         signers: Vec<String>,
         /// Why the image would have been refused, under `unsigned: warn`.
         warning: Option<String>,

@@ -8,8 +8,8 @@ use crate::digest::{Digest, VerifyError};
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Reading or writing a file of the store failed (a full disk is one: see
-    /// [`crate::space::is_no_space`]).
+    /// Reading or writing a file of the store failed (a full disk is one: its
+    /// [`crate::Error`] kind is [`crate::ErrorKind::NoSpace`]).
     #[error("{path}: {source}")]
     Io {
         /// The file or directory, under the store's root.

@@ -17,6 +17,9 @@
 //! is here: a puller that is asked to check content trust refuses to pull
 //! ([`crate::pull::PullError::TrustUnavailable`]) rather than pull unchecked.
 
+// The module's documentation names the verifier's items, which only the `trust` feature builds.
+#![cfg_attr(not(feature = "trust"), allow(rustdoc::broken_intra_doc_links))]
+
 #[cfg(feature = "trust")]
 mod certs;
 #[cfg(feature = "trust")]

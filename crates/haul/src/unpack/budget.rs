@@ -52,8 +52,8 @@ pub enum Exceeded {
         /// The image's limit, in bytes.
         limit: u64,
     },
-    /// The filesystem the layers are extracted to would fill: [`crate::space::is_no_space`]
-    /// recognises this as a full disk.
+    /// The filesystem the layers are extracted to would fill: a full disk, of kind
+    /// [`crate::ErrorKind::NoSpace`].
     #[error(
         "the pull needs more than {} and {} was free under {} when it started",
         Size(*need),

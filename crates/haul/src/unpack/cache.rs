@@ -18,7 +18,7 @@
 //! with `meta.json` already inside, so a directory under `layers/` is always complete. Like
 //! docker's and containerd's extracted layers, entries are not fsynced (flushing a whole extracted
 //! tree costs more than the extraction): they are derived from verified blobs and can be rebuilt
-//! from them. Extraction writes within an [`ImageBudget`](super::budget::ImageBudget).
+//! from them. Extraction writes within the image's expansion budget.
 //!
 //! Locks: building or removing an entry holds its chain ID's lock exclusively, so concurrent haul
 //! processes extract a layer once; merging one holds it shared, so nobody removes an entry being
