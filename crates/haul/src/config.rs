@@ -314,7 +314,10 @@ impl Config {
                             .map(PathBuf::from)
                             .filter(|p| p.is_absolute())
                             .ok_or_else(|| {
-                                invalid(key, format!("expected an absolute directory path, got {v}"))
+                                invalid(
+                                    key,
+                                    format!("expected an absolute directory path, got {v}"),
+                                )
                             })?,
                     );
                 }

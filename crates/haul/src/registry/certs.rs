@@ -230,7 +230,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("client.key"), "x").unwrap();
         let err = read_dir(dir.path()).err().unwrap();
-        assert!(matches!(err, CertsDirError::MissingCertificate { .. }), "{err}");
+        assert!(
+            matches!(err, CertsDirError::MissingCertificate { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl RegistryClient {
                     &inner.options,
                     inner.read_timeout,
                 )
-                    .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|detail| RegistryError::Transport {
@@ -202,7 +202,7 @@ impl RegistryClient {
                     false,
                     None,
                 )
-                    .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|detail| RegistryError::Transport {
@@ -333,7 +333,12 @@ impl RegistryClient {
     /// by the next one.
     fn host_client(&self, host: &str) -> Result<Option<reqwest::Client>, RegistryError> {
         let inner = &self.inner;
-        if let Some(known) = inner.host_clients.lock().ok().and_then(|m| m.get(host).cloned()) {
+        if let Some(known) = inner
+            .host_clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(host).cloned())
+        {
             return Ok(known);
         }
         let built = match certs::host_dir(&inner.certs_roots, host) {

@@ -93,7 +93,10 @@ impl std::fmt::Debug for ProxyRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyRules")
             .field("http", &self.http.as_deref().map(settings::redact_userinfo))
-            .field("https", &self.https.as_deref().map(settings::redact_userinfo))
+            .field(
+                "https",
+                &self.https.as_deref().map(settings::redact_userinfo),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +177,10 @@ mod tests {
         assert!(via(&r, "https://11.1.2.3/v2/").is_some());
         assert!(ProxyRules::from_parts(None, None, None).is_empty());
         assert_eq!(
-            via(&ProxyRules::from_parts(None, None, None), "https://r.example/"),
+            via(
+                &ProxyRules::from_parts(None, None, None),
+                "https://r.example/"
+            ),
             None
         );
     }

@@ -78,7 +78,9 @@ mod tests {
     async fn an_invalid_name_is_no_such_host_and_localhost_resolves() {
         // RFC 6761: `.invalid` never resolves.
         let err = lookup("nosuchhost.invalid").await.unwrap_err();
-        assert!(matches!(err, LookupError::NoSuchHost { ref name } if name == "nosuchhost.invalid"));
+        assert!(
+            matches!(err, LookupError::NoSuchHost { ref name } if name == "nosuchhost.invalid")
+        );
         assert_eq!(err.to_string(), "lookup nosuchhost.invalid: no such host");
         let found = lookup("localhost").await.unwrap();
         assert!(found.iter().all(|a| a.ip().is_loopback()), "{found:?}");
