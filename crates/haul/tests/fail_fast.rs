@@ -122,7 +122,10 @@ async fn a_refused_loopback_port_fails_after_one_attempt() {
         .expect_err("nothing listens");
 
     assert!(
-        matches!(registry_error(&err), Some(RegistryError::ConnectionRefused { .. })),
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::ConnectionRefused { .. })
+        ),
         "{}",
         chain(&err)
     );

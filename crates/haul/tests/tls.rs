@@ -300,7 +300,10 @@ async fn mutual_tls_needs_client_cert_and_key_from_the_certs_dir() {
     let err = h.pull(&reference).await.expect_err("no client certificate");
     assert_nothing_stored(&h, &reference);
     assert!(
-        !matches!(registry_error(&err), Some(RegistryError::Certificates { .. })),
+        !matches!(
+            registry_error(&err),
+            Some(RegistryError::Certificates { .. })
+        ),
         "the registry refused, not the directory: {}",
         chain(&err)
     );

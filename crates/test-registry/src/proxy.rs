@@ -221,14 +221,14 @@ async fn serve(inner: Arc<ProxyInner>, mut client: TcpStream) -> std::io::Result
             .await?;
         return client.shutdown().await;
     }
-    let target = match authority.rsplit_once(':') {
+    let connect_to = match authority.rsplit_once(':') {
         Some((name, port)) => match inner.hosts.iter().find(|(h, _)| h == name) {
             Some((_, ip)) => std::net::SocketAddr::new(*ip, port.parse().unwrap_or(80)).to_string(),
             None => authority.clone(),
         },
         None => authority.clone(),
     };
-    let mut upstream = match TcpStream::connect(&target).await {
+    let mut upstream = match TcpStream::connect(&connect_to).await {
         Ok(s) => s,
         Err(_) => {
             client
