@@ -113,24 +113,34 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
     assert!(!out.stdout.contains(PROXY_PASSWORD), "{}", out.stdout);
 }
 
+/// docker's rule: a remote name goes through the environment's proxy, a loopback registry never
+/// does. The proxy resolves `registry.test` to loopback itself, as a site proxy's DNS would.
 #[tokio::test(flavor = "multi_thread")]
-async fn pulls_go_through_the_environment_proxy_unless_no_proxy_names_the_host() {
+async fn pulls_go_through_the_environment_proxy_except_to_loopback() {
     let img = image(1);
     let registry = registry_with("team/app", "1", &img).await;
     let proxy = HttpProxy::start(HttpProxyOptions {
         credentials: Some(("alice".into(), PROXY_PASSWORD.into())),
+        hosts: vec![("registry.test".into(), [127, 0, 0, 1].into())],
     })
     .await
     .unwrap();
     let proxy_url = proxy.url_with_credentials("alice", PROXY_PASSWORD);
-    let name = format!("{}/team/app:1", registry.host());
+    let remote = format!("registry.test:{}", registry.port());
+    let name = format!("{remote}/team/app:1");
 
     let env = Env::new();
+    let config = env.dir.path().join("haul.json");
+    std::fs::write(
+        &config,
+        json!({"insecure-registries": [remote]}).to_string(),
+    )
+    .unwrap();
     let out = ok(run(env
         .haul()
         .env("HTTP_PROXY", &proxy_url)
         .env("HTTPS_PROXY", &proxy_url)
-        .args(["pull", "-q", &name])));
+        .args(["--config", config.to_str().unwrap(), "pull", "-q", &name])));
     assert_eq!(out.stdout, format!("{name}\n"));
     let seen = proxy.requests();
     for blob in img.blobs() {
@@ -153,8 +163,11 @@ async fn pulls_go_through_the_environment_proxy_unless_no_proxy_names_the_host()
         .haul()
         .env("HTTP_PROXY", &proxy_url)
         .env("HTTPS_PROXY", &proxy_url)
-        .env("NO_PROXY", "127.0.0.1")
-        .args(["pull", "-q", &name])));
+        .args([
+            "pull",
+            "-q",
+            &format!("{}/team/app:1", registry.host()),
+        ])));
     assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
 }
 
@@ -178,10 +191,16 @@ fn a_proxy_password_never_reaches_the_terminal() {
             "--config",
             one_try.to_str().unwrap(),
             "pull",
-            "127.0.0.1:9/team/app:1",
+            "registry.example:9/team/app:1",
         ]));
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("127.0.0.1:9"), "{}", out.stderr);
+    // A remote name goes through the proxy (loopback would not), and the error names it.
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}"))
+            && out.stderr.contains("registry.example:9"),
+        "{}",
+        out.stderr
+    );
     assert!(
         !out.stderr.contains(PROXY_PASSWORD) && !out.stdout.contains(PROXY_PASSWORD),
         "{}",
@@ -201,7 +220,7 @@ fn a_proxy_password_never_reaches_the_terminal() {
         "--config",
         config.to_str().unwrap(),
         "pull",
-        "127.0.0.1:9/team/app:1",
+        "registry.example:9/team/app:1",
     ]));
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(

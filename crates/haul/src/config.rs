@@ -109,6 +109,11 @@ pub struct Config {
     pub registry_mirrors: BTreeMap<String, Vec<url::Url>>,
     /// Proxies that replace the environment's when set (`proxies`).
     pub proxies: Proxies,
+    /// Where per-registry CA certificates and client certificates are found, in docker's
+    /// `certs.d` layout (`DIR/HOST[:PORT]/ca.crt`, `client.cert`, `client.key`); replaces the
+    /// default roots (`/etc/docker/certs.d`, and `~/.config/docker/certs.d` for other users than
+    /// root) when set (`certs-dir`, an absolute path).
+    pub certs_dir: Option<PathBuf>,
     /// Content trust: keyring, policy, and whether pulls verify signatures by default.
     pub trust: crate::trust::TrustConfig,
     /// The file the values came from, if any.
@@ -128,6 +133,7 @@ impl Default for Config {
             foreign_layer_allowed_networks: Vec::new(),
             registry_mirrors: BTreeMap::new(),
             proxies: Proxies::default(),
+            certs_dir: None,
             trust: crate::trust::TrustConfig::default(),
             source: None,
             warnings: Vec::new(),
@@ -301,6 +307,20 @@ impl Config {
                 "proxies" => {
                     config.proxies = parse_proxies(v).map_err(|r| invalid(key, r))?;
                 }
+                // haul's own key: docker has only its fixed certs.d roots.
+                "certs-dir" => {
+                    config.certs_dir = Some(
+                        v.as_str()
+                            .map(PathBuf::from)
+                            .filter(|p| p.is_absolute())
+                            .ok_or_else(|| {
+                                invalid(
+                                    key,
+                                    format!("expected an absolute directory path, got {v}"),
+                                )
+                            })?,
+                    );
+                }
                 "trust" => {
                     config.trust =
                         crate::trust::TrustConfig::parse(v).map_err(|r| invalid(key, r))?;
@@ -333,6 +353,7 @@ impl Config {
             max_download_attempts: self.max_download_attempts,
             max_retry_after: self.max_retry_after,
             foreign_layer_allowed_networks: self.foreign_layer_allowed_networks.clone(),
+            certs_dir: self.certs_dir.clone(),
         }
     }
 

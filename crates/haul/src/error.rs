@@ -283,12 +283,16 @@ fn registry_kind(e: &RegistryError) -> ErrorKind {
         | RegistryError::Credentials(_) => ErrorKind::Unauthorized,
         RegistryError::Verify { .. } | RegistryError::DigestMismatch { .. } => ErrorKind::Integrity,
         RegistryError::Connect { .. }
+        | RegistryError::NoSuchHost { .. }
+        | RegistryError::ConnectionRefused { .. }
+        | RegistryError::Proxy { .. }
         | RegistryError::Tls { .. }
         | RegistryError::Transport { .. }
         | RegistryError::TooManyRequests { .. }
         | RegistryError::Unavailable { .. }
         | RegistryError::TooSlow { .. }
         | RegistryError::NoResponseHeaders { .. } => ErrorKind::Network,
+        RegistryError::Certificates { .. } => ErrorKind::InvalidInput,
         RegistryError::InsecureRealm { .. } | RegistryError::ForeignUrlRefused { .. } => {
             ErrorKind::DeniedByPolicy
         }

@@ -231,7 +231,7 @@ pub async fn check(
             });
         }
     };
-    verify(http, &v2, host, header).await.map_err(failed)
+    verify(&http, &v2, host, header).await.map_err(failed)
 }
 
 /// `GET /v2/` with `header` must succeed.

@@ -222,3 +222,137 @@ async fn plain_http_remote_registry_needs_insecure_registries() {
         assert!(h.has(&blob.digest), "{} stored", blob.digest);
     }
 }
+
+/// A certs root (docker's `certs.d` layout) with `files` in the directory named `host_dir`.
+fn certs_root(host_dir: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join(host_dir);
+    std::fs::create_dir(&dir).expect("host dir");
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).expect("write");
+    }
+    root
+}
+
+fn with_certs_dir(root: &tempfile::TempDir) -> Config {
+    Config {
+        certs_dir: Some(root.path().to_path_buf()),
+        ..Config::default()
+    }
+}
+
+/// A registry whose certificate a private CA signed: refused without that CA, pulled with its
+/// `ca.crt` in the registry's certs directory, which must be named `host:port` exactly.
+#[tokio::test]
+async fn a_private_ca_in_the_certs_dir_is_trusted_for_that_host_and_port() {
+    let (registry, image) = seeded(true).await;
+    let host = named_host(&registry);
+    let reference = format!("{host}/tls/app:1");
+    let ca = registry.ca_pem().expect("a TLS registry");
+
+    // The CA under the name without the port is not the registry's directory (docker's rule).
+    let wrong = certs_root(NAME, &[("ca.crt", ca)]);
+    let h = harness_resolving(&registry, with_certs_dir(&wrong));
+    let err = h.pull(&reference).await.expect_err("not this host:port");
+    assert!(
+        matches!(registry_error(&err), Some(RegistryError::Tls { .. })),
+        "{}",
+        chain(&err)
+    );
+    assert_nothing_stored(&h, &reference);
+
+    // Any `*.crt` is a CA, as in docker.
+    let root = certs_root(&host, &[("private-ca.crt", ca)]);
+    let h = harness_resolving(&registry, with_certs_dir(&root));
+    let (outcome, _) = h.pull(&reference).await.expect("pull with the private CA");
+    assert_eq!(outcome.manifest.to_string(), image.digest());
+    for blob in image.blobs() {
+        assert!(h.has(&blob.digest), "{} stored", blob.digest);
+    }
+    h.assert_blobs_verified();
+}
+
+/// Mutual TLS: a registry requiring client certificates refuses a client without one, and
+/// serves the one whose `client.cert`/`client.key` are in its certs directory.
+#[tokio::test]
+async fn mutual_tls_needs_client_cert_and_key_from_the_certs_dir() {
+    let registry = RealRegistry::start(RegistryOptions {
+        tls: true,
+        client_certs: true,
+        ..RegistryOptions::default()
+    })
+    .await
+    .expect("start the real registry");
+    let image = image_of(vec![random_layer(11, 20_000)]);
+    registry
+        .pusher()
+        .push_image("tls/app", "1", &image)
+        .await
+        .expect("push with the client certificate");
+    let host = named_host(&registry);
+    let reference = format!("{host}/tls/app:1");
+    let ca = registry.ca_pem().expect("TLS");
+    let cert = registry.client_cert_pem().expect("mutual TLS");
+    let key = registry.client_key_pem().expect("mutual TLS");
+
+    let no_client_cert = certs_root(&host, &[("ca.crt", ca)]);
+    let h = harness_resolving(&registry, with_certs_dir(&no_client_cert));
+    let err = h.pull(&reference).await.expect_err("no client certificate");
+    assert_nothing_stored(&h, &reference);
+    assert!(
+        !matches!(
+            registry_error(&err),
+            Some(RegistryError::Certificates { .. })
+        ),
+        "the registry refused, not the directory: {}",
+        chain(&err)
+    );
+
+    let root = certs_root(
+        &host,
+        &[("ca.crt", ca), ("client.cert", cert), ("client.key", key)],
+    );
+    let h = harness_resolving(&registry, with_certs_dir(&root));
+    let (outcome, _) = h.pull(&reference).await.expect("pull with mutual TLS");
+    assert_eq!(outcome.manifest.to_string(), image.digest());
+    h.assert_blobs_verified();
+}
+
+/// A `.cert` without its `.key` is an error in docker's words, before anything is sent.
+#[tokio::test]
+async fn a_client_cert_without_its_key_fails_with_dockers_message() {
+    let (registry, _) = seeded(true).await;
+    let host = named_host(&registry);
+    let mark = registry.mark();
+    let root = certs_root(
+        &host,
+        &[
+            ("ca.crt", registry.ca_pem().expect("TLS")),
+            ("client.cert", registry.ca_pem().expect("TLS")),
+        ],
+    );
+    let h = harness_resolving(&registry, with_certs_dir(&root));
+
+    let err = h
+        .pull(&format!("{host}/tls/app:1"))
+        .await
+        .expect_err("a certificate without its key");
+
+    let text = chain(&err);
+    assert!(
+        matches!(
+            registry_error(&err),
+            Some(RegistryError::Certificates {
+                source: haul::registry::CertsDirError::MissingKey { .. },
+                ..
+            })
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("client.key for client certificate")
+            && text.contains("CA certificates must use the extension .crt"),
+        "{text}"
+    );
+    assert_eq!(registry.requests_since(mark), vec![]);
+}

@@ -59,12 +59,16 @@ impl ProxiedRequest {
 pub struct HttpProxyOptions {
     /// When set, requests without this Basic `Proxy-Authorization` get 407.
     pub credentials: Option<(String, String)>,
+    /// Names the proxy resolves itself, as a site proxy's own DNS would: a request for
+    /// `registry.test:PORT` goes to the address given here, same port. Other names are looked up.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 #[derive(Debug, Default)]
 struct ProxyInner {
     requests: Mutex<Vec<ProxiedRequest>>,
     credentials: Option<(String, String)>,
+    hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// A running forward proxy; stops accepting when dropped.
@@ -88,6 +92,7 @@ impl HttpProxy {
         let inner = Arc::new(ProxyInner {
             requests: Mutex::new(Vec::new()),
             credentials: opts.credentials,
+            hosts: opts.hosts,
         });
         let shared = inner.clone();
         let task = tokio::spawn(async move {
@@ -216,7 +221,14 @@ async fn serve(inner: Arc<ProxyInner>, mut client: TcpStream) -> std::io::Result
             .await?;
         return client.shutdown().await;
     }
-    let mut upstream = match TcpStream::connect(&authority).await {
+    let connect_to = match authority.rsplit_once(':') {
+        Some((name, port)) => match inner.hosts.iter().find(|(h, _)| h == name) {
+            Some((_, ip)) => std::net::SocketAddr::new(*ip, port.parse().unwrap_or(80)).to_string(),
+            None => authority.clone(),
+        },
+        None => authority.clone(),
+    };
+    let mut upstream = match TcpStream::connect(&connect_to).await {
         Ok(s) => s,
         Err(_) => {
             client

@@ -6,7 +6,10 @@
 //! generated for that one registry (valid for `127.0.0.1`, `localhost` and `registry.test`);
 //! nothing trusts that CA unless told to, so a client verifying against the system roots refuses
 //! it. The registry listens on 127.0.0.1 only: reach it as `registry.test` by resolving that name
-//! to `127.0.0.1:PORT` in the client.
+//! to `127.0.0.1:PORT` in the client. With [`RegistryOptions::client_certs`] as well it requires
+//! mutual TLS (`http.tls.clientcas`): a client certificate signed by a second throwaway CA, whose
+//! certificate and key [`RealRegistry::client_cert_pem`] and [`RealRegistry::client_key_pem`]
+//! hand out.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use crate::error::{Result, TestError};
 use crate::push::Pusher;
-use crate::util::{free_port, http_client, http_client_trusting, install_crypto_provider};
+use crate::util::{free_port, http_client, http_client_with, install_crypto_provider};
 
 /// Where the registry binary is, unless `HAUL_TEST_REGISTRY_BIN` says otherwise.
 pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -51,6 +54,9 @@ pub struct RegistryOptions {
     /// Serve HTTPS only (`http.tls`), with a certificate for `127.0.0.1`, `localhost` and
     /// `registry.test` signed by a fresh throwaway CA ([`RealRegistry::ca_pem_path`]).
     pub tls: bool,
+    /// With `tls`: refuse clients without a certificate signed by the registry's client CA
+    /// (`http.tls.clientcas`, which distribution turns into `RequireAndVerifyClientCert`).
+    pub client_certs: bool,
     /// Regular expressions of layer `urls` the registry accepts in manifests
     /// (`validation.manifests.urls.allow`); without any it refuses manifests naming URLs.
     pub allow_layer_urls: Vec<String>,
@@ -90,28 +96,44 @@ struct TlsFiles {
     ca_path: PathBuf,
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// With mutual TLS: the client CA's file and a client certificate and key it signed (PEM).
+    client: Option<ClientTls>,
+}
+
+struct ClientTls {
+    ca_path: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn crypto(what: &str, e: rcgen::Error) -> TestError {
+    TestError::Crypto(format!("{what}: {e}"))
+}
+
+/// A self-signed P-256 CA named `name`.
+fn generate_ca(name: &str) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| crypto("generating the CA key", e))?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| crypto("CA params", e))?;
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)
+        .map_err(|e| crypto("self-signing the CA", e))
 }
 
 impl TlsFiles {
     /// A P-256 CA and a server certificate for [`TLS_SERVER_NAMES`] signed by it, as PEM files
     /// in `dir` (`ca.pem`, `server.pem`, `server.key`).
-    fn generate(dir: &Path) -> Result<TlsFiles> {
+    fn generate(dir: &Path, client_certs: bool) -> Result<TlsFiles> {
         install_crypto_provider();
-        let crypto = |what: &str, e: rcgen::Error| TestError::Crypto(format!("{what}: {e}"));
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| crypto("generating the CA key", e))?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| crypto("CA params", e))?;
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "haul-test-registry-ca");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)
-            .map_err(|e| crypto("self-signing the CA", e))?;
+        let ca = generate_ca("haul-test-registry-ca")?;
 
         let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| crypto("generating the server key", e))?;
@@ -127,17 +149,58 @@ impl TlsFiles {
             .signed_by(&server_key, &ca)
             .map_err(|e| crypto("signing the server certificate", e))?;
 
+        let client = if client_certs {
+            let client_ca = generate_ca("haul-test-client-ca")?;
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| crypto("generating the client key", e))?;
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+                .map_err(|e| crypto("client params", e))?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "haul-test-client");
+            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params
+                .signed_by(&key, &client_ca)
+                .map_err(|e| crypto("signing the client certificate", e))?;
+            let ca_path = dir.join("client-ca.pem");
+            write_file(&ca_path, &client_ca.pem())?;
+            Some(ClientTls {
+                ca_path,
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            })
+        } else {
+            None
+        };
         let files = TlsFiles {
             ca_der: ca.der().to_vec(),
             ca_pem: ca.pem(),
             ca_path: dir.join("ca.pem"),
             cert_path: dir.join("server.pem"),
             key_path: dir.join("server.key"),
+            client,
         };
         write_file(&files.ca_path, &files.ca_pem)?;
         write_file(&files.cert_path, &cert.pem())?;
         write_file(&files.key_path, &server_key.serialize_pem())?;
         Ok(files)
+    }
+
+    /// The client certificate and key as one PEM, for clients of a mutual-TLS registry.
+    fn identity_pem(&self) -> Option<String> {
+        self.client
+            .as_ref()
+            .map(|c| format!("{}\n{}", c.cert_pem, c.key_pem))
+    }
+
+    /// An HTTP client trusting only this CA, presenting the client certificate if any.
+    fn http_client(&self) -> Result<reqwest::Client> {
+        let identity = self.identity_pem();
+        Ok(http_client_with(
+            self.ca_pem.as_bytes(),
+            identity.as_deref().map(str::as_bytes),
+        )?)
     }
 
     /// A blocking rustls session to `127.0.0.1` that trusts only this CA.
@@ -151,9 +214,21 @@ impl TlsFiles {
         roots
             .add(CertificateDer::from(self.ca_der.clone()))
             .map_err(other)?;
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                use rustls::pki_types::PrivateKeyDer;
+                use rustls::pki_types::pem::PemObject;
+                let cert = CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(vec![cert], key)
+                    .map_err(other)?
+            }
+        };
         let name = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
         let conn =
             rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(other)?;
@@ -197,6 +272,12 @@ fn config_yaml(
             yaml_str(&tls.cert_path.display().to_string()),
             yaml_str(&tls.key_path.display().to_string())
         ));
+        if let Some(client) = &tls.client {
+            y.push_str(&format!(
+                "    clientcas:\n      - {}\n",
+                yaml_str(&client.ca_path.display().to_string())
+            ));
+        }
     }
     if let Some(token) = &opts.token {
         y.push_str("auth:\n  token:\n");
@@ -292,12 +373,12 @@ impl RealRegistry {
             Some(path)
         };
         let tls = if opts.tls {
-            Some(TlsFiles::generate(dir.path())?)
+            Some(TlsFiles::generate(dir.path(), opts.client_certs)?)
         } else {
             None
         };
         let client = match &tls {
-            Some(tls) => http_client_trusting(tls.ca_pem.as_bytes())?,
+            Some(tls) => tls.http_client()?,
             None => http_client()?,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -368,15 +449,32 @@ impl RealRegistry {
         self.tls.as_ref().map(|t| t.ca_path.as_path())
     }
 
+    /// The PEM of the CA that signed the registry's certificate, if it serves TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// With [`RegistryOptions::client_certs`]: a client certificate the registry accepts (PEM).
+    pub fn client_cert_pem(&self) -> Option<&str> {
+        let client = self.tls.as_ref()?.client.as_ref()?;
+        Some(client.cert_pem.as_str())
+    }
+
+    /// With [`RegistryOptions::client_certs`]: the key of [`RealRegistry::client_cert_pem`] (PEM).
+    pub fn client_key_pem(&self) -> Option<&str> {
+        let client = self.tls.as_ref()?.client.as_ref()?;
+        Some(client.key_pem.as_str())
+    }
+
     /// An HTTP client for [`RealRegistry::url`]: with TLS it trusts this registry's CA (and
-    /// nothing else).
+    /// nothing else), and presents the client certificate a mutual-TLS registry wants.
     ///
     /// # Panics
     /// If no HTTP client can be built (no TLS provider at all).
     pub fn client(&self) -> reqwest::Client {
         match &self.tls {
-            Some(tls) => http_client_trusting(tls.ca_pem.as_bytes()),
-            None => http_client(),
+            Some(tls) => tls.http_client(),
+            None => http_client().map_err(TestError::from),
         }
         .expect("building an HTTP client")
     }

@@ -33,17 +33,23 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// [`http_client`] that trusts only the CA in `ca_pem`: for a loopback server whose certificate
-/// that test CA signed (e.g. a [`crate::RealRegistry`] started with TLS).
-pub(crate) fn http_client_trusting(ca_pem: &[u8]) -> Result<reqwest::Client, reqwest::Error> {
+/// [`http_client`] that trusts only the CA in `ca_pem` (a loopback server's test CA), presenting
+/// `identity_pem` (a client certificate and its key, PEM) when given.
+pub(crate) fn http_client_with(
+    ca_pem: &[u8],
+    identity_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, reqwest::Error> {
     install_crypto_provider();
     let ca = reqwest::Certificate::from_pem(ca_pem)?;
-    reqwest::Client::builder()
+    let mut b = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([ca])
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
+        .timeout(std::time::Duration::from_secs(120));
+    if let Some(pem) = identity_pem {
+        b = b.identity(reqwest::Identity::from_pem(pem)?);
+    }
+    b.build()
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test must not cascade into every other request).

@@ -151,8 +151,23 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
                         .to_owned(),
                 ),
                 RegistryError::Tls { host, .. } => Some(format!(
-                    "if {host} uses a private CA, install it in the system trust store; for a \
-                     registry without TLS, add it to \"insecure-registries\" in the config file"
+                    "if {host} uses a private CA, put it in /etc/docker/certs.d/{host}/ca.crt \
+                     (or the \"certs-dir\" of the config file; client.cert and client.key there \
+                     for mutual TLS); for a registry without TLS, add it to \
+                     \"insecure-registries\" in the config file"
+                )),
+                RegistryError::Certificates { host, .. } => Some(format!(
+                    "fix or remove the files of the certs directory of {host}"
+                )),
+                RegistryError::NoSuchHost { name, .. } => Some(format!(
+                    "check the registry name {name} (a typo?) and your DNS settings"
+                )),
+                RegistryError::ConnectionRefused { host } => Some(format!(
+                    "nothing listens at {host}: check the port, and that the registry is running"
+                )),
+                RegistryError::Proxy { proxy, .. } => Some(format!(
+                    "the proxy {proxy} failed: check HTTP_PROXY/HTTPS_PROXY (or \"proxies\" in \
+                     the config file), or exempt the registry with NO_PROXY"
                 )),
                 RegistryError::Connect { host, .. } => Some(format!(
                     "check that {host} is reachable from here (DNS, proxy settings, firewall)"

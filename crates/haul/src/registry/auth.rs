@@ -297,7 +297,7 @@ pub(crate) async fn fetch_token(
             req
         }
     };
-    let response = super::client::send_within(request, &realm_host, client.stall_timeout()).await?;
+    let response = client.send(request, &realm_host).await?;
     let status = response.status();
     let body = client
         .read_capped(response, 1 << 20, realm)

@@ -12,6 +12,11 @@
 //! - Requests that fail for transient reasons (connect errors, 5xx, 408, 429) are retried with
 //!   exponential backoff and jitter, honouring `Retry-After` within `max-retry-after` and the
 //!   per-request wait budget ([`super::retry`]); a 401 refreshes the token once.
+//! - A registry with a certs directory (docker's `certs.d`, [`super::certs`]) gets its own
+//!   connection pool trusting that directory's CAs (besides the system's) and presenting its
+//!   client certificate; verification stays on. Its token realm is reached the same way.
+//! - Errors that trying again cannot fix fail at once: a name that does not exist, a refused
+//!   connection on loopback, a TLS failure ([`RegistryError::is_retryable`]).
 //! - Credentials go to a token realm only over HTTPS, unless the registry is itself insecure and
 //!   the realm is on its host (`RegistryClient::realm_client`).
 //!
@@ -26,9 +31,11 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use reqwest::{Method, StatusCode};
 
 use super::auth::{Authenticator, CredentialStore};
+use super::certs;
 use super::endpoints::Endpoint;
 use super::error::{self, RegistryError};
 use super::http::{self, MAX_ERROR_BODY};
+use super::proxy::ProxyRules;
 use super::retry::RetryWaits;
 use super::settings::{self, RegistrySettings};
 
@@ -106,6 +113,11 @@ struct Inner {
     auth: Authenticator,
     settings: Arc<RegistrySettings>,
     options: ClientOptions,
+    proxies: Arc<ProxyRules>,
+    /// Where certs directories are looked for ([`certs::search_roots`]).
+    certs_roots: Vec<std::path::PathBuf>,
+    /// Per host: the client built from its certs directory, or `None` when it has none.
+    host_clients: Mutex<HashMap<String, Option<reqwest::Client>>>,
     /// Base URLs whose `/v2/` has been pinged: registries by host (scheme learnt), mirrors by
     /// their configured URL.
     bases: Mutex<HashMap<String, url::Url>>,
@@ -117,7 +129,8 @@ impl RegistryClient {
     /// # Errors
     ///
     /// [`RegistryError::BadUrl`] for a proxy URL reqwest refuses, [`RegistryError::Tls`] for an
-    /// extra root certificate that does not parse.
+    /// extra root certificate that does not parse. (A registry's certs directory is read at its
+    /// first request, and a bad one fails that request with [`RegistryError::Certificates`].)
     pub fn new(
         settings: RegistrySettings,
         credentials: Arc<dyn CredentialStore>,
@@ -126,10 +139,12 @@ impl RegistryClient {
         let read_timeout = options
             .read_timeout
             .unwrap_or(settings.download_stall_timeout);
+        http::check_proxy_urls(&settings)?;
+        let proxies = Arc::new(ProxyRules::new(&settings));
+        let certs_roots = certs::search_roots(settings.certs_dir.as_deref());
         let settings = Arc::new(settings);
-        // Unverified TLS installs no certificate verifier, so this one is cheap to build now; it
-        // also checks the proxy settings before any request.
-        let insecure = http::build_http(&settings, &options, read_timeout, true)?;
+        // Unverified TLS installs no certificate verifier, so this one is cheap to build now.
+        let insecure = http::build_http(&proxies, &options, read_timeout, true, None)?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 secure: OnceLock::new(),
@@ -139,6 +154,9 @@ impl RegistryClient {
                 auth: Authenticator::new(credentials),
                 settings,
                 options,
+                proxies,
+                certs_roots,
+                host_clients: Mutex::new(HashMap::new()),
                 bases: Mutex::new(HashMap::new()),
             }),
         })
@@ -157,8 +175,13 @@ impl RegistryClient {
         inner
             .foreign
             .get_or_init(|| {
-                http::build_foreign_http(&inner.settings, &inner.options, inner.read_timeout)
-                    .map_err(|e| e.to_string())
+                http::build_foreign_http(
+                    &inner.settings,
+                    &inner.proxies,
+                    &inner.options,
+                    inner.read_timeout,
+                )
+                .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|detail| RegistryError::Transport {
@@ -172,8 +195,14 @@ impl RegistryClient {
         inner
             .secure
             .get_or_init(|| {
-                http::build_http(&inner.settings, &inner.options, inner.read_timeout, false)
-                    .map_err(|e| e.to_string())
+                http::build_http(
+                    &inner.proxies,
+                    &inner.options,
+                    inner.read_timeout,
+                    false,
+                    None,
+                )
+                .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|detail| RegistryError::Transport {
@@ -199,7 +228,7 @@ impl RegistryClient {
         &self,
         registry_host: &str,
         realm: &url::Url,
-    ) -> Result<&reqwest::Client, RegistryError> {
+    ) -> Result<reqwest::Client, RegistryError> {
         let realm_host = match (realm.host_str(), realm.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
@@ -212,10 +241,17 @@ impl RegistryClient {
         });
         let insecure_ok = self.allows_plain_http(registry_host)
             && (same_name || self.allows_plain_http(&realm_host));
+        // The registry's certs directory holds the CA that private realms are signed by too
+        // (docker gives the token request the registry's transport).
+        if let Some(c) = self.host_client(registry_host)?
+            && realm.scheme() == "https"
+        {
+            return Ok(c);
+        }
         match realm.scheme() {
-            "https" if insecure_ok => Ok(&self.inner.insecure),
-            "https" => self.secure(),
-            "http" if insecure_ok => Ok(&self.inner.insecure),
+            "https" if insecure_ok => Ok(self.inner.insecure.clone()),
+            "https" => self.secure().cloned(),
+            "http" if insecure_ok => Ok(self.inner.insecure.clone()),
             "http" => Err(RegistryError::InsecureRealm {
                 registry: registry_host.to_owned(),
                 realm: realm.to_string(),
@@ -256,8 +292,18 @@ impl RegistryClient {
     }
 
     /// The HTTP client for requests to `host`: unverified TLS only where plain HTTP is allowed.
-    pub(crate) fn http_client(&self, host: &str) -> Result<&reqwest::Client, RegistryError> {
+    pub(crate) fn http_client(&self, host: &str) -> Result<reqwest::Client, RegistryError> {
         self.http_for(host)
+    }
+
+    /// Sends `req` to `host` with this client's header deadline and proxy attribution
+    /// ([`http::send_within`]).
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        host: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        send_within(req, host, self.stall_timeout(), &self.inner.proxies).await
     }
 
     /// The delay before retry number `attempt` (1-based): exponential with ±25% jitter.
@@ -272,12 +318,50 @@ impl RegistryClient {
         self.inner.settings.allows_plain_http(host)
     }
 
-    fn http_for(&self, host: &str) -> Result<&reqwest::Client, RegistryError> {
-        if self.allows_plain_http(host) {
-            Ok(&self.inner.insecure)
+    fn http_for(&self, host: &str) -> Result<reqwest::Client, RegistryError> {
+        if let Some(c) = self.host_client(host)? {
+            Ok(c)
+        } else if self.allows_plain_http(host) {
+            Ok(self.inner.insecure.clone())
         } else {
-            self.secure()
+            self.secure().cloned()
         }
+    }
+
+    /// The client built from `host`'s certs directory, if it has one: built at the first
+    /// request (and kept); a directory that cannot be used fails the request, and is read again
+    /// by the next one.
+    fn host_client(&self, host: &str) -> Result<Option<reqwest::Client>, RegistryError> {
+        let inner = &self.inner;
+        if let Some(known) = inner
+            .host_clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(host).cloned())
+        {
+            return Ok(known);
+        }
+        let built = match certs::host_dir(&inner.certs_roots, host) {
+            None => None,
+            Some(dir) => {
+                let tls = certs::read_dir(&dir).map_err(|source| RegistryError::Certificates {
+                    host: host.to_owned(),
+                    source,
+                })?;
+                tracing::debug!(%host, dir = %dir.display(), "using the registry's certs directory");
+                Some(http::build_http(
+                    &inner.proxies,
+                    &inner.options,
+                    inner.read_timeout,
+                    self.allows_plain_http(host),
+                    Some(tls),
+                )?)
+            }
+        };
+        if let Ok(mut m) = inner.host_clients.lock() {
+            m.insert(host.to_owned(), built.clone());
+        }
+        Ok(built)
     }
 
     /// The endpoint's base URL, pinging `/v2/` the first time to learn its challenge (and, for a
@@ -408,7 +492,7 @@ impl RegistryClient {
             if let Some(h) = headers {
                 req = req.headers(h.clone());
             }
-            match send_within(req, host, self.stall_timeout()).await {
+            match self.send(req, host).await {
                 Ok(r) => return Ok(r),
                 Err(err) => {
                     if attempt >= attempts || !err.is_retryable() {
@@ -486,7 +570,7 @@ impl RegistryClient {
             {
                 req = req.header(AUTHORIZATION, auth);
             }
-            let err = match send_within(req, host, self.stall_timeout()).await {
+            let err = match self.send(req, host).await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed => {
                     // Expired token, or a challenge we had not seen (the registry added auth, or

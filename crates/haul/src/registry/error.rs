@@ -86,6 +86,45 @@ pub enum RegistryError {
         /// What failed.
         detail: String,
     },
+    /// The registry's name does not exist (the resolver answered so, not a temporary failure).
+    /// Never retried: docker's `dial tcp: lookup HOST: no such host`.
+    #[error("dial tcp: lookup {name}: no such host")]
+    NoSuchHost {
+        /// The host contacted (`name[:port]`).
+        host: String,
+        /// The name looked up.
+        name: String,
+    },
+    /// Nothing listens at the registry's address. Retried, except on loopback: a local port
+    /// nothing listens on does not start listening between two attempts.
+    #[error("cannot connect to {host}: connection refused")]
+    ConnectionRefused {
+        /// The host contacted.
+        host: String,
+    },
+    /// The proxy the request went through failed: it could not be reached, or refused to
+    /// connect to the registry. `proxy` is its URL without credentials.
+    #[error("proxyconnect: the proxy {proxy} failed for {host}: {detail}")]
+    Proxy {
+        /// The proxy's URL, credentials masked.
+        proxy: String,
+        /// The registry the request was for.
+        host: String,
+        /// What failed.
+        detail: String,
+        /// Whether trying again may help (not for a loopback proxy refusing connections, or a
+        /// proxy name that does not exist).
+        retryable: bool,
+    },
+    /// The registry's certs directory (docker's `certs.d`) could not be used.
+    #[error("the certificates for {host}: {source}")]
+    Certificates {
+        /// The registry.
+        host: String,
+        /// What is wrong with its directory.
+        #[source]
+        source: super::certs::CertsDirError,
+    },
     /// TLS failed: a certificate that does not verify, or a server that does not speak TLS.
     /// Never retried.
     #[error("TLS failure talking to {host}: {detail}")]
@@ -343,6 +382,8 @@ impl RegistryError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
+            RegistryError::ConnectionRefused { host } => !super::settings::is_loopback(host),
+            RegistryError::Proxy { retryable, .. } => *retryable,
             RegistryError::Connect { .. }
             | RegistryError::Transport { .. }
             | RegistryError::TooManyRequests { .. }
@@ -364,6 +405,9 @@ impl RegistryError {
         matches!(
             self,
             RegistryError::Connect { .. }
+                | RegistryError::NoSuchHost { .. }
+                | RegistryError::ConnectionRefused { .. }
+                | RegistryError::Proxy { .. }
                 | RegistryError::Tls { .. }
                 | RegistryError::NoResponseHeaders { .. }
         )
@@ -459,19 +503,40 @@ pub(crate) fn from_response(
     }
 }
 
-/// Whether `e` is rustls's error, itself or wrapped in `io::Error`s (hyper wraps it twice).
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+/// What one error of a transport failure's chain says about whether trying again can help.
+enum Cause {
+    /// rustls refused: a certificate that does not verify, or a peer that does not speak TLS.
+    Tls,
+    /// The resolver said the name does not exist.
+    NoSuchHost(String),
+    /// The TCP connection was refused.
+    Refused,
+    Other,
+}
+
+/// The [`Cause`] of `e`, looking inside `io::Error`s: hyper hands rustls's error (and reqwest
+/// the resolver's) over wrapped in an `io::Error`, whose `source()` skips the inner error. By
+/// type and `io::ErrorKind` only, never by message.
+fn cause_of(e: &(dyn std::error::Error + 'static)) -> Cause {
     let mut current = Some(e);
     while let Some(e) = current {
         if e.downcast_ref::<rustls::Error>().is_some() {
-            return true;
+            return Cause::Tls;
         }
-        current = e
-            .downcast_ref::<std::io::Error>()
+        if let Some(super::resolve::LookupError::NoSuchHost { name }) =
+            e.downcast_ref::<super::resolve::LookupError>()
+        {
+            return Cause::NoSuchHost(name.clone());
+        }
+        let io = e.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return Cause::Refused;
+        }
+        current = io
             .and_then(std::io::Error::get_ref)
             .map(|inner| inner as &(dyn std::error::Error + 'static));
     }
-    false
+    Cause::Other
 }
 
 /// Classifies a transport failure by walking its source chain, so the user learns whether it was
@@ -480,15 +545,16 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
     let mut detail = err.to_string();
     let mut source = std::error::Error::source(err);
     let mut tls = false;
+    let mut no_such_host = None;
+    let mut refused = false;
     while let Some(s) = source {
-        let text = s.to_string();
-        // A plain-HTTP server answering our TLS hello (rustls: "received corrupt message of type
-        // InvalidContentType") or a certificate refused is a TLS failure, not worth retrying and
-        // with a hint of its own, not an unreachable host. hyper hands rustls's error over inside
-        // an io::Error, whose `source()` skips it: look inside.
-        if is_tls_error(s) {
-            tls = true;
+        match cause_of(s) {
+            Cause::Tls => tls = true,
+            Cause::NoSuchHost(name) => no_such_host = Some(name),
+            Cause::Refused => refused = true,
+            Cause::Other => {}
         }
+        let text = s.to_string();
         if !detail.contains(&text) {
             detail = format!("{detail}: {text}");
         }
@@ -500,6 +566,15 @@ pub(crate) fn from_reqwest(host: &str, err: &reqwest::Error) -> RegistryError {
         RegistryError::Tls {
             host: host.to_owned(),
             detail,
+        }
+    } else if let Some(name) = no_such_host {
+        RegistryError::NoSuchHost {
+            host: host.to_owned(),
+            name,
+        }
+    } else if refused && err.is_connect() {
+        RegistryError::ConnectionRefused {
+            host: host.to_owned(),
         }
     } else if err.is_connect() || err.is_timeout() && !err.is_body() {
         RegistryError::Connect {

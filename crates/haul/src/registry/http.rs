@@ -6,8 +6,10 @@
 //! - A response whose headers have not arrived within `download-stall-timeout` fails as
 //!   [`RegistryError::NoResponseHeaders`]; a body read here is refused as soon as it passes its cap
 //!   or arrives slower than [`MinRate`] allows.
-//! - The config file's proxies replace the environment's; their credentials never appear in an
-//!   error.
+//! - Proxies are [`ProxyRules`]' (loopback never proxied); a connection that failed at the proxy
+//!   is [`RegistryError::Proxy`], naming the proxy without its credentials.
+//! - Registries and token realms are resolved by [`SystemResolver`], so a name that does not
+//!   exist arrives typed ([`RegistryError::NoSuchHost`]).
 //! - Nothing here retries or picks an endpoint: [`super::client`] and [`super::blob`] do.
 
 use std::sync::Arc;
@@ -16,9 +18,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
+use super::certs::HostTls;
 use super::client::ClientOptions;
 use super::error::{self, RegistryError};
 use super::foreign;
+use super::proxy::ProxyRules;
+use super::resolve::SystemResolver;
 use super::settings::{self, DEFAULT_DOWNLOAD_STALL_TIMEOUT, RegistrySettings};
 use super::throughput::MinRate;
 
@@ -35,24 +40,33 @@ pub(super) fn looks_like_registry(resp: &reqwest::Response) -> bool {
             .contains_key("docker-distribution-api-version")
 }
 
-/// A client for registries and token realms; `accept_invalid` for hosts allowed plain HTTP.
+/// A client for registries and token realms; `accept_invalid` for hosts allowed plain HTTP;
+/// `host_tls` what one host's certs directory adds (its CAs and client certificate).
 pub(super) fn build_http(
-    settings: &RegistrySettings,
+    proxies: &Arc<ProxyRules>,
     options: &ClientOptions,
     read_timeout: Duration,
     accept_invalid: bool,
+    host_tls: Option<HostTls>,
 ) -> Result<reqwest::Client, RegistryError> {
     let mut b = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(options.connect_timeout)
         .read_timeout(read_timeout)
         .http2_adaptive_window(true)
+        .dns_resolver(Arc::new(SystemResolver))
         .tls_danger_accept_invalid_certs(accept_invalid);
     for (name, addr) in &options.resolve {
         b = b.resolve(name, *addr);
     }
     b = trust_extra_roots(b, options)?;
-    b = apply_proxies(b, settings)?;
+    if let Some(tls) = host_tls {
+        b = b.tls_certs_merge(tls.roots);
+        if let Some(identity) = tls.identity {
+            b = b.identity(identity);
+        }
+    }
+    b = apply_proxies(b, proxies);
     b.build().map_err(|e| RegistryError::Transport {
         host: "(client setup)".to_owned(),
         detail: e.to_string(),
@@ -63,6 +77,7 @@ pub(super) fn build_http(
 /// [`foreign::GuardedResolver`] and redirects checked by [`foreign::redirect_policy`].
 pub(super) fn build_foreign_http(
     settings: &Arc<RegistrySettings>,
+    proxies: &Arc<ProxyRules>,
     options: &ClientOptions,
     read_timeout: Duration,
 ) -> Result<reqwest::Client, RegistryError> {
@@ -75,7 +90,7 @@ pub(super) fn build_foreign_http(
         }))
         .redirect(foreign::redirect_policy(settings.clone()));
     b = trust_extra_roots(b, options)?;
-    b = apply_proxies(b, settings)?;
+    b = apply_proxies(b, proxies);
     b.build().map_err(|e| RegistryError::Transport {
         host: "(client setup)".to_owned(),
         detail: e.to_string(),
@@ -97,39 +112,31 @@ fn trust_extra_roots(
     Ok(b)
 }
 
-/// The config file's `proxies`, when it sets any, replace the environment's: reqwest reads
-/// `HTTP(S)_PROXY`/`NO_PROXY` only when no proxy is given to the builder, which is docker's rule
-/// for daemon.json too. Loopback destinations are not exempt unless `no-proxy` says so (curl's
-/// rule), so a proxy configured for everything gets everything. A proxy's `user:password@` is
-/// sent as `Proxy-Authorization` by reqwest and masked in every error.
-fn apply_proxies(
-    mut b: reqwest::ClientBuilder,
-    settings: &RegistrySettings,
-) -> Result<reqwest::ClientBuilder, RegistryError> {
+/// Checks the config file's proxy URLs as reqwest will read them, so a bad one fails when the
+/// client is built rather than at the first request.
+pub(super) fn check_proxy_urls(settings: &RegistrySettings) -> Result<(), RegistryError> {
     let p = &settings.proxies;
-    let no_proxy = p
-        .no_proxy
-        .as_deref()
-        .and_then(reqwest::NoProxy::from_string);
-    let bad = |e: reqwest::Error| RegistryError::BadUrl {
-        url: "(proxy from the config file)".to_owned(),
-        detail: settings::redact_userinfo(&e.to_string()),
-    };
-    if let Some(http) = &p.http {
-        b = b.proxy(
-            reqwest::Proxy::http(http)
-                .map_err(bad)?
-                .no_proxy(no_proxy.clone()),
-        );
+    for url in [&p.http, &p.https].into_iter().flatten() {
+        reqwest::Proxy::all(url.as_str()).map_err(|e| RegistryError::BadUrl {
+            url: "(proxy from the config file)".to_owned(),
+            detail: settings::redact_userinfo(&e.to_string()),
+        })?;
     }
-    if let Some(https) = &p.https {
-        b = b.proxy(
-            reqwest::Proxy::https(https)
-                .map_err(bad)?
-                .no_proxy(no_proxy),
-        );
+    Ok(())
+}
+
+/// Hands reqwest the one proxy decision ([`ProxyRules::proxy_for`]); reqwest's own reading of
+/// the environment is turned off, as the rules have read it. A proxy's `user:password@` is sent
+/// as `Proxy-Authorization` by reqwest and masked in every error.
+fn apply_proxies(b: reqwest::ClientBuilder, proxies: &Arc<ProxyRules>) -> reqwest::ClientBuilder {
+    let b = b.no_proxy();
+    if proxies.is_empty() {
+        return b;
     }
-    Ok(b)
+    let rules = proxies.clone();
+    b.proxy(reqwest::Proxy::custom(move |url| {
+        rules.proxy_for(url).map(str::to_owned)
+    }))
 }
 
 /// `Retry-After` as seconds or an HTTP date. Any number of seconds parses (saturating at the
@@ -158,6 +165,7 @@ pub(crate) async fn send_within(
     req: reqwest::RequestBuilder,
     host: &str,
     within: Duration,
+    proxies: &ProxyRules,
 ) -> Result<reqwest::Response, RegistryError> {
     let no_headers = || RegistryError::NoResponseHeaders {
         host: host.to_owned(),
@@ -166,8 +174,43 @@ pub(crate) async fn send_within(
     match tokio::time::timeout(within, req.send()).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) if e.is_timeout() && !e.is_connect() && !e.is_body() => Err(no_headers()),
-        Ok(Err(e)) => Err(error::from_reqwest(host, &e)),
+        Ok(Err(e)) => Err(from_send_error(host, &e, proxies)),
         Err(_) => Err(no_headers()),
+    }
+}
+
+/// A failed send as a [`RegistryError`]: a connection that failed on the way to (or at) the
+/// proxy the request went through is the proxy's failure, not the registry's. A TLS failure
+/// through a proxy's tunnel is the registry's: the handshake is with the registry.
+fn from_send_error(host: &str, e: &reqwest::Error, proxies: &ProxyRules) -> RegistryError {
+    let err = error::from_reqwest(host, e);
+    let proxy = e
+        .url()
+        .filter(|_| e.is_connect())
+        .and_then(|url| proxies.proxy_for(url));
+    match (proxy, &err) {
+        (_, RegistryError::Tls { .. }) | (None, _) => err,
+        (Some(proxy), _) => {
+            let redacted = settings::redact_userinfo(&super::proxy::with_scheme(proxy));
+            let proxy_host = url::Url::parse(&redacted)
+                .ok()
+                .and_then(|u| {
+                    Some(match u.port() {
+                        Some(p) => format!("{}:{p}", u.host_str()?),
+                        None => u.host_str()?.to_owned(),
+                    })
+                })
+                .unwrap_or_else(|| redacted.clone());
+            // The same classification, about the proxy: a loopback proxy refusing connections
+            // or a proxy name that does not exist is not retried.
+            let at_proxy = error::from_reqwest(&proxy_host, e);
+            RegistryError::Proxy {
+                proxy: redacted,
+                host: host.to_owned(),
+                retryable: at_proxy.is_retryable(),
+                detail: at_proxy.to_string(),
+            }
+        }
     }
 }
 

@@ -12,11 +12,13 @@
 //!   reached.
 //!
 //! Inside (private): `endpoints` (mirrors, then the registry), `http` (how the HTTP clients are
-//! built), `foreign` (where foreign layer URLs may lead), `retry` and `throughput` (how long to
-//! wait, and how slow is too slow).
+//! built), `proxy` (which proxy a request goes through), `resolve` (names, with the resolver's
+//! error code), `certs` (docker's `certs.d`), `foreign` (where foreign layer URLs may lead),
+//! `retry` and `throughput` (how long to wait, and how slow is too slow).
 
 pub(crate) mod auth;
 mod blob;
+mod certs;
 pub(crate) mod challenge;
 pub(crate) mod client;
 pub(crate) mod credentials;
@@ -24,10 +26,12 @@ mod endpoints;
 pub(crate) mod error;
 mod foreign;
 mod http;
+mod proxy;
 // Only signing pushes (`crate::trust::sign_image`): without the `trust` feature nothing would.
 #[cfg(feature = "trust")]
 mod push;
 mod repository;
+mod resolve;
 mod retry;
 pub(crate) mod settings;
 mod tags;
@@ -35,6 +39,7 @@ mod throughput;
 
 pub use auth::{Anonymous, CredentialStore, StaticCredentials};
 pub use blob::{BlobError, BlobSink, RetryNotice};
+pub use certs::CertsDirError;
 pub use challenge::ChallengeError;
 pub use client::{ClientOptions, RegistryClient};
 pub use credentials::{Credential, CredentialError, DockerConfig};

@@ -51,6 +51,9 @@ pub struct RegistrySettings {
     /// Networks outside the public internet that foreign layer `urls` may reach, as CIDRs or
     /// addresses (`foreign-layer-allowed-networks`).
     pub foreign_layer_allowed_networks: Vec<String>,
+    /// The root of per-registry certificate directories (`certs-dir`), replacing docker's
+    /// default roots; see [`RegistryClient`](super::RegistryClient) for the layout.
+    pub certs_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RegistrySettings {
@@ -64,6 +67,7 @@ impl Default for RegistrySettings {
             max_download_attempts: DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             foreign_layer_allowed_networks: Vec::new(),
+            certs_dir: None,
         }
     }
 }
