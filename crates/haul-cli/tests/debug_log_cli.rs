@@ -115,7 +115,8 @@ async fn without_debug_a_failing_pull_prints_the_error_and_no_log_lines() {
     let out = run(env.haul().args(["--config", &config, "pull", &missing]));
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
-        out.stderr.starts_with("nope: Pulling from team/logs\nError: ")
+        out.stderr
+            .starts_with("nope: Pulling from team/logs\nError: ")
             && out.stderr.contains(&format!(
                 "manifest for {missing} not found: manifest unknown"
             )),
@@ -131,7 +132,11 @@ async fn without_debug_a_failing_pull_prints_the_error_and_no_log_lines() {
         .haul()
         .args(["-D", "--config", &config, "pull", &missing]));
     assert_eq!(out.code, 1, "{}", out.stderr);
-    let logged = [log_lines(&out.stderr, "DEBUG"), log_lines(&out.stderr, "WARN")].concat();
+    let logged = [
+        log_lines(&out.stderr, "DEBUG"),
+        log_lines(&out.stderr, "WARN"),
+    ]
+    .concat();
     let logged = logged.join("\n");
     assert!(
         logged.contains("mirror") && logged.contains(&dead),
@@ -143,7 +148,7 @@ async fn without_debug_a_failing_pull_prints_the_error_and_no_log_lines() {
 /// A registry that answers 503 once for a layer: the only case the real one will not produce.
 #[tokio::test(flavor = "multi_thread")]
 async fn debug_pull_logs_a_retry_with_its_reason_and_wait() {
-    use test_registry::{Fault, FakeRegistry, FakeRegistryOptions};
+    use test_registry::{FakeRegistry, FakeRegistryOptions, Fault};
     let img = image();
     let fake = FakeRegistry::start(FakeRegistryOptions::default())
         .await
