@@ -263,3 +263,86 @@ pub fn list(store: &Store, filter: Option<&Reference>) -> Result<Vec<ImageSummar
     rows.sort_by_key(|r| std::cmp::Reverse(r.created));
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Descriptor;
+
+    fn entry(annotation: Option<&str>) -> RefEntry {
+        let digest = Digest::sha256_of(b"manifest");
+        let mut manifest = Descriptor::new(manifest::media_type::OCI_MANIFEST, digest.clone(), 8);
+        if let Some(a) = annotation {
+            manifest
+                .annotations
+                .insert(LAYER_SIZES_ANNOTATION.to_owned(), a.to_owned());
+        }
+        RefEntry {
+            name: "example.com/app:1".to_owned(),
+            manifest,
+            resolved: digest,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn recorded_sizes_are_read_only_when_they_fit_the_manifest() {
+        for (annotation, layers, want) in [
+            (Some("10,20"), 2, Some(vec![Some(10), Some(20)])),
+            (Some(",20"), 2, Some(vec![None, Some(20)])),
+            (Some("10"), 1, Some(vec![Some(10)])),
+            (Some("10,20"), 3, None),
+            (Some("10,x"), 2, None),
+            (Some("-1,2"), 2, None),
+            (Some("10,20,"), 2, None),
+            (Some("18446744073709551616"), 1, None),
+            (None, 1, None),
+        ] {
+            assert_eq!(
+                parse_recorded(&entry(annotation), layers),
+                want,
+                "{annotation:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn recorded_sizes_round_trip() {
+        let sizes = [Some(1), None, Some(u64::MAX)];
+        let value = encode_recorded(&sizes).unwrap();
+        assert_eq!(
+            parse_recorded(&entry(Some(&value)), 3),
+            Some(sizes.to_vec())
+        );
+        assert_eq!(encode_recorded(&[None, None]), None);
+    }
+
+    #[test]
+    fn an_unknown_layer_counts_compressed_and_marks_the_estimate() {
+        let layers = [
+            LayerSize {
+                compressed: 5,
+                uncompressed: Some(50),
+            },
+            LayerSize {
+                compressed: 7,
+                uncompressed: None,
+            },
+        ];
+        let size = image_size(3, &layers);
+        assert_eq!(
+            (size.unpacked, size.compressed, size.estimated),
+            (57, 15, true)
+        );
+        let size = image_size(3, &layers[..1]);
+        assert_eq!(
+            (size.unpacked, size.compressed, size.estimated),
+            (50, 8, false)
+        );
+        let huge = [LayerSize {
+            compressed: u64::MAX,
+            uncompressed: Some(u64::MAX),
+        }; 2];
+        assert_eq!(image_size(1, &huge).unpacked, u64::MAX);
+    }
+}
