@@ -270,3 +270,51 @@ async fn an_image_skopeo_wrote_shows_its_compressed_size_marked() {
         "true"
     );
 }
+
+/// A store an older haul filled has no sizes recorded on its refs: the layer cache still knows
+/// them, and once that is gone the size is marked an estimate until the next pull records it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_an_older_haul_pulled_gets_its_sizes_on_the_next_pull() {
+    let img = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(random_layer(181, 120_000))
+        .build();
+    let registry = registry_with("team/old", "1", &img).await;
+    let env = Env::new();
+    let name = format!("{}/team/old:1", registry.host());
+    ok(env.run(&["pull", "-q", &name]));
+    let root = env.root();
+    let unpacked = uncompressed_bytes(&root, &img.layers[0].blob.digest, true).to_string();
+
+    // What an older haul wrote: the same index.json without haul's sizes.
+    let index_path = Path::new(&root).join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        m["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("dev.haul.layer-sizes");
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    assert_eq!(
+        field(&env, &["inspect", "-f", "{{.Size}}", &name]),
+        unpacked
+    );
+
+    std::fs::remove_dir_all(Path::new(&root).join("layers")).unwrap();
+    assert_eq!(
+        field(&env, &["inspect", "-f", "{{.SizeEstimated}}", &name]),
+        "true"
+    );
+
+    ok(env.run(&["pull", "-q", &name]));
+    std::fs::remove_dir_all(Path::new(&root).join("layers")).unwrap();
+    assert_eq!(
+        field(&env, &["inspect", "-f", "{{.Size}}", &name]),
+        unpacked
+    );
+    assert_eq!(
+        field(&env, &["inspect", "-f", "{{.SizeEstimated}}", &name]),
+        "false"
+    );
+}

@@ -136,7 +136,7 @@ pub(crate) fn encode_recorded(sizes: &[Option<u64>]) -> Option<String> {
 
 /// The sizes a ref records for its `layers` layers; `None` without the annotation or when it does
 /// not fit (another count, something not a number).
-fn parse_recorded(entry: &RefEntry, layers: usize) -> Option<Vec<Option<u64>>> {
+pub(crate) fn parse_recorded(entry: &RefEntry, layers: usize) -> Option<Vec<Option<u64>>> {
     let value = entry.manifest.annotations.get(LAYER_SIZES_ANNOTATION)?;
     let slots: Vec<Option<u64>> = value
         .split(',')

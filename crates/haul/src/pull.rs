@@ -777,9 +777,14 @@ impl Puller {
         };
         descriptor.platform = Some(platform);
         let store = self.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || sizes::record(&store, &size_keys))
-            .await
-            .map_err(PullError::Task)?;
+        let previous = existing
+            .clone()
+            .filter(|e| e.manifest.digest == descriptor.digest);
+        let recorded = tokio::task::spawn_blocking(move || {
+            sizes::record(&store, &size_keys, previous.as_ref())
+        })
+        .await
+        .map_err(PullError::Task)?;
         if let Some(value) = &recorded {
             descriptor
                 .annotations

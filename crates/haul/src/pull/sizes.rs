@@ -10,15 +10,26 @@
 
 use crate::digest::Digest;
 use crate::images;
-use crate::store::Store;
+use crate::store::{RefEntry, Store};
 
 /// The annotation value for layers given as (media type, size, diff_id, chain ID); `None` when no
-/// size is known. Reads the layer cache: blocks.
-pub(super) fn record(store: &Store, layers: &[(String, u64, Digest, Digest)]) -> Option<String> {
+/// size is known. What `previous` (the ref being replaced, when it names the same manifest)
+/// recorded is kept where nothing is known now: a `--no-unpack` pull after a prune of the layer
+/// cache forgets nothing. Reads the layer cache: blocks.
+pub(super) fn record(
+    store: &Store,
+    layers: &[(String, u64, Digest, Digest)],
+    previous: Option<&RefEntry>,
+) -> Option<String> {
+    let kept = previous
+        .and_then(|p| images::parse_recorded(p, layers.len()))
+        .unwrap_or_default();
     let sizes: Vec<Option<u64>> = layers
         .iter()
-        .map(|(media_type, size, diff_id, chain_id)| {
+        .enumerate()
+        .map(|(i, (media_type, size, diff_id, chain_id))| {
             images::known_uncompressed(store, media_type, *size, diff_id, chain_id)
+                .or_else(|| kept.get(i).copied().flatten())
         })
         .collect();
     images::encode_recorded(&sizes)
