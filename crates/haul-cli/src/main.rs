@@ -91,21 +91,32 @@ async fn interrupted() -> i32 {
     }
 }
 
+/// The log: haul's debug events with `-D` (and other crates' warnings), what `RUST_LOG` asks for
+/// when set, else nothing. Like docker's client, haul without `-D` speaks only through its own
+/// lines: what a user must know (a warning, the error) is printed by the command as `WARNING:`
+/// or `Error:`, never as a raw log line.
 fn init_tracing(debug: bool) {
     let filter = if debug {
-        tracing_subscriber::EnvFilter::new("haul=debug,haul_cli=debug")
+        tracing_subscriber::EnvFilter::new("warn,haul=debug,haul_cli=debug")
     } else {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        match tracing_subscriber::EnvFilter::try_from_default_env() {
+            Ok(filter) => filter,
+            Err(_) => return,
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         // Colour codes only for a terminal: a log file gets none, so any ESC in it is an attack.
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour_log())
         .fmt_fields(terminal::log_fields())
         .init();
+}
+
+/// Colours for a terminal only, and not even there when `NO_COLOR` is set (no-color.org).
+fn colour_log() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Prints the whole error chain, then a hint where the user can act. Registries' messages are in

@@ -428,6 +428,21 @@ pub fn human_size(bytes: u64) -> String {
     format!("{}{}", significant(value, 3), UNITS[unit])
 }
 
+/// A SIZE cell: [`human_size`], marked `*` when it counts a layer compressed because its
+/// uncompressed size is unknown ([`ESTIMATE_NOTE`] says so under the table).
+pub fn shown_size(bytes: u64, estimated: bool) -> String {
+    let mut shown = human_size(bytes);
+    if estimated {
+        shown.push('*');
+    }
+    shown
+}
+
+/// What a `*` on a size means, printed on stderr under a table that has one.
+pub const ESTIMATE_NOTE: &str = "* estimated: a layer never unpacked here (pulled with --no-unpack, by an older haul or by \
+     another tool) counts with its compressed size; `haul unpack` or `haul pull` without \
+     --no-unpack measures it";
+
 /// Formats like Go's `%.Ng`: N significant digits, trailing zeros dropped.
 fn significant(value: f64, digits: i32) -> String {
     if value == 0.0 {

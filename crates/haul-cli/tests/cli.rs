@@ -145,7 +145,8 @@ async fn images_lists_docker_columns_and_json() {
         .args(["--root", &env.root(), "images", "--format", "json"]));
     let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     let size: u64 = img.config.size + img.layers.iter().map(|l| l.blob.size).sum::<u64>();
-    assert_eq!(rows[0]["size"], size);
+    // `size` is the unpacked size (tests/sizes_cli.rs); the content in the store is this.
+    assert_eq!(rows[0]["compressed_size"], size);
     assert_eq!(rows[0]["image_id"], img.config.digest);
     assert_eq!(rows[0]["created"], "2024-03-01T10:00:00Z");
 

@@ -96,9 +96,11 @@ async fn inspect_history_tag_and_rmi_like_docker() {
     assert!(out.stdout.contains(&img.config.digest));
     let out = ok(env.run(&["history", "--format", "json", &name]));
     let rows: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(rows[0]["size"], img.layers[1].blob.size);
+    // `size` is the unpacked size (tests/sizes_cli.rs); the compressed one is kept beside it.
+    assert_eq!(rows[0]["compressed_size"], img.layers[1].blob.size);
+    assert_eq!(rows[1]["compressed_size"], 0);
     assert_eq!(rows[1]["size"], 0);
-    assert_eq!(rows[2]["size"], img.layers[0].blob.size);
+    assert_eq!(rows[2]["compressed_size"], img.layers[0].blob.size);
     assert_eq!(rows[2]["created"], "2024-03-01T09:00:00Z");
 
     // tag, then both names are listed; rmi of one leaves the other and every blob.

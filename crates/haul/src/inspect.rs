@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::digest::Digest;
+use crate::images::{ImageSize, LayerSize, image_size, layer_sizes};
 use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
@@ -79,6 +80,8 @@ pub struct StoredImage {
     pub config: ImageConfig,
     /// The config document as stored, for the fields haul does not model.
     pub config_json: Value,
+    /// The sizes of the manifest's layers, in its order ([`layer_sizes`]).
+    pub layer_sizes: Vec<LayerSize>,
 }
 
 /// Finds `image` (a name or an image ID) in the store, as the module documentation describes.
@@ -168,6 +171,7 @@ pub fn find(store: &Store, image: &str) -> Result<StoredImage, InspectError> {
     let config = ImageConfig::parse(&config_bytes).map_err(bad_config)?;
     let config_json = serde_json::from_slice(&config_bytes)
         .map_err(|e| bad_config(ManifestError::InvalidConfig(e)))?;
+    let layer_sizes = layer_sizes(store, &names, &manifest, &config);
     Ok(StoredImage {
         id,
         matched,
@@ -176,6 +180,7 @@ pub fn find(store: &Store, image: &str) -> Result<StoredImage, InspectError> {
         manifest,
         config,
         config_json,
+        layer_sizes,
     })
 }
 
@@ -237,10 +242,10 @@ fn id_prefix(s: &str) -> Option<String> {
 }
 
 impl StoredImage {
-    /// Config plus compressed layers: what the image holds in the store, as `haul images` shows.
+    /// The image's sizes: unpacked (docker's SIZE, as `haul images` shows it) and compressed.
     #[must_use]
-    pub fn size(&self) -> u64 {
-        self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+    pub fn size(&self) -> ImageSize {
+        image_size(self.manifest.config.size, &self.layer_sizes)
     }
 
     /// docker's familiar `name:tag` for every tagged ref of the image.
@@ -298,8 +303,13 @@ pub struct ImageInspect {
     pub variant: Option<String>,
     /// The config's operating system.
     pub os: String,
-    /// [`StoredImage::size`], in bytes.
+    /// docker's `Size`: the layers unpacked ([`ImageSize::unpacked`]), in bytes.
     pub size: u64,
+    /// The config plus the compressed layers ([`ImageSize::compressed`]), in bytes; haul's own.
+    pub compressed_size: u64,
+    /// Whether `size` counts some layer compressed, its uncompressed size being unknown; haul's
+    /// own.
+    pub size_estimated: bool,
     /// The config's `rootfs`.
     #[serde(rename = "RootFS")]
     pub root_fs: RootFsView,
@@ -322,6 +332,7 @@ pub struct RootFsView {
 #[must_use]
 pub fn inspect(image: &StoredImage) -> ImageInspect {
     let field = |name: &str| image.config_json.get(name).cloned().unwrap_or(Value::Null);
+    let size = image.size();
     ImageInspect {
         id: image.id.clone(),
         repo_tags: image.repo_tags(),
@@ -331,7 +342,9 @@ pub fn inspect(image: &StoredImage) -> ImageInspect {
         architecture: image.config.architecture.clone(),
         variant: image.config.variant.clone(),
         os: image.config.os.clone(),
-        size: image.size(),
+        size: size.unpacked,
+        compressed_size: size.compressed,
+        size_estimated: size.estimated,
         root_fs: RootFsView {
             kind: image.config.rootfs.kind.clone(),
             layers: image.config.rootfs.diff_ids.clone(),
@@ -353,8 +366,13 @@ pub struct HistoryEntry {
     pub created: Option<jiff::Timestamp>,
     /// The command the step ran (empty when unknown).
     pub created_by: String,
-    /// The compressed size of the layer this step made; 0 for steps that made none.
+    /// The uncompressed size of the layer this step made, as `docker history` shows it (its
+    /// compressed size when that is unknown: see `size_estimated`); 0 for steps that made none.
     pub size: u64,
+    /// The compressed size of the layer this step made; 0 for steps that made none.
+    pub compressed_size: u64,
+    /// Whether `size` is the compressed size, the uncompressed one being unknown.
+    pub size_estimated: bool,
     /// The step's comment (empty when none).
     pub comment: String,
     /// Whether the step made no layer (docker's `empty_layer`).
@@ -398,16 +416,21 @@ pub fn history(image: &StoredImage) -> Vec<HistoryEntry> {
     } else {
         raw
     };
-    let mut layers = image.manifest.layers.iter();
+    let mut layers = image.manifest.layers.iter().zip(&image.layer_sizes);
     let mut rows: Vec<HistoryEntry> = raw
         .into_iter()
         .map(|h| {
-            let layer = if h.empty_layer { None } else { layers.next() };
+            let (layer, size) = match h.empty_layer {
+                true => (None, None),
+                false => layers.next().unzip(),
+            };
             HistoryEntry {
                 id: None,
                 created: h.created.as_deref().and_then(|c| c.parse().ok()),
                 created_by: h.created_by.unwrap_or_default(),
-                size: layer.map_or(0, |l| l.size),
+                size: size.map_or(0, LayerSize::unpacked_or_compressed),
+                compressed_size: size.map_or(0, |s| s.compressed),
+                size_estimated: size.is_some_and(|s| s.uncompressed.is_none()),
                 comment: h.comment.unwrap_or_default(),
                 empty_layer: h.empty_layer,
                 layer: layer.map(|l| l.digest.clone()),

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
+use crate::images::LAYER_SIZES_ANNOTATION;
 use crate::manifest::{self, Descriptor, ImageConfig, ManifestError};
 use crate::platform::Platform;
 use crate::progress::{Event, InOrder, LayerStatus, Reporter};
@@ -43,6 +44,7 @@ mod ingest;
 mod layer;
 mod manifests;
 mod reporting;
+mod sizes;
 mod tee;
 
 pub use all_tags::{AllTags, SkippedTag};
@@ -632,6 +634,7 @@ impl Puller {
         reporter: Arc<dyn Reporter>,
         free_at_start: &AtomicU64,
     ) -> Result<PullOutcome, PullError> {
+        let started = std::time::Instant::now();
         let store = self.store.clone();
         let _writer = tokio::task::spawn_blocking(move || store.writer_lock())
             .await
@@ -656,6 +659,7 @@ impl Puller {
             None => self.resolve(reference, &repo).await?,
         };
         let resolved = top.digest.clone();
+        tracing::debug!(reference = %reference, %resolved, "resolved");
         let (manifest_doc, platform, index_doc) = self.select_image(reference, &repo, top).await?;
         let manifest = parse_image(reference, &manifest_doc)?;
 
@@ -717,6 +721,20 @@ impl Puller {
                     && self.store.has_blob(&e.manifest.digest)
             });
 
+        // Recorded before the layers are handed over, read after they are done: the extractions
+        // this pull made measured every uncompressed byte.
+        let size_keys: Vec<(String, u64, Digest, Digest)> = layers
+            .iter()
+            .map(|l| {
+                let d = &l.desc;
+                (
+                    d.media_type.clone(),
+                    d.size,
+                    l.diff_id.clone(),
+                    l.chain_id.clone(),
+                )
+            })
+            .collect();
         if !up_to_date {
             let (count, bytes) = self.fetch_layers(&ctx, layers, free_at_start).await?;
             downloaded = (downloaded.0 + count, downloaded.1 + bytes);
@@ -758,7 +776,26 @@ impl Puller {
             ),
         };
         descriptor.platform = Some(platform);
-        let entry = (!up_to_date).then(|| RefEntry {
+        let store = self.store.clone();
+        let previous = existing
+            .clone()
+            .filter(|e| e.manifest.digest == descriptor.digest);
+        let recorded = tokio::task::spawn_blocking(move || {
+            sizes::record(&store, &size_keys, previous.as_ref())
+        })
+        .await
+        .map_err(PullError::Task)?;
+        if let Some(value) = &recorded {
+            descriptor
+                .annotations
+                .insert(LAYER_SIZES_ANNOTATION.to_owned(), value.clone());
+        }
+        // An image an older haul pulled gets its sizes recorded by the next pull of it.
+        let sizes_missing = existing.as_ref().is_some_and(|e| {
+            recorded.is_some()
+                && e.manifest.annotations.get(LAYER_SIZES_ANNOTATION) != recorded.as_ref()
+        });
+        let entry = (!up_to_date || sizes_missing).then(|| RefEntry {
             name,
             manifest: descriptor,
             resolved: resolved.clone(),
@@ -784,6 +821,15 @@ impl Puller {
         .await
         .map_err(PullError::Task)??;
 
+        tracing::debug!(
+            reference = %reference,
+            %resolved,
+            blobs = blobs_downloaded,
+            bytes = bytes_downloaded,
+            up_to_date,
+            elapsed = ?started.elapsed(),
+            "pull finished"
+        );
         reporter.report(Event::Resolved {
             digest: resolved.clone(),
         });

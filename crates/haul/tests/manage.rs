@@ -90,7 +90,8 @@ async fn inspect_finds_images_by_name_and_by_id_prefix() {
     let diff_ids: Vec<&str> = img.layers.iter().map(|l| l.diff_id.as_str()).collect();
     assert_eq!(v["RootFS"]["Layers"], json!(diff_ids));
     let size = img.config.size + img.layers.iter().map(|l| l.blob.size).sum::<u64>();
-    assert_eq!(v["Size"], size);
+    // `Size` is the unpacked size (haul-cli's tests/sizes_cli.rs checks it against gzip).
+    assert_eq!(v["CompressedSize"], size);
     assert_eq!(v["History"].as_array().map(Vec::len), Some(2));
 
     for missing in [
@@ -182,7 +183,7 @@ async fn history_rows_follow_the_config_and_the_layers() {
             (
                 r.id.as_ref().map(|d| d.to_string()),
                 r.created_by.as_str(),
-                r.size,
+                r.compressed_size,
                 r.comment.as_str(),
             )
         })

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, HistoryArgs};
 use crate::context;
-use crate::render::{Table, human_size, time_ago};
+use crate::render::{ESTIMATE_NOTE, Table, human_size, shown_size, time_ago};
 use crate::template::{Formats, HISTORY_HEADERS, HISTORY_ROW, OutputFormat};
 use crate::terminal;
 
@@ -59,7 +59,8 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> 
             "CreatedSince": row.created.map_or_else(|| "N/A".to_owned(), |c| time_ago(c, now)),
             "CreatedAt": row.created.map_or_else(String::new, |c| c.to_string()),
             "CreatedBy": if args.no_trunc { created_by } else { ellipsis(&created_by, CREATED_BY_WIDTH) },
-            "Size": human_size(row.size),
+            "Size": shown_size(row.size, row.size_estimated),
+            "CompressedSize": human_size(row.compressed_size),
             "Comment": row.comment,
         })
     });
@@ -89,11 +90,14 @@ fn table(
             } else {
                 ellipsis(&created_by, CREATED_BY_WIDTH)
             },
-            human_size(row.size),
+            shown_size(row.size, row.size_estimated),
             row.comment.clone(),
         ]);
     }
     table.write(out)?;
+    if rows.iter().any(|r| r.size_estimated) {
+        eprintln!("{ESTIMATE_NOTE}");
+    }
     Ok(())
 }
 

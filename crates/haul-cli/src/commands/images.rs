@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, ImagesArgs, UsageError};
 use crate::context;
-use crate::render::{Table, human_size, time_ago};
+use crate::render::{ESTIMATE_NOTE, Table, human_size, shown_size, time_ago};
 use crate::template::{Formats, IMAGE_HEADERS, IMAGE_ROW, OutputFormat};
 use crate::terminal;
 
@@ -97,10 +97,13 @@ fn table(
                 .map(|c| time_ago(c, now))
                 .unwrap_or_else(|| "N/A".to_owned()),
         );
-        row.push(human_size(r.size));
+        row.push(shown_size(r.size, r.size_estimated));
         table.push(row);
     }
     table.write(out)?;
+    if rows.iter().any(|r| r.size_estimated) {
+        eprintln!("{ESTIMATE_NOTE}");
+    }
     Ok(())
 }
 
@@ -116,8 +119,9 @@ fn row_data(r: &ImageSummary, args: &ImagesArgs, now: jiff::Timestamp) -> serde_
         "CreatedAt": r.created.map_or_else(String::new, |c| {
             c.strftime("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
         }),
-        "Size": human_size(r.size),
-        "VirtualSize": human_size(r.size),
+        "Size": shown_size(r.size, r.size_estimated),
+        "VirtualSize": shown_size(r.size, r.size_estimated),
+        "CompressedSize": human_size(r.compressed_size),
         "Containers": "N/A",
         "SharedSize": "N/A",
         "UniqueSize": "N/A",

@@ -353,6 +353,9 @@ pub static IMAGE_ROW: Shape = Struct(&[
     ("SharedSize", Str),
     ("UniqueSize", Str),
     ("VirtualSize", Str),
+    // haul's own: the config plus the compressed layers (docker's containerd store's CONTENT
+    // SIZE), beside `Size`, the layers unpacked.
+    ("CompressedSize", Str),
 ]);
 
 /// docker's column headers for [`IMAGE_ROW`]'s fields, for `table TEMPLATE`.
@@ -368,6 +371,7 @@ pub static IMAGE_HEADERS: &[(&str, &str)] = &[
     ("SharedSize", "SHARED SIZE"),
     ("UniqueSize", "UNIQUE SIZE"),
     ("VirtualSize", "VIRTUAL SIZE"),
+    ("CompressedSize", "COMPRESSED SIZE"),
 ];
 
 /// One row of `haul history`, as docker names its fields.
@@ -377,6 +381,7 @@ pub static HISTORY_ROW: Shape = Struct(&[
     ("CreatedAt", Str),
     ("CreatedBy", Str),
     ("Size", Str),
+    ("CompressedSize", Str),
     ("Comment", Str),
 ]);
 
@@ -386,6 +391,7 @@ pub static HISTORY_HEADERS: &[(&str, &str)] = &[
     ("CreatedAt", "CREATED AT"),
     ("CreatedBy", "CREATED BY"),
     ("Size", "SIZE"),
+    ("CompressedSize", "COMPRESSED SIZE"),
     ("Comment", "COMMENT"),
 ];
 
@@ -429,6 +435,8 @@ pub static IMAGE_INSPECT: Shape = Struct(&[
     ("Variant", Str),
     ("Os", Str),
     ("Size", Int),
+    ("CompressedSize", Int),
+    ("SizeEstimated", Bool),
     ("RootFS", Struct(&[("Type", Str), ("Layers", List(&Str))])),
     // The config's own history, verbatim (its keys are lower case: created_by).
     ("History", List(&Map)),

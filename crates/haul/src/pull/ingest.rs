@@ -291,6 +291,8 @@ impl BlobContext {
             // stored blob instead, once committed.
             tee::abort(tee).await;
         }
+        let started = std::time::Instant::now();
+        let resumed = ingest.resumed();
         let mut sink = Reporting::new(
             Teed {
                 inner: ingest,
@@ -319,6 +321,13 @@ impl BlobContext {
         if let Some(t) = tee.as_mut() {
             t.complete = true;
         }
+        tracing::debug!(
+            digest = %desc.digest,
+            bytes = desc.size,
+            resumed_from = resumed,
+            elapsed = ?started.elapsed(),
+            "blob downloaded and verified"
+        );
         self.layer_event(is_layer, &desc.digest, LayerStatus::DownloadComplete);
         Ok(Some(desc.size))
     }

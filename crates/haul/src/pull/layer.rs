@@ -131,6 +131,7 @@ impl BlobContext {
                 .map_err(|_| PullError::Stopped)?;
             let ctx = self.clone();
             let job = layer.clone();
+            let started = std::time::Instant::now();
             tokio::task::spawn_blocking(move || {
                 ctx.store.layers().extract(
                     &job.as_cache_job(),
@@ -141,7 +142,10 @@ impl BlobContext {
             })
             .await
             .map_err(PullError::Task)?
-            .map_err(extract_error)?;
+            .map_err(extract_error)
+            .inspect(|cached| {
+                tracing::debug!(%digest, uncompressed = cached.meta.uncompressed_bytes, elapsed = ?started.elapsed(), "layer extracted from the stored blob");
+            })?;
         }
         self.layer_event(true, &digest, LayerStatus::PullComplete);
         Ok(downloaded)
@@ -159,6 +163,7 @@ impl BlobContext {
     ) -> Result<(Option<u64>, bool), PullError> {
         let digest = &layer.desc.digest;
         let extract_error = extract_error(digest);
+        let started = std::time::Instant::now();
         let (copy, source) = tee::tee();
         let mut tee = Some(copy);
         let ctx = self.clone();
@@ -198,6 +203,7 @@ impl BlobContext {
         if !complete {
             return Ok((downloaded, false));
         }
+        tracing::debug!(%digest, elapsed = ?started.elapsed(), "layer downloaded and extracted as it arrived");
         match result.map_err(extract_error)? {
             Extracted::Cached(_) => {}
             Extracted::Pending(pending) => {

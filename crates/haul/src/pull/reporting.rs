@@ -87,6 +87,7 @@ impl<S: BlobSink> BlobSink for Reporting<S> {
     }
 
     fn retrying(&mut self, notice: &RetryNotice) {
+        tracing::debug!(digest = %self.digest, attempt = notice.attempt, wait = ?notice.delay, position = self.inner.position(), reason = %notice.reason, "blob download failed; retrying");
         self.report(LayerStatus::Retrying {
             attempt: notice.attempt,
             delay_secs: notice.delay.as_secs_f64().ceil() as u64,

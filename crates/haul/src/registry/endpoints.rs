@@ -131,6 +131,11 @@ impl Repository {
             if !self.mirror_reachable(i) {
                 continue;
             }
+            tracing::debug!(
+                mirror = mirror.label(),
+                "{what}: trying the mirror for {}",
+                self.name
+            );
             match op(mirror, 1).await {
                 Ok(v) => return Ok(v),
                 Err(e) => self.mirror_failed(i, what, &e),

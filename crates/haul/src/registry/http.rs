@@ -172,7 +172,10 @@ pub(crate) async fn send_within(
         after: within,
     };
     match tokio::time::timeout(within, req.send()).await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            tracing::debug!(endpoint = %resp.url().origin().ascii_serialization(), path = resp.url().path(), status = resp.status().as_u16(), "response");
+            Ok(resp)
+        }
         Ok(Err(e)) if e.is_timeout() && !e.is_connect() && !e.is_body() => Err(no_headers()),
         Ok(Err(e)) => Err(from_send_error(host, &e, proxies)),
         Err(_) => Err(no_headers()),

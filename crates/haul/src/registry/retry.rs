@@ -58,6 +58,7 @@ impl RetryWaits {
             });
         }
         self.waited = total;
+        tracing::debug!(%host, error = %err, wait = ?delay, "waiting before the next attempt");
         Ok(delay)
     }
 
