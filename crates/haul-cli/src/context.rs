@@ -54,6 +54,18 @@ pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
              private (mode 0700)"
                 .to_owned(),
         ),
+        StoreError::NotAStore { .. } => Some(
+            "a store is an OCI image layout (oci-layout, index.json, blobs/); pass --root a new \
+             or empty directory, or one holding a store, and haul makes it one; it does not add \
+             its files to a directory of others"
+                .to_owned(),
+        ),
+        StoreError::ReadOnly { .. } => Some(
+            "a read-only store serves `images`, `inspect`, `save` and `unpack` of stored \
+             images; to pull, tag, remove or prune, use a writable store (remount it \
+             read-write, or pass --root DIR)"
+                .to_owned(),
+        ),
         _ => None,
     }
 }
