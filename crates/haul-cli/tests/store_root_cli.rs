@@ -70,7 +70,11 @@ fn a_directory_of_other_files_is_not_turned_into_a_store() {
         .haul_bare()
         .args(["--root", &project.display().to_string(), "images"]));
 
-    assert_eq!(out.code, 1, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
     let first = out.stderr.lines().next().unwrap_or_default();
     assert!(
         first.starts_with("Error: ")
@@ -101,17 +105,21 @@ fn an_empty_or_missing_directory_becomes_a_store() {
     let fresh = env.dir.path().join("fresh");
     std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
     for root in [&empty, &missing, &fresh] {
-        ok(run(env
-            .haul_bare()
-            .args(["--root", &root.display().to_string(), "images"])));
+        ok(run(env.haul_bare().args([
+            "--root",
+            &root.display().to_string(),
+            "images",
+        ])));
         let layout = std::fs::read_to_string(root.join("oci-layout")).unwrap();
         assert!(layout.contains("imageLayoutVersion"), "{}", root.display());
         assert!(root.join("index.json").is_file(), "{}", root.display());
         assert!(root.join("blobs/sha256").is_dir(), "{}", root.display());
         // And it opens again as the store it now is.
-        ok(run(env
-            .haul_bare()
-            .args(["--root", &root.display().to_string(), "images"])));
+        ok(run(env.haul_bare().args([
+            "--root",
+            &root.display().to_string(),
+            "images",
+        ])));
     }
 }
 
@@ -194,7 +202,11 @@ fn haul_read_only(env: &Env, store: &Path, args: &[&str]) -> Output {
         .arg(&view)
         .args(args);
     let out = run(&mut assert_cmd::Command::from_std(cmd));
-    assert_ne!(out.code, 99, "the read-only bind mount failed: {}", out.stderr);
+    assert_ne!(
+        out.code, 99,
+        "the read-only bind mount failed: {}",
+        out.stderr
+    );
     out
 }
 
@@ -217,6 +229,7 @@ async fn a_read_only_store_serves_images_inspect_save_and_unpack() {
     let inspect = ok(haul_read_only(&env, &store, &["inspect", &name]));
     let json: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
     assert_eq!(json[0]["Architecture"], "amd64", "{}", inspect.stdout);
+    ok(haul_read_only(&env, &store, &["history", &name]));
     let archive = env.dir.path().join("app.tar");
     ok(haul_read_only(
         &env,

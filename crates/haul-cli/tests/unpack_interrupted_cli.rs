@@ -43,7 +43,11 @@ fn leftovers(dirs: &[&Path]) -> Vec<PathBuf> {
         };
         for entry in entries {
             let entry = entry.unwrap();
-            if entry.file_name().to_string_lossy().contains(".haul-unpack-") {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .contains(".haul-unpack-")
+            {
                 found.push(entry.path());
             }
         }
@@ -60,7 +64,8 @@ fn kill_an_unpack_midway(env: &Env, img: &Image, name: &str, target: &Path) {
         .map(|l| l.diff_id.parse().unwrap())
         .collect();
     let chain = haul::unpack::cache::chain_ids(&diff_ids);
-    let lock_path = Path::new(&env.root()).join(format!("locks/layer-sha256-{}.lock", chain[1].hex()));
+    let lock_path =
+        Path::new(&env.root()).join(format!("locks/layer-sha256-{}.lock", chain[1].hex()));
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -122,13 +127,19 @@ async fn the_next_unpack_removes_what_a_killed_unpack_left_beside_its_target() {
     kill_an_unpack_midway(&env, &img, &name, &target);
 
     let left = leftovers(&[&parent, &target]);
-    assert!(!left.is_empty(), "the killed unpack left nothing to clean up");
+    assert!(
+        !left.is_empty(),
+        "the killed unpack left nothing to clean up"
+    );
     assert!(!target.exists(), "a half-built tree was published");
 
     let other = env.dir.path().join("other");
     ok(env.run(&["unpack", &name, &other.display().to_string()]));
     assert_eq!(leftovers(&[&parent, &target]), Vec::<PathBuf>::new());
-    assert_eq!(std::fs::read(other.join("app/hello.txt")).unwrap(), b"top layer");
+    assert_eq!(
+        std::fs::read(other.join("app/hello.txt")).unwrap(),
+        b"top layer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,7 +156,10 @@ async fn prune_reports_and_removes_what_a_killed_unpack_left_in_its_target() {
     kill_an_unpack_midway(&env, &img, &name, &target);
 
     let left = leftovers(&[&parent, &target]);
-    assert!(!left.is_empty(), "the killed unpack left nothing to clean up");
+    assert!(
+        !left.is_empty(),
+        "the killed unpack left nothing to clean up"
+    );
 
     let dry = ok(env.run(&["image", "prune", "--dry-run"]));
     for path in &left {
@@ -158,7 +172,11 @@ async fn prune_reports_and_removes_what_a_killed_unpack_left_in_its_target() {
             dry.stdout
         );
     }
-    assert_eq!(leftovers(&[&parent, &target]), left, "a dry run removed something");
+    assert_eq!(
+        leftovers(&[&parent, &target]),
+        left,
+        "a dry run removed something"
+    );
 
     let pruned = ok(env.run(&["image", "prune", "-f"]));
     for path in &left {
@@ -178,5 +196,8 @@ async fn prune_reports_and_removes_what_a_killed_unpack_left_in_its_target() {
         "the target is empty again"
     );
     ok(env.run(&["unpack", &name, &target.display().to_string()]));
-    assert_eq!(std::fs::read(target.join("etc/base.txt")).unwrap(), b"base layer");
+    assert_eq!(
+        std::fs::read(target.join("etc/base.txt")).unwrap(),
+        b"base layer"
+    );
 }

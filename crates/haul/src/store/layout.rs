@@ -138,7 +138,10 @@ fn check_is_store(dir: &StoreDir) -> Result<(), StoreError> {
 /// Makes sure every directory a store has is there and private (only checks, in a store that
 /// cannot be written: a layout another tool wrote may lack haul's own `ingest/` and `locks/`);
 /// what was made private is added to `tightened`.
-pub(super) fn ensure_dirs(dir: &StoreDir, tightened: &mut Vec<Tightened>) -> Result<(), StoreError> {
+pub(super) fn ensure_dirs(
+    dir: &StoreDir,
+    tightened: &mut Vec<Tightened>,
+) -> Result<(), StoreError> {
     for rel in STORE_DIRS {
         ensure_dir(dir, Path::new(rel), tightened)?;
     }
@@ -159,7 +162,11 @@ pub(super) fn ensure_dirs(dir: &StoreDir, tightened: &mut Vec<Tightened>) -> Res
     Ok(())
 }
 
-fn ensure_dir(dir: &StoreDir, rel: &Path, tightened: &mut Vec<Tightened>) -> Result<(), StoreError> {
+fn ensure_dir(
+    dir: &StoreDir,
+    rel: &Path,
+    tightened: &mut Vec<Tightened>,
+) -> Result<(), StoreError> {
     if dir.read_only() {
         dir.check_existing_dir(rel, tightened)
     } else {

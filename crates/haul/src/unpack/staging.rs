@@ -67,7 +67,11 @@ pub(crate) struct Staging {
 impl Staging {
     /// Checks `target` (refused when it is a non-empty directory and `force` is not set) and
     /// makes a recorded staging directory for it.
-    pub(crate) fn prepare(store: &Store, target: &Path, force: bool) -> Result<Staging, UnpackError> {
+    pub(crate) fn prepare(
+        store: &Store,
+        target: &Path,
+        force: bool,
+    ) -> Result<Staging, UnpackError> {
         let target = std::path::absolute(target).map_err(io_err(target))?;
         let placement = match std::fs::symlink_metadata(&target) {
             Ok(meta) if meta.is_dir() => {
@@ -242,9 +246,11 @@ pub(crate) fn sweep(store: &Store, dry_run: bool) -> Result<Vec<Stale>, StoreErr
             .map_err(|e| StoreError::io(&store.root().join(&rel), e))?;
         let path = PathBuf::from(OsStr::from_bytes(&bytes));
         let ours = path.is_absolute()
-            && path
-                .file_name()
-                .is_some_and(|n| n.as_bytes().windows(MARKER.len()).any(|w| w == MARKER.as_bytes()));
+            && path.file_name().is_some_and(|n| {
+                n.as_bytes()
+                    .windows(MARKER.len())
+                    .any(|w| w == MARKER.as_bytes())
+            });
         let candidates: Vec<PathBuf> = [path.clone(), old_sibling(&path)]
             .into_iter()
             .filter(|p| ours && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
