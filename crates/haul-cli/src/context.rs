@@ -39,9 +39,63 @@ pub fn open_store(global: &GlobalArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The store's error `cause` is or wraps: the library's module errors forward a store error
+/// whole (`#[error(transparent)]`), so it is not a link of the chain of its own.
+fn store_error<'e>(cause: &'e (dyn std::error::Error + 'static)) -> Option<&'e StoreError> {
+    use haul::unpack::UnpackError;
+    let unpack = |e: &'e UnpackError| match e {
+        UnpackError::Store(e) => Some(e),
+        _ => None,
+    };
+    let pull = |e: &'e haul::pull::PullError| match e {
+        haul::pull::PullError::Store(e) => Some(e),
+        haul::pull::PullError::Extract { source, .. } => unpack(source),
+        _ => None,
+    };
+    let bundle = |e: &'e haul::bundle::BundleError| match e {
+        haul::bundle::BundleError::Unpack(e) => unpack(e),
+        _ => None,
+    };
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return Some(e);
+    }
+    if let Some(e) = cause.downcast_ref::<haul::Error>() {
+        return match e {
+            haul::Error::Store(e) => Some(e),
+            haul::Error::Pull(e) => pull(e),
+            haul::Error::Unpack(e) => unpack(e),
+            haul::Error::Bundle(e) => bundle(e),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<haul::pull::PullError>() {
+        return pull(e);
+    }
+    if let Some(e) = cause.downcast_ref::<UnpackError>() {
+        return unpack(e);
+    }
+    if let Some(e) = cause.downcast_ref::<haul::bundle::BundleError>() {
+        return bundle(e);
+    }
+    match cause.downcast_ref::<haul::gc::GcError>() {
+        Some(haul::gc::GcError::Store(e)) => return Some(e),
+        Some(_) => return None,
+        None => {}
+    }
+    match cause.downcast_ref::<haul::tag::TagError>() {
+        Some(haul::tag::TagError::Store(e)) => return Some(e),
+        Some(_) => return None,
+        None => {}
+    }
+    match cause.downcast_ref::<haul::archive::ArchiveError>() {
+        Some(haul::archive::ArchiveError::Store(e)) => Some(e),
+        _ => None,
+    }
+}
+
 /// What the user can do about a store that cannot be used.
 pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    match cause.downcast_ref::<StoreError>()? {
+    match store_error(cause)? {
         StoreError::NoDefaultRoot => Some(
             "name a store with --root DIR or HAUL_ROOT=DIR (a directory of your own), or set \
              HOME or XDG_DATA_HOME"
@@ -52,6 +106,18 @@ pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         | StoreError::ReplaceableParent { .. } => Some(
             "pass --root DIR (or set HAUL_ROOT) to use a store of your own; haul makes it \
              private (mode 0700)"
+                .to_owned(),
+        ),
+        StoreError::NotAStore { .. } => Some(
+            "a store is an OCI image layout (oci-layout, index.json, blobs/); pass --root a new \
+             or empty directory, or one holding a store, and haul makes it one; it does not add \
+             its files to a directory of others"
+                .to_owned(),
+        ),
+        StoreError::ReadOnly { .. } => Some(
+            "a read-only store serves `images`, `inspect`, `save` and `unpack` of stored \
+             images; to pull, tag, remove or prune, use a writable store (remount it \
+             read-write, or pass --root DIR)"
                 .to_owned(),
         ),
         _ => None,

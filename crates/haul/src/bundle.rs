@@ -105,7 +105,9 @@ struct ProcessUser {
 
 /// Unpacks `entry` (a ref of `store`) into `bundle/rootfs` with [`unpack`] and writes
 /// `bundle/config.json`, an OCI runtime spec that runc or crun can start (see
-/// [`runtime_spec`]). Returns what the unpack did, with the bundle's warnings added (an account
+/// [`runtime_spec`]), last and whole (written beside, then renamed). `bundle` and
+/// `bundle/rootfs` may be mount points: the root filesystem is built on the filesystem it ends
+/// up on (see [`unpack`]). Returns what the unpack did, with the bundle's warnings added (an account
 /// file that is no regular file, for instance). Blocks the calling thread.
 ///
 /// # Errors
@@ -162,7 +164,17 @@ pub fn write_bundle(
     let spec = spec_noting(&config, &rootfs, &mut stats.warnings)?;
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec_pretty(&spec).map_err(BundleError::Config)?;
-    std::fs::write(&path, bytes).map_err(io_err(&path))?;
+    // Written beside and renamed: a runtime never finds half a config.json.
+    let tmp = bundle.join(format!(
+        ".config.json.haul-unpack-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
     Ok(stats)
 }
 

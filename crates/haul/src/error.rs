@@ -255,7 +255,7 @@ fn store_kind(e: &StoreError) -> ErrorKind {
     match e {
         StoreError::Verify { .. } => ErrorKind::Integrity,
         StoreError::Missing(_) => ErrorKind::NotFound,
-        StoreError::NoDefaultRoot => ErrorKind::InvalidInput,
+        StoreError::NoDefaultRoot | StoreError::NotAStore { .. } => ErrorKind::InvalidInput,
         _ => ErrorKind::Local,
     }
 }

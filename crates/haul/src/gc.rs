@@ -6,7 +6,9 @@
 //! included), with the `source` and `resolved` digests haul records beside them. From each root the
 //! manifest, its config, its layers and the layer-cache entries of its chain IDs are marked.
 //! Swept: unmarked files under `blobs/<algo>/`, unmarked entries under `layers/<algo>/`, staging
-//! directories no extraction is building, and partial downloads and temp files older than a day.
+//! directories no extraction is building, partial downloads and temp files older than a day, and
+//! the staging directories killed unpacks left beside or inside their targets (found through
+//! the store's record of them, `staging/`).
 //! Lock files are never removed. A layer-cache entry is renamed into `trash/` before it is deleted,
 //! so the cache never shows a half-deleted entry. A ref whose manifest or config cannot be read
 //! stops the prune before anything is deleted: what it reaches is unknown.
@@ -104,6 +106,9 @@ pub enum Swept {
     Staging,
     /// A partial download or temp file under `ingest/`.
     Partial,
+    /// The staging directory of an unpack that was killed, wherever it was (the store records
+    /// where each unpack builds its tree; see [`crate::unpack::unpack`]).
+    UnpackStaging,
 }
 
 /// One path [`prune`] removed (or, in a dry run, would remove).
@@ -111,7 +116,8 @@ pub enum Swept {
 pub struct Deleted {
     /// What it was.
     pub what: Swept,
-    /// Where it was: the store's root joined with its path in the store.
+    /// Where it was: the store's root joined with its path in the store, or, for
+    /// [`Swept::UnpackStaging`], the directory beside or inside the unpack's target.
     pub path: PathBuf,
     /// Bytes of the file, or of every file in the directory.
     pub bytes: u64,
@@ -176,6 +182,16 @@ fn prune_blocking(store: &Store, options: &PruneOptions) -> Result<PruneReport, 
         .collect();
     let marks = mark(store, &roots)?;
     let mut report = sweep(store, &marks, options)?;
+    // Running unpacks hold the writer lock shared, so none is running now; each one's record is
+    // locked too, which is what the sweep goes by.
+    for stale in crate::unpack::staging::sweep(store, options.dry_run)? {
+        report.reclaimed += stale.bytes;
+        report.deleted.push(Deleted {
+            what: Swept::UnpackStaging,
+            path: stale.path,
+            bytes: stale.bytes,
+        });
+    }
     report.untagged = untagged;
     Ok(report)
 }

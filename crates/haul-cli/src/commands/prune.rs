@@ -56,7 +56,7 @@ pub fn print_report(store: &Store, report: &haul::gc::PruneReport) -> anyhow::Re
     for deleted in &report.deleted {
         match &deleted.what {
             Swept::Blob(digest) | Swept::Layer(digest) => writeln!(out, "{verb}: {digest}")?,
-            Swept::Staging | Swept::Partial => {
+            Swept::Staging | Swept::Partial | Swept::UnpackStaging => {
                 let shown = deleted
                     .path
                     .strip_prefix(store.root())

@@ -111,6 +111,33 @@ pub enum StoreError {
         /// What it is ("symbolic link", "FIFO", …).
         found: &'static str,
     },
+    /// The store cannot be written (a read-only mount, an immutable root, a root its owner
+    /// made 0500) and what was asked needs to write: pulling, tagging, removing, pruning.
+    /// Reading works: listing, inspecting, saving and unpacking stored images.
+    #[error("the store at {store} is read-only: {path}: {source}")]
+    ReadOnly {
+        /// The store's root.
+        store: PathBuf,
+        /// What could not be written.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory named as the store holds other files and is no OCI image layout (it has
+    /// no `oci-layout`): haul does not turn a directory of other files into a store.
+    #[error(
+        "{path} is not a store: it is not empty and has no oci-layout file (it holds {})",
+        listed(found, *count)
+    )]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// The first few of its entries, by name.
+        found: Vec<String>,
+        /// How many entries it has.
+        count: usize,
+    },
     /// No store was named and there is no private place to put one (see
     /// [`default_root`](super::default_root)).
     #[error(
@@ -118,6 +145,15 @@ pub enum StoreError {
          to a shared temporary directory, where another user could have prepared the store"
     )]
     NoDefaultRoot,
+}
+
+/// `a, b and 3 more`.
+fn listed(found: &[String], count: usize) -> String {
+    let mut text = found.join(", ");
+    if count > found.len() {
+        text.push_str(&format!(" and {} more", count - found.len()));
+    }
+    text
 }
 
 impl StoreError {

@@ -12,7 +12,10 @@
 //! - a symlink, FIFO, device, directory or hard-linked file where haul expects its own file is
 //!   reported as [`StoreError::Planted`], naming it, and is never opened for writing, written
 //!   through, nor removed (its owner should see what it is);
-//! - files are opened once and then used as plain `File`s: no cost per read or write.
+//! - files are opened once and then used as plain `File`s: no cost per read or write;
+//! - a store haul cannot write (a read-only mount, an immutable root, a root of mode 0500 for a
+//!   user other than root) is opened without writing anything: nothing is created or made
+//!   private, and what would write fails as [`StoreError::ReadOnly`].
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -23,7 +26,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use super::{StoreError, Tightened};
@@ -44,6 +47,8 @@ pub(crate) struct StoreDir {
     fd: OwnedFd,
     path: PathBuf,
     euid: u32,
+    /// The root could not be written when opened: nothing is created or tightened.
+    read_only: bool,
 }
 
 /// One entry of a store directory, as it is (never followed).
@@ -75,9 +80,9 @@ impl Entry {
 impl StoreDir {
     /// Opens (creating when absent, mode 0700) the store root at `path`, refusing one that
     /// someone else could change: owned by another user, writable by group or others, or inside
-    /// a directory another user could rename it out of. A root of ours that others may read or
-    /// enter is made 0700, and said so in `tightened`.
-    pub fn open(path: &Path, tightened: &mut Vec<Tightened>) -> Result<StoreDir, StoreError> {
+    /// a directory another user could rename it out of. Making a root of ours private is
+    /// [`StoreDir::tighten_root`]'s.
+    pub fn open(path: &Path) -> Result<StoreDir, StoreError> {
         let path = std::path::absolute(path).map_err(|e| StoreError::io(path, e))?;
         let euid = rustix::process::geteuid().as_raw();
         // Before creating anything: a refused store gets nothing written into it or beside it.
@@ -106,14 +111,34 @@ impl StoreDir {
             Mode::empty(),
         )
         .map_err(|e| StoreError::io(&path, e.into()))?;
-        let dir = StoreDir { fd, path, euid };
+        // Asked of the kernel rather than guessed from modes: a read-only mount (EROFS), an
+        // immutable root (EPERM) and a 0500 root for anyone but root (EACCES) all say no.
+        let read_only = rustix::fs::accessat(&fd, ".", Access::WRITE_OK, AtFlags::EACCESS).is_err();
+        let dir = StoreDir {
+            fd,
+            path,
+            euid,
+            read_only,
+        };
         if made {
             // mkdir applied the umask: a new store is exactly 0700, with nothing to report.
             rustix::fs::fchmod(&dir.fd, Mode::from_raw_mode(DIR_MODE))
                 .map_err(|e| dir.io(Path::new(""), e))?;
         }
-        dir.check_dir(Path::new(""), dir.fd.as_fd(), tightened)?;
+        dir.verify_dir(Path::new(""), dir.fd.as_fd())?;
         Ok(dir)
+    }
+
+    /// Whether the root could not be written when it was opened.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Makes the root private when others may read or enter it (see [`StoreDir::open`], which
+    /// leaves that to the caller so that a directory refused as a store is left as it was).
+    pub fn tighten_root(&self, tightened: &mut Vec<Tightened>) -> Result<(), StoreError> {
+        let mode = self.verify_dir(Path::new(""), self.fd.as_fd())?;
+        self.tighten_dir(Path::new(""), self.fd.as_fd(), mode, tightened)
     }
 
     pub fn path(&self) -> &Path {
@@ -130,13 +155,46 @@ impl StoreDir {
     }
 
     /// Checks a directory of the store (`rel`, open as `fd`) the way the root is checked: ours,
-    /// not writable by others; made 0700 when others may read or enter it.
+    /// not writable by others; made owner-only when others may read or enter it.
     fn check_dir(
         &self,
         rel: &Path,
         fd: BorrowedFd<'_>,
         tightened: &mut Vec<Tightened>,
     ) -> Result<(), StoreError> {
+        let mode = self.verify_dir(rel, fd)?;
+        self.tighten_dir(rel, fd, mode, tightened)
+    }
+
+    /// Drops the group and other bits of a directory of ours (`mode`, as it is). The owner's
+    /// bits are kept: a store its owner made 0500 to keep it read-only stays so. Where the
+    /// store cannot be written at all, nothing is changed: nobody else can write in it either.
+    fn tighten_dir(
+        &self,
+        rel: &Path,
+        fd: BorrowedFd<'_>,
+        mode: u32,
+        tightened: &mut Vec<Tightened>,
+    ) -> Result<(), StoreError> {
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        let to = mode & 0o700;
+        match rustix::fs::fchmod(fd, Mode::from_raw_mode(to)) {
+            Ok(()) => tightened.push(Tightened {
+                path: self.full(rel),
+                from: mode,
+                to,
+            }),
+            Err(e) if self.read_only && is_read_only_errno(e) => {}
+            Err(e) => return Err(self.io(rel, e)),
+        }
+        Ok(())
+    }
+
+    /// Refuses a directory of the store someone else could change: owned by another user, or
+    /// writable by group or others. Returns its mode.
+    fn verify_dir(&self, rel: &Path, fd: BorrowedFd<'_>) -> Result<u32, StoreError> {
         let st = rustix::fs::fstat(fd).map_err(|e| self.io(rel, e))?;
         let mode = st.st_mode & 0o7777;
         if st.st_uid != self.euid {
@@ -156,15 +214,7 @@ impl StoreDir {
                 mode,
             });
         }
-        if mode != DIR_MODE {
-            rustix::fs::fchmod(fd, Mode::from_raw_mode(DIR_MODE)).map_err(|e| self.io(rel, e))?;
-            tightened.push(Tightened {
-                path: self.full(rel),
-                from: mode,
-                to: DIR_MODE,
-            });
-        }
-        Ok(())
+        Ok(mode)
     }
 
     /// Creates `rel` and its missing parents below the root, each mode 0700 whatever the umask;
@@ -291,6 +341,17 @@ impl StoreDir {
         Ok(File::from(fd))
     }
 
+    /// The lock file `rel` for a reader: opened for writing (created when absent) where the
+    /// store can be written; in a read-only store, the existing file opened for reading (flock
+    /// needs no write access), or `None` when there is none and none can be made.
+    pub fn open_lock_for_reading(&self, rel: &Path) -> Result<Option<File>, StoreError> {
+        match self.open_writable(rel) {
+            Ok(file) => Ok(Some(file)),
+            Err(_) if self.read_only => self.open_file(rel),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates `rel`, which must not exist, mode 0600.
     pub fn create_new(&self, rel: &Path) -> Result<File, StoreError> {
         // O_EXCL also fails on a symlink, dangling or not.
@@ -376,12 +437,16 @@ impl StoreDir {
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         if is_file && st.st_uid == self.euid && mode & 0o077 != 0 {
             let to = mode & 0o700;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(to)).map_err(|e| self.io(rel, e))?;
-            tightened.push(Tightened {
-                path: self.full(rel),
-                from: mode,
-                to,
-            });
+            match rustix::fs::fchmod(&fd, Mode::from_raw_mode(to)) {
+                Ok(()) => tightened.push(Tightened {
+                    path: self.full(rel),
+                    from: mode,
+                    to,
+                }),
+                // A read-only store stays as it is (see `tighten_dir`).
+                Err(e) if self.read_only && is_read_only_errno(e) => {}
+                Err(e) => return Err(self.io(rel, e)),
+            }
         }
         Ok(())
     }
@@ -404,7 +469,16 @@ impl StoreDir {
         }
     }
 
+    /// The error for `rel` failing with `e`; a write refused because the store cannot be
+    /// written is [`StoreError::ReadOnly`].
     fn io(&self, rel: &Path, e: Errno) -> StoreError {
+        if e == Errno::ROFS || (self.read_only && is_read_only_errno(e)) {
+            return StoreError::ReadOnly {
+                store: self.path.clone(),
+                path: self.full(rel),
+                source: e.into(),
+            };
+        }
         StoreError::io(&self.full(rel), e.into())
     }
 
@@ -447,6 +521,12 @@ impl StoreDir {
         }
         None
     }
+}
+
+/// What a write into a store that cannot be written fails with: a read-only mount, an immutable
+/// file or directory, or permissions that leave the owner without write access.
+fn is_read_only_errno(e: Errno) -> bool {
+    matches!(e, Errno::ROFS | Errno::PERM | Errno::ACCESS)
 }
 
 /// The components of a relative store path, all plain names.

@@ -12,10 +12,12 @@ pub(super) const LOCKS_DIR: &str = "locks";
 /// Where a prune moves what it is deleting.
 pub(crate) const TRASH_DIR: &str = "trash";
 pub(super) const GC_LOCK: &str = "gc.lock";
+/// Where unpacks record the staging directories they make outside the store.
+pub(crate) const STAGING_DIR: &str = "staging";
 const OCI_LAYOUT_CONTENT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
 
-/// Directories every store has.
-pub(super) const STORE_DIRS: [&str; 4] = ["blobs", "blobs/sha256", "ingest", "locks"];
+/// Directories every store has (`ingest/` first: see [`open_root`]).
+pub(super) const STORE_DIRS: [&str; 4] = ["ingest", "blobs", "blobs/sha256", "locks"];
 
 /// Where the store is when the caller names none: `$HAUL_ROOT`, then `/var/lib/haul` for root,
 /// then `$XDG_DATA_HOME/haul` (`~/.local/share/haul`) for others. Without HOME or XDG_DATA_HOME
@@ -82,15 +84,66 @@ pub fn tightening_notice(root: &Path, tightened: &[Tightened]) -> Option<String>
     ))
 }
 
-/// Opens the root at `root` and makes sure every directory a store has is there and private;
-/// what was made private is added to `tightened`.
-pub(super) fn open_dir(
+/// Opens the root at `root` for a store: refuses one someone else could change, and a directory
+/// of other files that is no OCI layout (before anything is written into it); then makes the
+/// root private and makes sure `ingest/`, through which `oci-layout` is written, is there.
+/// What was made private is added to `tightened`.
+pub(super) fn open_root(
     root: &Path,
     tightened: &mut Vec<Tightened>,
 ) -> Result<StoreDir, StoreError> {
-    let dir = StoreDir::open(root, tightened)?;
+    let dir = StoreDir::open(root)?;
+    check_is_store(&dir)?;
+    dir.tighten_root(tightened)?;
+    ensure_dir(&dir, Path::new(INGEST_DIR), tightened)?;
+    Ok(dir)
+}
+
+/// A store is an OCI image layout: it has `oci-layout`. A directory without one becomes a store
+/// only when it holds nothing, or nothing but what haul writes first when making one (`ingest/`,
+/// so that a store whose creation was interrupted opens again) and the empty `lost+found` of a
+/// freshly made filesystem. Anything else is someone's files, which haul refuses to mix its
+/// own into.
+fn check_is_store(dir: &StoreDir) -> Result<(), StoreError> {
+    if dir.stat(Path::new(OCI_LAYOUT_FILE))?.is_some() {
+        return Ok(());
+    }
+    let foreign: Vec<String> = dir
+        .list(Path::new(""))?
+        .into_iter()
+        .filter(|e| {
+            let ours = e.name == INGEST_DIR && e.is_dir();
+            let lost_found = e.name == "lost+found"
+                && e.is_dir()
+                && dir
+                    .list(Path::new("lost+found"))
+                    .is_ok_and(|inside| inside.is_empty());
+            !(ours || lost_found)
+        })
+        .map(|e| {
+            let name = e.name.to_string_lossy().into_owned();
+            if e.is_dir() { format!("{name}/") } else { name }
+        })
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::NotAStore {
+        path: dir.path().to_owned(),
+        count: foreign.len(),
+        found: foreign.into_iter().take(5).collect(),
+    })
+}
+
+/// Makes sure every directory a store has is there and private (only checks, in a store that
+/// cannot be written: a layout another tool wrote may lack haul's own `ingest/` and `locks/`);
+/// what was made private is added to `tightened`.
+pub(super) fn ensure_dirs(
+    dir: &StoreDir,
+    tightened: &mut Vec<Tightened>,
+) -> Result<(), StoreError> {
     for rel in STORE_DIRS {
-        dir.ensure_dir(Path::new(rel), tightened)?;
+        ensure_dir(dir, Path::new(rel), tightened)?;
     }
     // What haul (or another digest algorithm) added since.
     for top in ["blobs", "layers"] {
@@ -102,10 +155,23 @@ pub(super) fn open_dir(
         }
     }
     dir.check_existing_dir(Path::new(TRASH_DIR), tightened)?;
+    dir.check_existing_dir(Path::new(STAGING_DIR), tightened)?;
     if !tightened.is_empty() {
-        tighten_files(&dir, tightened)?;
+        tighten_files(dir, tightened)?;
     }
-    Ok(dir)
+    Ok(())
+}
+
+fn ensure_dir(
+    dir: &StoreDir,
+    rel: &Path,
+    tightened: &mut Vec<Tightened>,
+) -> Result<(), StoreError> {
+    if dir.read_only() {
+        dir.check_existing_dir(rel, tightened)
+    } else {
+        dir.ensure_dir(rel, tightened)
+    }
 }
 
 /// Writes `oci-layout` into a new store, or checks an existing one is of a version haul reads.

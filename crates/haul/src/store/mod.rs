@@ -7,6 +7,7 @@
 //! ROOT/ingest/               haul's partial downloads (invisible to OCI readers)
 //! ROOT/locks/                flock files that serialise processes
 //! ROOT/layers/               the extracted layer cache (see [`crate::unpack::cache`])
+//! ROOT/staging/              where unpacks record their staging directories (see [`crate::unpack`])
 //! ```
 //!
 //! [`Store`] is the one handle on all of it. Its methods, by concern:
@@ -40,6 +41,11 @@
 //! older haul made it 0755) is made private on open and said so ([`Store::open_reporting`]). The
 //! extracted layer cache keeps the images' own modes (setuid binaries, 1777 directories): what
 //! protects them is that nobody else can enter the store.
+//!
+//! What a store is: a directory with `oci-layout` (haul's own, or one skopeo or umoci wrote). An
+//! absent or empty directory becomes one; a directory of other files is refused
+//! ([`StoreError::NotAStore`]) rather than filled with haul's. A store haul cannot write (a
+//! read-only mount) opens for reading without writing anything ([`Store::is_read_only`]).
 
 mod error;
 mod fs;
@@ -58,8 +64,8 @@ use crate::unpack::cache::LayerCache;
 pub use error::StoreError;
 pub(crate) use fs::{Entry, StoreDir};
 pub use ingest::{Import, Ingest, IngestStart};
-pub(crate) use layout::TRASH_DIR;
 use layout::{GC_LOCK, INGEST_DIR};
+pub(crate) use layout::{STAGING_DIR, TRASH_DIR};
 pub use layout::{Tightened, default_root, tightening_notice};
 pub use lock::FileLock;
 pub use refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, RefEntry, SOURCE_ANNOTATION};
@@ -100,9 +106,11 @@ pub struct Store {
 
 /// Opening.
 impl Store {
-    /// Opens the layout at `root`, creating it (mode 0700) when absent. A store that someone
-    /// else could change is refused; one of ours that others could read is made private, with a
-    /// warning through `tracing` (see [`Store::open_reporting`]).
+    /// Opens the layout at `root`, creating it (mode 0700) when absent or empty. A directory
+    /// of other files that is no OCI layout is refused, and so is a store that someone else
+    /// could change; one of ours that others could read is made private, with a warning
+    /// through `tracing` (see [`Store::open_reporting`]). A store that cannot be written (a
+    /// read-only mount) opens without any write, for reading ([`Store::is_read_only`]).
     ///
     /// # Errors
     ///
@@ -122,17 +130,22 @@ impl Store {
     /// [`StoreError::ForeignOwner`], [`StoreError::WritableByOthers`] or
     /// [`StoreError::ReplaceableParent`] for a store someone else could change;
     /// [`StoreError::Planted`] for something not haul's where the layout has its own files;
+    /// [`StoreError::NotAStore`] for a directory that holds other files and no `oci-layout`;
     /// [`StoreError::BadLayout`] for a layout of another version or a corrupt `index.json`;
-    /// [`StoreError::Io`] when the disk fails.
+    /// [`StoreError::ReadOnly`] for a read-only directory that is not a store yet (or lacks
+    /// its `index.json`); [`StoreError::Io`] when the disk fails.
     pub fn open_reporting(root: impl Into<PathBuf>) -> Result<(Store, Vec<Tightened>), StoreError> {
         let root = root.into();
         let mut tightened = Vec::new();
-        let dir = layout::open_dir(&root, &mut tightened)?;
+        let dir = layout::open_root(&root, &mut tightened)?;
         let store = Store {
             root: dir.path().to_owned(),
             dir: Arc::new(dir),
         };
+        // The layout file first: from then on the directory is a store, whatever else the
+        // opening adds.
         layout::ensure_layout_file(&store)?;
+        layout::ensure_dirs(&store.dir, &mut tightened)?;
         refs::ensure_index(&store)?;
         Ok((store, tightened))
     }
@@ -141,6 +154,15 @@ impl Store {
     #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the store could not be written when it was opened: a read-only mount, an
+    /// immutable root, a root its owner made 0500. Reading works (refs, blobs, the layer cache
+    /// as it is, so listing, inspecting, saving and unpacking stored images); what needs to
+    /// write fails with [`StoreError::ReadOnly`].
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.dir.read_only()
     }
 }
 
@@ -337,9 +359,17 @@ impl Store {
         FileLock::exclusive(self, name)
     }
 
-    /// Blocks until a shared lock `locks/<name>` is held.
+    /// Blocks until a shared lock `locks/<name>` is held, for reading what the lock guards. In
+    /// a read-only store the lock may be held on nothing (see [`FileLock`]).
     pub(crate) fn lock_shared(&self, name: &str) -> Result<FileLock, StoreError> {
-        FileLock::shared(self, name)
+        FileLock::shared_for_reading(self, name)
+    }
+
+    /// [`Store::writer_lock`] for an operation that only reads the store when it is read-only
+    /// (an unpack of a stored image): the same lock where the store can be written, and in a
+    /// read-only store the lock file as it is, or none (see [`FileLock`]).
+    pub(crate) fn reader_lock(&self) -> Result<FileLock, StoreError> {
+        FileLock::shared_for_reading(self, GC_LOCK)
     }
 
     /// The exclusive lock `locks/<name>` if nobody holds it now.

@@ -3,16 +3,19 @@
 //! Each layer comes from the layer cache (extracted there first if needed, its uncompressed stream
 //! hashed against the config's diff_id, and what it writes bounded per layer, per image and by the
 //! free space; see [`budget`](super::budget)) and is merged in order into a staging directory
-//! beside the target. Only a complete tree is renamed into place: a failure removes the staging
-//! directory and leaves the target as it was.
+//! (beside a new target, inside an existing one: see [`staging`](super::staging)). Only a
+//! complete tree is published: a failure removes the staging directory and leaves the target as
+//! it was. A store that cannot be written has a layer cache that cannot grow: a layer not in it
+//! is applied straight from its blob, verified and bounded the same way.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::apply::{ApplyError, ApplyOptions};
+use super::apply::{ApplyError, ApplyOptions, ApplyStats, apply_layer};
 use super::budget::ImageBudget;
 use super::cache::{LayerJob, Session, cache_keys};
-use super::stream::StreamError;
+use super::staging::Staging;
+use super::stream::{Compression, StreamError, decompress};
 use crate::digest::Digest;
 use crate::manifest::{self, ImageConfig, Manifest, ManifestError};
 use crate::progress::{Event, LayerStatus, Reporter};
@@ -160,10 +163,15 @@ pub struct UnpackStats {
 ///
 /// Each layer comes from the layer cache, extracted there first when missing (its blob
 /// decompressed, hashed against the config's diff_id, and what it writes bounded by `options`'
-/// limits and the free space), and is merged in order into a staging directory beside `target`.
-/// Only a complete tree is renamed into place. Blocks the calling thread while it works (call it
-/// from a blocking thread in async code); events for each layer reach `reporter`. Holds the
-/// store's writer lock throughout, so a prune waits rather than sweeping a layer being merged.
+/// limits and the free space), and is merged in order into a staging directory: beside a
+/// `target` that does not exist, which is then renamed into place whole; inside one that does
+/// (an empty directory, an empty mount point, or any directory with [`UnpackOptions::force`]),
+/// whose entries are then moved up. The store records each staging directory, so one a killed
+/// unpack left is removed by the next unpack or prune. Blocks the calling thread while it
+/// works (call it from a blocking thread in async code); events for each layer reach
+/// `reporter`. Holds the store's writer lock (shared) throughout, so a prune waits rather than
+/// sweeping a layer being merged. A read-only store ([`Store::is_read_only`]) works too: layers
+/// missing from its layer cache are applied straight from their blobs.
 ///
 /// # Errors
 ///
@@ -178,8 +186,14 @@ pub fn unpack(
     reporter: &dyn Reporter,
 ) -> Result<UnpackStats, UnpackError> {
     // Held like a pull holds it: a prune waits, rather than sweeping a layer-cache entry this
-    // unpack is about to merge.
-    let _writer = store.writer_lock()?;
+    // unpack is about to merge. Nothing else is written in a read-only store.
+    let _writer = store.reader_lock()?;
+    // What killed unpacks left (see `staging`): this is the next command they promise it to.
+    if !store.is_read_only()
+        && let Err(e) = super::staging::sweep(store, false)
+    {
+        tracing::warn!("cannot remove what an interrupted unpack left: {e}");
+    }
     let manifest_bytes =
         store.read_blob(&entry.manifest.digest, manifest::MAX_MANIFEST_BYTES as u64)?;
     let bad = |source| UnpackError::Manifest {
@@ -200,7 +214,7 @@ pub fn unpack(
     let config = ImageConfig::parse(&config_bytes).map_err(bad)?;
     config.check_layers(&image).map_err(bad)?;
 
-    let staging = prepare_staging(target, options.force)?;
+    let staging = Staging::prepare(store, target, options.force)?;
     let keys = cache_keys(&config.rootfs.diff_ids);
     let mut distinct = std::collections::HashSet::new();
     let compressed: u64 = image
@@ -211,7 +225,7 @@ pub fn unpack(
         .map(|(layer, _)| layer.size)
         .sum();
     let session = Session::new(ImageBudget::new(options, compressed, store.root(), 0));
-    let result = (|| {
+    let result = (|| -> Result<UnpackStats, UnpackError> {
         let mut stats = UnpackStats::default();
         for (index, ((layer, diff_id), chain_id)) in image
             .layers
@@ -226,8 +240,8 @@ pub fn unpack(
                 diff_id,
                 chain_id,
             };
-            let (cached, merged, hit) =
-                merge_from_cache(store, &job, &staging, options, reporter, &session)?;
+            let (uncompressed_bytes, merged, hit) =
+                merge_from_cache(store, &job, staging.path(), options, reporter, &session)?;
             if hit {
                 stats.layers_from_cache += 1;
             }
@@ -236,26 +250,21 @@ pub fn unpack(
                 status: LayerStatus::PullComplete,
             });
             stats.layers += 1;
-            stats.uncompressed_bytes += cached.meta.uncompressed_bytes;
+            stats.uncompressed_bytes += uncompressed_bytes;
             stats.entries += merged.entries;
             stats.warnings.extend(merged.warnings);
         }
         Ok(stats)
     })();
-    match result {
-        Ok(stats) => {
-            publish(&staging, target)?;
-            Ok(stats)
-        }
-        Err(e) => {
-            let _ = remove_tree(&staging);
-            Err(e)
-        }
-    }
+    // A failure drops the staging directory, which removes it.
+    let stats = result?;
+    staging.publish(options.apply.preserve_ownership)?;
+    Ok(stats)
 }
 
-/// Merges one layer from the cache onto `staging`, extracting it there first when missing.
-/// Returns the entry, what merging it did, and whether it was in the cache already.
+/// Merges one layer from the cache onto `staging`, extracting it there first when missing (in a
+/// read-only store, applying it from its blob instead). Returns the layer's uncompressed size,
+/// what merging it did, and whether it was in the cache already.
 fn merge_from_cache(
     store: &Store,
     job: &LayerJob<'_>,
@@ -263,7 +272,7 @@ fn merge_from_cache(
     options: &UnpackOptions,
     reporter: &dyn Reporter,
     session: &Session,
-) -> Result<(super::cache::CachedLayer, super::apply::ApplyStats, bool), UnpackError> {
+) -> Result<(u64, ApplyStats, bool), UnpackError> {
     let mut hit = true;
     // A failed pull may take back an entry between its extraction and our read lock: extract
     // again, a few times at most.
@@ -273,9 +282,13 @@ fn merge_from_cache(
         if let Some(cached) = layers.cached(job.chain_id, &options.apply) {
             let merged = layers.merge(&cached, staging, &options.apply, job.index)?;
             drop(lock);
-            return Ok((cached, merged, hit));
+            return Ok((cached.meta.uncompressed_bytes, merged, hit));
         }
         drop(lock);
+        if store.is_read_only() {
+            let (bytes, merged) = apply_from_blob(store, job, staging, options)?;
+            return Ok((bytes, merged, false));
+        }
         hit = false;
         layers.extract(job, options, reporter, session)?;
     }
@@ -288,66 +301,56 @@ fn merge_from_cache(
     })
 }
 
-/// A fresh directory beside `target`, on the same filesystem so the final rename is atomic.
-fn prepare_staging(target: &Path, force: bool) -> Result<PathBuf, UnpackError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UnpackError::Io { path, source }
-    };
-    match std::fs::read_dir(target) {
-        Ok(mut entries) => {
-            if entries.next().is_some() && !force {
-                return Err(UnpackError::TargetNotEmpty {
-                    path: target.to_owned(),
-                });
-            }
+/// Applies a layer straight from its blob onto `staging`: decompressed, hashed against its
+/// diff_id and bounded like an extraction into the cache (the stream's expansion limit; the
+/// free space is the target filesystem's to refuse). For a store whose layer cache cannot be
+/// written. Returns the uncompressed size and what applying did.
+fn apply_from_blob(
+    store: &Store,
+    job: &LayerJob<'_>,
+    staging: &Path,
+    options: &UnpackOptions,
+) -> Result<(u64, ApplyStats), UnpackError> {
+    let (index, layer) = (job.index, job.layer);
+    let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+        UnpackError::UnsupportedCompression {
+            index,
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(target)(e)),
+    })?;
+    let blob = store.blob_path(&layer.digest);
+    let io_err = |source| UnpackError::Io {
+        path: blob.clone(),
+        source,
+    };
+    let file = store.open_blob(&layer.digest)?;
+    let (mut stream, _) = decompress(
+        Box::new(file),
+        compression,
+        job.diff_id.algorithm(),
+        options.limit_for(layer.size),
+    )
+    .map_err(io_err)?;
+    let applied = apply_layer(staging, &mut stream, &options.apply);
+    let stream_error = |source| UnpackError::Stream {
+        index,
+        digest: layer.digest.clone(),
+        source,
+    };
+    if let Some(limit) = stream.too_large() {
+        return Err(stream_error(StreamError::TooLarge { limit }));
     }
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "rootfs".to_owned());
-    let staging = parent.join(format!(
-        ".{name}.haul-unpack-{}-{:08x}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir(&staging).map_err(io_err(&staging))?;
-    Ok(staging)
-}
-
-/// Moves the finished tree into place. A non-empty target (with --force) is moved aside first and
-/// removed after, so the target is never a mix of old and new.
-fn publish(staging: &Path, target: &Path) -> Result<(), UnpackError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UnpackError::Io { path, source }
-    };
-    let non_empty = match std::fs::read_dir(target) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err(target)(e)),
-    };
-    // rename(2) replaces an empty directory; a full one is moved aside first.
-    let old = if non_empty {
-        let aside = staging.with_extension("old");
-        std::fs::rename(target, &aside).map_err(io_err(target))?;
-        Some(aside)
-    } else {
-        None
-    };
-    std::fs::rename(staging, target).map_err(io_err(target))?;
-    if let Some(old) = old {
-        remove_tree(&old).map_err(io_err(&old))?;
-    }
-    Ok(())
+    let applied = applied.map_err(|source| UnpackError::Apply {
+        index,
+        digest: layer.digest.clone(),
+        source,
+    })?;
+    let bytes = stream
+        .finish(job.diff_id)
+        .map_err(io_err)?
+        .map_err(stream_error)?;
+    Ok((bytes, applied))
 }
 
 /// Removes a tree even where a layer left directories without write permission.

@@ -4,7 +4,9 @@
 //!
 //! Two ways in:
 //! - [`unpack`] makes a stored image's root filesystem in a directory, through the layer cache,
-//!   replacing the directory only once the whole tree is complete. [`Haul::unpack`] pulls the
+//!   publishing the tree only once it is complete: a new directory appears whole, and an
+//!   existing one (an empty mount point included) gets the tree moved in at the end (see
+//!   `staging` for where it is built and what a killed unpack leaves). [`Haul::unpack`] pulls the
 //!   image first when the store lacks it; this is the step on its own.
 //! - [`apply_layer`] applies one layer's uncompressed tar onto a directory, as docker and
 //!   containerd apply OCI changesets, for callers that manage their own layers (snapshotters,
@@ -23,6 +25,7 @@ pub mod cache;
 pub(crate) mod compare;
 pub(crate) mod dirtar;
 pub(crate) mod image;
+pub(crate) mod staging;
 pub(crate) mod stream;
 
 pub use apply::{
