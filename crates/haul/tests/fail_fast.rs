@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use common::{chain, registry_error};
 use haul::config::Config;
-use haul::pull::{PullOptions, Puller};
 use haul::registry::{Anonymous, ClientOptions, RegistryClient, RegistryError};
-use haul::store::Store;
 use test_registry::{
     FakeAuth, FakeRegistry, FakeRegistryOptions, Fault, RealRegistry, RegistryOptions, random_layer,
 };
@@ -67,20 +65,7 @@ fn harness(resolve_to: Option<u16>) -> common::Harness {
         },
     )
     .expect("client");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("store")).expect("store");
-    let puller = Puller::new(
-        client,
-        store.clone(),
-        PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
-            unpack: None,
-            content_trust: None,
-            trust: Default::default(),
-        },
-    );
-    common::Harness { dir, store, puller }
+    common::harness_on(client)
 }
 
 #[tokio::test]

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use common::{chain, registry_error};
 use haul::config::{Config, Proxies};
-use haul::pull::{PullOptions, Puller};
 use haul::registry::{Anonymous, ClientOptions, RegistryClient, RegistryError};
-use haul::store::Store;
 use test_registry::{HttpProxy, HttpProxyOptions, Image, Pusher, RealRegistry, RegistryOptions};
 
 const PASSWORD: &str = "pr0xy-s3cret";
@@ -66,20 +64,7 @@ fn harness(config: Config, registry_port: u16) -> common::Harness {
         },
     )
     .expect("client");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("store")).expect("store");
-    let puller = Puller::new(
-        client,
-        store.clone(),
-        PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
-            unpack: None,
-            content_trust: None,
-            trust: Default::default(),
-        },
-    );
-    common::Harness { dir, store, puller }
+    common::harness_on(client)
 }
 
 #[tokio::test]

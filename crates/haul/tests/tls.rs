@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use common::{Harness, image_of};
 use haul::config::Config;
-use haul::pull::{PullOptions, Puller};
 use haul::registry::{Anonymous, ClientOptions, RegistryClient, RegistryError};
-use haul::store::Store;
 use test_registry::{Image, RealRegistry, RegistryOptions, random_layer};
 
 const NAME: &str = "registry.test";
@@ -58,20 +56,7 @@ fn harness_resolving(registry: &RealRegistry, config: Config) -> Harness {
         },
     )
     .expect("client");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("store")).expect("store");
-    let puller = Puller::new(
-        client,
-        store.clone(),
-        PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
-            unpack: None,
-            content_trust: None,
-            trust: Default::default(),
-        },
-    );
-    Harness { dir, store, puller }
+    common::harness_on(client)
 }
 
 fn insecure(host: &str) -> Config {

@@ -138,7 +138,7 @@ impl StoreDir {
     /// leaves that to the caller so that a directory refused as a store is left as it was).
     pub fn tighten_root(&self, tightened: &mut Vec<Tightened>) -> Result<(), StoreError> {
         let mode = self.verify_dir(Path::new(""), self.fd.as_fd())?;
-        self.tighten_dir(Path::new(""), self.fd.as_fd(), mode, tightened)
+        self.tighten(Path::new(""), self.fd.as_fd(), mode, tightened)
     }
 
     pub fn path(&self) -> &Path {
@@ -163,13 +163,13 @@ impl StoreDir {
         tightened: &mut Vec<Tightened>,
     ) -> Result<(), StoreError> {
         let mode = self.verify_dir(rel, fd)?;
-        self.tighten_dir(rel, fd, mode, tightened)
+        self.tighten(rel, fd, mode, tightened)
     }
 
-    /// Drops the group and other bits of a directory of ours (`mode`, as it is). The owner's
-    /// bits are kept: a store its owner made 0500 to keep it read-only stays so. Where the
+    /// Drops the group and other bits of a directory or file of ours (`mode`, as it is). The
+    /// owner's bits are kept: a store its owner made 0500 to keep it read-only stays so. Where the
     /// store cannot be written at all, nothing is changed: nobody else can write in it either.
-    fn tighten_dir(
+    fn tighten(
         &self,
         rel: &Path,
         fd: BorrowedFd<'_>,
@@ -435,18 +435,8 @@ impl StoreDir {
         let st = rustix::fs::fstat(&fd).map_err(|e| self.io(rel, e))?;
         let mode = st.st_mode & 0o7777;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-        if is_file && st.st_uid == self.euid && mode & 0o077 != 0 {
-            let to = mode & 0o700;
-            match rustix::fs::fchmod(&fd, Mode::from_raw_mode(to)) {
-                Ok(()) => tightened.push(Tightened {
-                    path: self.full(rel),
-                    from: mode,
-                    to,
-                }),
-                // A read-only store stays as it is (see `tighten_dir`).
-                Err(e) if self.read_only && is_read_only_errno(e) => {}
-                Err(e) => return Err(self.io(rel, e)),
-            }
+        if is_file && st.st_uid == self.euid {
+            self.tighten(rel, fd.as_fd(), mode, tightened)?;
         }
         Ok(())
     }

@@ -51,6 +51,25 @@ pub fn harness_with(
     Harness { dir, store, puller }
 }
 
+/// A harness on a fresh store pulling through `client` (one the test built with its own
+/// settings: resolved names, certificates, proxies), downloading three layers at a time.
+pub fn harness_on(client: RegistryClient) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("store")).expect("store");
+    let puller = Puller::new(
+        client,
+        store.clone(),
+        PullOptions {
+            platform: None,
+            max_concurrent_downloads: 3,
+            unpack: None,
+            content_trust: None,
+            trust: Default::default(),
+        },
+    );
+    Harness { dir, store, puller }
+}
+
 pub fn puller_for(
     store: &Store,
     config: Config,
