@@ -67,6 +67,7 @@ use tar::EntryType;
 
 use super::budget::{ENTRY_OVERHEAD, LayerBudget};
 use cache_mode::{Keep, inode};
+pub(crate) use content::CloneSource;
 use content::Content;
 use dirs::{PendingDir, unlock_dir};
 use error::{bad_header, io_err, missing_link};
@@ -166,12 +167,34 @@ pub fn apply_layer<R: Read>(
     run(root, archive, opts, None, None)
 }
 
+/// [`apply_layer`] of a cached layer's tar stream, its regular files cloned from `source` (the
+/// cached directory the stream is made of) where the file system can: see [`CloneSource`].
+pub(crate) fn apply_layer_cloning<R: Read>(
+    root: &Path,
+    archive: R,
+    opts: &ApplyOptions,
+    source: CloneSource,
+) -> Result<ApplyStats, ApplyError> {
+    run_with(root, archive, opts, None, None, Some(source))
+}
+
 fn run<'o, R: Read>(
     root: &Path,
     archive: R,
     opts: &'o ApplyOptions,
     keep: Option<Keep>,
     budget: Option<&'o mut LayerBudget>,
+) -> Result<ApplyStats, ApplyError> {
+    run_with(root, archive, opts, keep, budget, None)
+}
+
+fn run_with<'o, R: Read>(
+    root: &Path,
+    archive: R,
+    opts: &'o ApplyOptions,
+    keep: Option<Keep>,
+    budget: Option<&'o mut LayerBudget>,
+    clone: Option<CloneSource>,
 ) -> Result<ApplyStats, ApplyError> {
     let root_fd = rustix::fs::open(
         root,
@@ -206,6 +229,7 @@ fn run<'o, R: Read>(
         last_parent: None,
         dirs_removed: 0,
         umask: process_umask(),
+        clone,
     };
     let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut archive = tar::Archive::new(Unpadded::new(GoView::new(archive), data_end.clone()));
@@ -262,6 +286,8 @@ struct Applier<'o> {
     /// The process umask, when known: files whose mode it leaves alone get it at creation and
     /// skip a `fchmod`.
     umask: Option<u32>,
+    /// Where the files' content already is, to clone rather than copy (a merge from the cache).
+    clone: Option<CloneSource>,
 }
 
 impl Applier<'_> {
@@ -511,6 +537,15 @@ impl Applier<'_> {
         .map_err(io_err(path, "create file"))?;
         let file = File::from(fd);
         let written = match content {
+            // The clone leaves the entry's bytes unread: the tar reader skips them.
+            Content::Plain
+                if self
+                    .clone
+                    .as_mut()
+                    .is_some_and(|c| c.clone_into(&file, path, entry.size())) =>
+            {
+                entry.size()
+            }
             Content::Plain => content::copy_plain(&file, entry, &mut self.buf, path)?,
             Content::Holes => content::copy_skipping_holes(&file, entry, &mut self.buf, path)?,
             Content::Runs(sparse) => content::copy_runs(&file, entry, &mut self.buf, path, sparse)?,

@@ -1,11 +1,19 @@
 //! How a regular file's content reaches the disk: byte for byte, an old-GNU sparse file with
 //! its zeros left as holes, a PAX sparse file as its data runs at their offsets. Each checks
 //! that the entry held exactly the bytes its header promised.
+//!
+//! A layer merged from the layer cache may instead share its files' extents with the cache
+//! ([`CloneSource`]): the copy without the writing, where the file system can (XFS with
+//! reflink, btrfs, bcachefs, ZFS 2.2+).
 
 use std::fs::File;
 use std::io::{self, Read, Write as _};
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, fstat, ioctl_ficlone, openat2};
+use rustix::io::Errno;
 
 use super::error::ApplyError;
 use super::names;
@@ -195,4 +203,90 @@ pub(super) fn copy_runs<R: Read>(
     }
     file.set_len(sparse.real_size).map_err(write_err(path))?;
     Ok(copied)
+}
+
+/// Files smaller than this are copied even when they could be cloned: opening the cache's file
+/// and the clone cost more system calls than writing a few pages, and small files hold little
+/// of an image's bytes.
+const MIN_CLONE_BYTES: u64 = 16 * 1024;
+
+/// Where the regular files of a layer being applied already are, byte for byte, at the same
+/// paths: the layer cache's directory of that layer, whose tar stream
+/// ([`tar_cached`](crate::unpack::dirtar::tar_cached)) is being applied. Its files are cloned
+/// (`FICLONE`) into the new ones instead of copied, when the file system allows.
+///
+/// Only the data is taken from here: the applier creates each file (confined, never through a
+/// symlink), charges its budget and sets its mode, owner, xattrs and times from the tar as for
+/// any layer. A file here is used only when it is a regular file of exactly the entry's size,
+/// reached beneath the directory without a symlink; otherwise, and whenever the clone fails, the
+/// entry's bytes are copied as usual.
+pub(crate) struct CloneSource {
+    dir: OwnedFd,
+    /// False once the file system said it cannot clone (between these two directories, or at
+    /// all): the rest is copied without asking again.
+    cloning: bool,
+}
+
+impl CloneSource {
+    /// The directory `dir`, whose files are the ones the layer's entries carry.
+    ///
+    /// # Errors
+    ///
+    /// When `dir` cannot be opened as a directory.
+    pub(crate) fn open(dir: &Path) -> io::Result<CloneSource> {
+        let dir = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(CloneSource { dir, cloning: true })
+    }
+
+    /// Makes the empty, new `file` share the extents of `path`'s file here, when that is a
+    /// regular file of `size` bytes and the file system can clone it. Returns false, with
+    /// `file` untouched, when the content must be copied instead.
+    pub(super) fn clone_into(&mut self, file: &File, path: &Path, size: u64) -> bool {
+        if !self.cloning || size < MIN_CLONE_BYTES {
+            return false;
+        }
+        // NONBLOCK: a FIFO put where a file was expected must not hang the open.
+        let source = match openat2(
+            &self.dir,
+            path,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "no cached file to clone; copying");
+                return false;
+            }
+        };
+        match fstat(&source) {
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && u64::try_from(st.st_size).is_ok_and(|n| n == size) => {}
+            _ => return false,
+        }
+        match ioctl_ficlone(file.as_fd(), &source) {
+            Ok(()) => true,
+            Err(e) => {
+                // Not on this file system, or not across these two (another mount): say so
+                // once and copy from now on. Anything else is this file's problem; the copy
+                // reports it if it is real.
+                if matches!(
+                    e,
+                    Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::NOSYS
+                ) {
+                    tracing::debug!(error = %e, "the file system cannot clone; copying files");
+                    self.cloning = false;
+                }
+                false
+            }
+        }
+    }
 }
