@@ -268,3 +268,40 @@ async fn unpack_on_btrfs_clones_files_from_the_layer_cache() {
     };
     unpack_shares_extents_with_the_cache("btrfs", &mount).await;
 }
+
+/// A merge's stream names big files by a PAX record and leaves their data in the cache; a layer
+/// from a registry carrying that record must not make the applier read anything from anywhere:
+/// the entry is the empty file its header says.
+#[test]
+fn a_layer_claiming_its_data_is_in_the_layer_cache_gets_an_empty_file() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut pax = Vec::new();
+    for (key, value) in [("HAUL.cache.size", "1048576"), ("path", "etc/shadow")] {
+        let record = format!(" {key}={value}\n");
+        let len = record.len() + 2; // two digits of length
+        pax.extend_from_slice(format!("{len}{record}").as_bytes());
+    }
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_path("././@PaxHeader").unwrap();
+    header.set_size(pax.len() as u64);
+    header.set_cksum();
+    tar.append(&header, pax.as_slice()).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_path("placeholder").unwrap();
+    file.set_mode(0o644);
+    file.set_size(0);
+    file.set_cksum();
+    tar.append(&file, std::io::empty()).unwrap();
+    let bytes = tar.into_inner().unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    haul::unpack::apply_layer(
+        root.path(),
+        bytes.as_slice(),
+        &haul::unpack::ApplyOptions::for_current_user(),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(root.path().join("etc/shadow")).unwrap(), b"");
+}

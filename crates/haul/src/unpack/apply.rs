@@ -67,8 +67,8 @@ use tar::EntryType;
 
 use super::budget::{ENTRY_OVERHEAD, LayerBudget};
 use cache_mode::{Keep, inode};
-pub(crate) use content::CloneSource;
 use content::Content;
+pub(crate) use content::{CACHED_SIZE_RECORD, CloneSource, MIN_CLONE_BYTES};
 use dirs::{PendingDir, unlock_dir};
 use error::{bad_header, io_err, missing_link};
 use header::{Meta, check_pax_records, until_nul};
@@ -167,8 +167,8 @@ pub fn apply_layer<R: Read>(
     run(root, archive, opts, None, None)
 }
 
-/// [`apply_layer`] of a cached layer's tar stream, its regular files cloned from `source` (the
-/// cached directory the stream is made of) where the file system can: see [`CloneSource`].
+/// [`apply_layer`] of a cached layer's stream by reference, its big regular files cloned or
+/// copied from `source` (the cached directory the stream is made of): see [`CloneSource`].
 pub(crate) fn apply_layer_cloning<R: Read>(
     root: &Path,
     archive: R,
@@ -391,10 +391,16 @@ impl Applier<'_> {
                 Some(sparse) => Content::Runs(sparse),
                 // The tar crate expands these: holes come as runs of zeros.
                 None if entry_type == EntryType::GNUSparse => Content::Holes,
+                // Only a merge's own stream may refer to the cache; to anything else such an
+                // entry is the empty file it is in the tar.
+                None if self.clone.is_some() && entry.size() == 0 => {
+                    content::cached_size(entry)?.map_or(Content::Plain, Content::Cached)
+                }
                 None => Content::Plain,
             };
             let size = match &content {
                 Content::Runs(sparse) => sparse.real_size,
+                Content::Cached(size) => *size,
                 Content::Holes | Content::Plain => entry.size(),
             };
             self.charge(&path, size)?;
@@ -537,15 +543,10 @@ impl Applier<'_> {
         .map_err(io_err(path, "create file"))?;
         let file = File::from(fd);
         let written = match content {
-            // The clone leaves the entry's bytes unread: the tar reader skips them.
-            Content::Plain
-                if self
-                    .clone
-                    .as_mut()
-                    .is_some_and(|c| c.clone_into(&file, path, entry.size())) =>
-            {
-                entry.size()
-            }
+            Content::Cached(size) => match self.clone.as_mut() {
+                Some(source) => source.clone_or_copy(&file, path, size)?,
+                None => 0,
+            },
             Content::Plain => content::copy_plain(&file, entry, &mut self.buf, path)?,
             Content::Holes => content::copy_skipping_holes(&file, entry, &mut self.buf, path)?,
             Content::Runs(sparse) => content::copy_runs(&file, entry, &mut self.buf, path, sparse)?,

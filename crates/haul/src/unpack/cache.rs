@@ -52,7 +52,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::apply::{ApplyOptions, ApplyStats, CloneSource, DeferredLink, apply_layer_cloning};
-use super::dirtar::tar_cached;
+use super::dirtar::{tar_cached, tar_cached_by_reference};
 use super::image::{UnpackError, UnpackOptions, remove_tree};
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
@@ -274,7 +274,12 @@ impl LayerCache<'_> {
             source,
         };
         let files = CloneSource::open(&diff).map_err(io)?;
-        let stream = cached.tar().map_err(io)?;
+        let stream = tar_cached_by_reference(
+            &diff,
+            cached.meta.deferred_links.clone(),
+            cached.meta.modes.clone(),
+        )
+        .map_err(io)?;
         apply_layer_cloning(root, stream, options, files).map_err(|source| UnpackError::Apply {
             index,
             digest: cached.meta.blob.clone(),
