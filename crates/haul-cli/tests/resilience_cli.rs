@@ -164,6 +164,86 @@ async fn a_pull_killed_halfway_fetches_only_the_missing_bytes_next_time() {
     ok(env.run(&["unpack", &name, rootfs.to_str().unwrap()]));
 }
 
+/// Bytes a `kill -9` may cost a pull per layer: what haul holds in memory and has not yet
+/// written to its partial file.
+const MAX_LOST_ON_KILL: u64 = 256 << 10;
+
+/// The registry sends exactly `sent` bytes of the layer and then nothing; haul's stall timeout
+/// makes it ask again from what it took (`Range: bytes=sent-`, proof that every sent byte reached
+/// it), and that request too goes silent. Killed then, haul must have written all but the last
+/// [`MAX_LOST_ON_KILL`] of them where the next pull finds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_killed_mid_layer_refetches_at_most_256_kib_of_what_the_registry_sent() {
+    let img = one_layer_image(42, 24 << 20);
+    let layer = &img.layers[0].blob;
+    // Not a multiple of any plausible buffer, so a buffer's tail is always at stake.
+    let sent = (layer.size / 2) / (1 << 20) * (1 << 20) + (900 << 10);
+    assert!(sent < layer.size, "the layer is {} bytes", layer.size);
+    let fake = FakeRegistry::start(FakeRegistryOptions::default())
+        .await
+        .unwrap();
+    fake.add_image("app", "1", &img);
+    // The first GET sends `sent` bytes in 64 KiB pieces, as a network delivers them, then
+    // stalls; every later one stalls at once (the first matching `Stall` is the one applied).
+    fake.fault_times(&layer.digest, Fault::Stall { after_bytes: sent }, 1);
+    fake.fault(&layer.digest, Fault::Stall { after_bytes: 0 });
+    fake.fault(
+        &layer.digest,
+        Fault::Slow {
+            chunk: 64 << 10,
+            delay: Duration::from_millis(2),
+        },
+    );
+    let env = Env::new();
+    let config = env.dir.path().join("stall.json");
+    std::fs::write(&config, r#"{"download-stall-timeout": 1}"#).unwrap();
+    let name = format!("{}/app:1", fake.host());
+    let partial = partial_path(&env.root(), layer);
+
+    let mut child = env
+        .haul_process()
+        .args(["--config", config.to_str().unwrap(), "pull", "-q", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let layer_gets = || {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&layer.digest))
+            .collect::<Vec<_>>()
+    };
+    wait_until("haul to ask again after the stall", || {
+        layer_gets().len() >= 2
+    });
+    let again = layer_gets()[1].range().map(str::to_owned);
+    assert_eq!(
+        again.as_deref(),
+        Some(format!("bytes={sent}-").as_str()),
+        "haul took every byte the registry sent before asking again"
+    );
+    child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
+    assert!(!wait_exit(&mut child).success());
+
+    fake.clear_faults();
+    fake.clear_requests();
+    ok(env.run(&["pull", "-q", &name]));
+    let start = range_start_of_only_get(&fake, layer);
+    assert!(
+        start <= sent,
+        "resumed at {start}, past the {sent} bytes sent"
+    );
+    assert!(
+        sent - start <= MAX_LOST_ON_KILL,
+        "the registry had sent {sent} bytes and haul had taken them all, but the next pull \
+         resumed at {start}: {} KiB fetched twice (at most {} KiB allowed)",
+        (sent - start) >> 10,
+        MAX_LOST_ON_KILL >> 10,
+    );
+    assert!(!partial.exists());
+    assert_eq!(index_refs(&env.root()), vec![name.clone()]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_a_pull_promptly_with_130_and_keeps_the_partial() {
     let size = 8 << 20;

@@ -60,7 +60,7 @@ pub enum Fault {
     Header(String, String),
     /// Announce the full `Content-Length`, send this many bytes of the body, then send nothing
     /// more and keep the connection open forever: a stalled transfer that only the client's
-    /// own idle timeout can end.
+    /// own idle timeout can end. With [`Fault::Slow`] too, those bytes come in its pieces.
     Stall {
         /// Bytes sent before going silent (0: only the headers).
         after_bytes: u64,
@@ -395,7 +395,7 @@ fn serve_content(
     let body = if method == Method::HEAD {
         Body::empty()
     } else if let Some(n) = stall_after {
-        stalled_body(data, n)
+        stalled_body(data, n, slow)
     } else if drop_after.is_some() || slow.is_some() {
         streamed_body(data, drop_after, slow)
     } else {
@@ -455,11 +455,24 @@ fn streamed_body(data: Bytes, drop_after: Option<usize>, slow: Option<(usize, Du
     Body::from_stream(stream)
 }
 
-/// A body that yields the first `after` bytes, then never yields again (and never ends).
-fn stalled_body(data: Bytes, after: usize) -> Body {
+/// A body that yields the first `after` bytes (in slow pieces with [`Fault::Slow`], at once
+/// otherwise), then never yields again (and never ends).
+fn stalled_body(data: Bytes, after: usize, slow: Option<(usize, Duration)>) -> Body {
     let head = data.slice(..after.min(data.len()));
-    let first =
-        futures_util::stream::iter((!head.is_empty()).then_some(Ok::<_, std::io::Error>(head)));
+    let (chunk, delay) = slow.unwrap_or((head.len().max(1), Duration::ZERO));
+    let first = futures_util::stream::unfold(0usize, move |sent| {
+        let head = head.clone();
+        async move {
+            if sent >= head.len() {
+                return None;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let end = (sent + chunk).min(head.len());
+            Some((Ok::<_, std::io::Error>(head.slice(sent..end)), end))
+        }
+    });
     // Pending forever: hyper flushes what was yielded, then waits on this until the client
     // gives up and the connection is dropped.
     let silence =

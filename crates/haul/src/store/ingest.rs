@@ -20,6 +20,14 @@
 //! Both are plain blocking writers, buffered in memory so that small writes cost a copy, not a
 //! system call; an async caller feeds them from a blocking thread (the pull batches a download's
 //! chunks into one blocking call per buffer's worth).
+//!
+//! What a killed process loses: an ingest holds at most [`INGEST_BUFFER`] (256 KiB) that it has
+//! taken but not yet handed to the kernel; everything before it has been `write()`n, and a
+//! `write()` is in the page cache, which outlives the process (`kill -9`, a panic, an abort).
+//! Only a machine that goes down before writeback may lose more; the partial is not fsynced
+//! while it grows (only at commit), because a crash of the machine is rare and the next pull
+//! re-hashes the partial and fetches whatever is missing or wrong anyway. An import buffers more
+//! ([`IMPORT_BUFFER`]): it is never resumed, so what it holds unwritten matters to nobody.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek as _, Write as _};
@@ -29,8 +37,14 @@ use super::layout::INGEST_DIR;
 use super::{FileLock, Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher, Verifier};
 
-/// Bytes an ingest buffers before writing them out.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes an ingest buffers before writing them out ([`Ingest::BUFFER`]).
+const INGEST_BUFFER: usize = 256 << 10;
+
+/// Bytes an import buffers before writing them out.
+const IMPORT_BUFFER: usize = 1 << 20;
+
+/// Bytes read at once when re-hashing a partial file.
+const REHASH_BUFFER: usize = 1 << 20;
 
 /// The outcome of asking to ingest a blob ([`Store::begin_ingest`]).
 // Made once per blob download and consumed at once: boxing would buy nothing.
@@ -88,7 +102,7 @@ impl Ingest {
             store: store.clone(),
             digest: digest.clone(),
             partial,
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(BufWriter::with_capacity(INGEST_BUFFER, file)),
             verifier,
             size,
             resumed,
@@ -113,7 +127,7 @@ fn open_partial(
     let len = file.metadata().map_err(io_err)?.len();
     let mut seen = 0u64;
     if len <= size {
-        let mut buf = vec![0u8; WRITE_BUFFER];
+        let mut buf = vec![0u8; REHASH_BUFFER];
         while seen < len {
             let n = file.read(&mut buf).map_err(io_err)?;
             if n == 0 {
@@ -138,6 +152,11 @@ fn open_partial(
 }
 
 impl Ingest {
+    /// Bytes an ingest buffers before writing them out: at most this is lost to the next pull
+    /// when the process is killed. A write of this size or more goes straight to the file, so a
+    /// caller that hands over whole buffers of it (the pull does) costs no copy here.
+    pub(crate) const BUFFER: usize = INGEST_BUFFER;
+
     /// The blob being written.
     #[must_use]
     pub fn digest(&self) -> &Digest {
@@ -197,7 +216,7 @@ impl Ingest {
         file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(|e| StoreError::io(&path, e))?;
-        self.file = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
+        self.file = Some(BufWriter::with_capacity(INGEST_BUFFER, file));
         self.verifier = Verifier::new(self.digest.clone(), self.size);
         self.resumed = 0;
         Ok(())
@@ -297,7 +316,7 @@ impl Import {
         Ok(Import {
             store: store.clone(),
             partial,
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(BufWriter::with_capacity(IMPORT_BUFFER, file)),
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         })

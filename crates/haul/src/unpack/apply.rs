@@ -68,6 +68,7 @@ use tar::EntryType;
 use super::budget::{ENTRY_OVERHEAD, LayerBudget};
 use cache_mode::{Keep, inode};
 use content::Content;
+pub(crate) use content::{CACHED_SIZE_RECORD, CloneSource, MIN_CLONE_BYTES};
 use dirs::{PendingDir, unlock_dir};
 use error::{bad_header, io_err, missing_link};
 use header::{Meta, check_pax_records, until_nul};
@@ -166,12 +167,34 @@ pub fn apply_layer<R: Read>(
     run(root, archive, opts, None, None)
 }
 
+/// [`apply_layer`] of a cached layer's stream by reference, its big regular files cloned or
+/// copied from `source` (the cached directory the stream is made of): see [`CloneSource`].
+pub(crate) fn apply_layer_cloning<R: Read>(
+    root: &Path,
+    archive: R,
+    opts: &ApplyOptions,
+    source: CloneSource,
+) -> Result<ApplyStats, ApplyError> {
+    run_with(root, archive, opts, None, None, Some(source))
+}
+
 fn run<'o, R: Read>(
     root: &Path,
     archive: R,
     opts: &'o ApplyOptions,
     keep: Option<Keep>,
     budget: Option<&'o mut LayerBudget>,
+) -> Result<ApplyStats, ApplyError> {
+    run_with(root, archive, opts, keep, budget, None)
+}
+
+fn run_with<'o, R: Read>(
+    root: &Path,
+    archive: R,
+    opts: &'o ApplyOptions,
+    keep: Option<Keep>,
+    budget: Option<&'o mut LayerBudget>,
+    clone: Option<CloneSource>,
 ) -> Result<ApplyStats, ApplyError> {
     let root_fd = rustix::fs::open(
         root,
@@ -206,6 +229,7 @@ fn run<'o, R: Read>(
         last_parent: None,
         dirs_removed: 0,
         umask: process_umask(),
+        clone,
     };
     let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut archive = tar::Archive::new(Unpadded::new(GoView::new(archive), data_end.clone()));
@@ -262,6 +286,8 @@ struct Applier<'o> {
     /// The process umask, when known: files whose mode it leaves alone get it at creation and
     /// skip a `fchmod`.
     umask: Option<u32>,
+    /// Where the files' content already is, to clone rather than copy (a merge from the cache).
+    clone: Option<CloneSource>,
 }
 
 impl Applier<'_> {
@@ -365,10 +391,16 @@ impl Applier<'_> {
                 Some(sparse) => Content::Runs(sparse),
                 // The tar crate expands these: holes come as runs of zeros.
                 None if entry_type == EntryType::GNUSparse => Content::Holes,
+                // Only a merge's own stream may refer to the cache; to anything else such an
+                // entry is the empty file it is in the tar.
+                None if self.clone.is_some() && entry.size() == 0 => {
+                    content::cached_size(entry)?.map_or(Content::Plain, Content::Cached)
+                }
                 None => Content::Plain,
             };
             let size = match &content {
                 Content::Runs(sparse) => sparse.real_size,
+                Content::Cached(size) => *size,
                 Content::Holes | Content::Plain => entry.size(),
             };
             self.charge(&path, size)?;
@@ -511,6 +543,10 @@ impl Applier<'_> {
         .map_err(io_err(path, "create file"))?;
         let file = File::from(fd);
         let written = match content {
+            Content::Cached(size) => match self.clone.as_mut() {
+                Some(source) => source.clone_or_copy(&file, path, size)?,
+                None => 0,
+            },
             Content::Plain => content::copy_plain(&file, entry, &mut self.buf, path)?,
             Content::Holes => content::copy_skipping_holes(&file, entry, &mut self.buf, path)?,
             Content::Runs(sparse) => content::copy_runs(&file, entry, &mut self.buf, path, sparse)?,

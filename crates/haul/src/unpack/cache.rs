@@ -23,8 +23,10 @@
 //! Locks: building or removing an entry holds its chain ID's lock exclusively, so concurrent haul
 //! processes extract a layer once; merging one holds it shared, so nobody removes an entry being
 //! read. Merging reads the cached tree back as a tar stream through the same confined applier,
-//! copying every file: nothing in an unpacked rootfs shares an inode with the cache, and nothing
-//! reading the cache changes it. A pull that fails takes back the entries it published that no ref
+//! which clones each regular file's data from the cache (`FICLONE`) where the file system shares
+//! extents (XFS with reflink, btrfs) and copies it elsewhere: either way nothing in an unpacked
+//! rootfs shares an inode with the cache (a clone is a new file; writing to it copies the block
+//! written, never changing the cache), and nothing reading the cache changes it. A pull that fails takes back the entries it published that no ref
 //! reaches and nobody is using ([`Session`], [`LayerCache::take_back`]).
 //!
 //! The cache is reached from its store, [`Store::layers`], as a [`LayerCache`]: blocking, like
@@ -49,8 +51,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{ApplyOptions, ApplyStats, DeferredLink, apply_layer};
-use super::dirtar::tar_cached;
+use super::apply::{ApplyOptions, ApplyStats, CloneSource, DeferredLink, apply_layer_cloning};
+use super::dirtar::{tar_cached, tar_cached_by_reference};
 use super::image::{UnpackError, UnpackOptions, remove_tree};
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
@@ -267,11 +269,18 @@ impl LayerCache<'_> {
         index: usize,
     ) -> Result<ApplyStats, UnpackError> {
         let diff = cached.diff_dir();
-        let stream = cached.tar().map_err(|source| UnpackError::Io {
+        let io = |source| UnpackError::Io {
             path: diff.clone(),
             source,
-        })?;
-        apply_layer(root, stream, options).map_err(|source| UnpackError::Apply {
+        };
+        let files = CloneSource::open(&diff).map_err(io)?;
+        let stream = tar_cached_by_reference(
+            &diff,
+            cached.meta.deferred_links.clone(),
+            cached.meta.modes.clone(),
+        )
+        .map_err(io)?;
+        apply_layer_cloning(root, stream, options, files).map_err(|source| UnpackError::Apply {
             index,
             digest: cached.meta.blob.clone(),
             source,

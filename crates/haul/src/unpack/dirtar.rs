@@ -23,6 +23,11 @@
 //!   (GNU format 1.0): its data runs and its real size, never the zeros.
 //! - **Errors reach the reader.** The stream is produced on its own thread; a failure there ends
 //!   the stream without the end-of-archive blocks and the reader's next read returns it.
+//! - **By reference, for a merge** ([`tar_cached_by_reference`]): regular files of at least
+//!   [`MIN_CLONE_BYTES`] without holes are entries of no content with a `HAUL.cache.size` PAX
+//!   record, their data left in the cache for the applier to clone or copy from it
+//!   ([`CloneSource`](super::apply::CloneSource)). Only the applier given that source reads the
+//!   record; to any other reader they are empty files.
 //!
 //! Inside: this file walks the tree in stream order; `reading` reads the cache without
 //! changing it, `headers` writes each entry's headers, `channel` carries the stream to the reader.
@@ -43,7 +48,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, fstat, readlinkat, statat};
 use rustix::io::Errno;
 use tar::EntryType;
 
-use super::apply::{DeferredLink, names};
+use super::apply::{DeferredLink, MIN_CLONE_BYTES, names};
 use channel::{ChunkWriter, spawn};
 use headers::Meta;
 use reading::{
@@ -86,8 +91,38 @@ pub fn tar_cached(
         Mode::empty(),
     )
     .map_err(|e| named(dir.as_os_str().as_bytes(), e.into()))?;
+    stream(root, extra_links, modes, false)
+}
+
+/// [`tar_cached`] for a merge from the cache: regular files of [`MIN_CLONE_BYTES`] or more
+/// (without holes) are referred to, not carried (see the module documentation).
+///
+/// # Errors
+///
+/// As [`tar_dir`].
+pub(crate) fn tar_cached_by_reference(
+    dir: &Path,
+    extra_links: Vec<DeferredLink>,
+    modes: Vec<(PathBuf, u32)>,
+) -> io::Result<impl Read + Send + use<>> {
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| named(dir.as_os_str().as_bytes(), e.into()))?;
+    stream(root, extra_links, modes, true)
+}
+
+fn stream(
+    root: OwnedFd,
+    extra_links: Vec<DeferredLink>,
+    modes: Vec<(PathBuf, u32)>,
+    by_reference: bool,
+) -> io::Result<impl Read + Send + use<>> {
     spawn(move |tar| {
         let mut walker = Walker::new(tar);
+        walker.by_reference = by_reference;
         walker.modes = real_modes(root.as_fd(), &modes)?;
         walker.tree(root)?;
         for link in &extra_links {
@@ -114,6 +149,8 @@ struct Walker<'t> {
     modes: HashMap<(u64, u64), u32>,
     /// Header scratch for PAX records.
     pax: Vec<u8>,
+    /// Refer to big regular files instead of carrying their data.
+    by_reference: bool,
 }
 
 impl<'t> Walker<'t> {
@@ -123,6 +160,7 @@ impl<'t> Walker<'t> {
             linked: HashMap::new(),
             modes: HashMap::new(),
             pax: Vec::new(),
+            by_reference: false,
         }
     }
 
@@ -270,6 +308,9 @@ impl<'t> Walker<'t> {
                 let file = File::from(file);
                 match runs {
                     Some(runs) => self.append_sparse(path, &meta, st.size, file, runs),
+                    None if self.by_reference && st.size >= MIN_CLONE_BYTES => {
+                        self.append_reference(path, &meta, st.size)
+                    }
                     None => {
                         let content = Exact {
                             inner: file.take(st.size),

@@ -10,6 +10,7 @@ use tar::{EntryType, Header};
 
 use super::Walker;
 use super::reading::{Exact, RunReader, Xattrs};
+use crate::unpack::apply::CACHED_SIZE_RECORD;
 
 /// The largest number an 11-digit octal header field holds (sizes, mtimes).
 const OCTAL_11: u64 = 0o77_777_777_777;
@@ -71,6 +72,28 @@ impl Walker<'_> {
             None,
             size,
             content,
+            extra,
+        )
+    }
+
+    /// Appends a regular file of `size` bytes as an entry without content that names its size
+    /// in a `HAUL.cache.size` record: its data stays in the cache, at the same path.
+    pub(super) fn append_reference(
+        &mut self,
+        path: &[u8],
+        meta: &Meta,
+        size: u64,
+    ) -> io::Result<()> {
+        let mut extra = Vec::new();
+        pax_record(&mut extra, CACHED_SIZE_RECORD, size.to_string().as_bytes());
+        self.append_full(
+            EntryType::Regular,
+            path,
+            None,
+            meta,
+            None,
+            0,
+            io::empty(),
             extra,
         )
     }
