@@ -68,8 +68,24 @@ fn harness(resolve_to: Option<u16>) -> common::Harness {
     common::harness_on(client)
 }
 
+/// Whether this machine's resolver says outright that a `.invalid` name does not exist. Without
+/// a reachable DNS server it can only say "try again" (EAI_AGAIN), which is rightly retried.
+fn resolver_answers_no_such_host() -> bool {
+    match dns_lookup::lookup_host("haul-probe.invalid") {
+        Err(e) => matches!(
+            e.kind(),
+            dns_lookup::LookupErrorKind::NoName | dns_lookup::LookupErrorKind::NoData
+        ),
+        Ok(_) => false,
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_host_fails_at_once_with_dockers_words() {
+    if !resolver_answers_no_such_host() {
+        println!("SKIPPED: the resolver here cannot say that a name does not exist");
+        return;
+    }
     let (retries, _guard) = count_retries();
     let h = harness(None);
 

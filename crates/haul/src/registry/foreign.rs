@@ -106,8 +106,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let settings = self.settings.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // The registries' own lookup, so a name that does not exist fails at once here too.
+            let found: Vec<SocketAddr> = super::resolve::lookup(&host).await?;
             let (usable, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
                 found.into_iter().partition(|a| allowed(&settings, a.ip()));
             match (usable.is_empty(), refused.first()) {
