@@ -34,8 +34,8 @@ use serde_json::Value;
 pub use crate::registry::Proxies;
 use crate::registry::RegistrySettings;
 pub use crate::registry::settings::{
-    DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_BLOB, DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
-    DEFAULT_MAX_RETRY_AFTER, DEFAULT_RANGED_DOWNLOAD_MIN_SIZE,
+    DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_BLOB,
+    DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_RANGED_DOWNLOAD_MIN_SIZE,
 };
 use crate::registry::settings::{network, parse_cidr};
 
@@ -543,6 +543,31 @@ mod tests {
         assert!(!c.is_insecure("11.1.2.3"));
         assert!(c.is_insecure("plain.example:443"));
         assert!(!c.is_insecure("ghcr.io"));
+    }
+
+    #[test]
+    fn ranged_download_keys_reach_the_registry_settings() {
+        let c = parse(r#"{"max-connections-per-blob": 8, "ranged-download-min-size": 1048576}"#)
+            .unwrap();
+        assert!(c.warnings.is_empty());
+        let s = c.registry_settings();
+        assert_eq!(s.max_connections_per_blob, 8);
+        assert_eq!(s.ranged_download_min_size, 1 << 20);
+        let d = Config::default().registry_settings();
+        assert_eq!(d.max_connections_per_blob, DEFAULT_MAX_CONNECTIONS_PER_BLOB);
+        assert_eq!(d.ranged_download_min_size, 32 << 20);
+        for bad in [
+            r#"{"max-connections-per-blob": 0}"#,
+            r#"{"max-connections-per-blob": 65}"#,
+            r#"{"max-connections-per-blob": "4"}"#,
+            r#"{"ranged-download-min-size": 0}"#,
+            r#"{"ranged-download-min-size": -5}"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ConfigError::Invalid { .. })),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

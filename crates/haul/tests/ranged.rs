@@ -126,13 +126,16 @@ async fn a_big_blob_comes_over_several_connections_in_ranges_and_verifies() {
         proxy.connections()
     );
     assert!(
-        std::fs::read_dir(h.store.root().join("ingest")).unwrap().count() == 0,
+        std::fs::read_dir(h.store.root().join("ingest"))
+            .unwrap()
+            .count()
+            == 0,
         "no partial or record is left"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ranged_pull_extracts_the_layer_as_it_is_unpacked() {
+async fn a_ranged_pull_that_unpacks_extracts_the_layer() {
     let image = one_layer_image(2, 6 << 20);
     let (_registry, proxy) = throttled(&image, false).await;
     let dir = tempfile::tempdir().unwrap();
@@ -155,7 +158,11 @@ async fn a_ranged_pull_extracts_the_layer_as_it_is_unpacked() {
     h.assert_blobs_verified();
     let chain = common::chains(&image)[0].clone();
     assert!(
-        h.store.root().join("layers/sha256").join(chain.hex()).is_dir(),
+        h.store
+            .root()
+            .join("layers/sha256")
+            .join(chain.hex())
+            .is_dir(),
         "the layer is extracted"
     );
     assert!(
@@ -163,6 +170,39 @@ async fn a_ranged_pull_extracts_the_layer_as_it_is_unpacked() {
             .iter()
             .all(Option::is_some)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stay_within_the_layer_limit_plus_the_shared_extra_pool() {
+    let image = ImageBuilder::new(Format::Oci)
+        .platform("linux", "amd64", None)
+        .layer(random_layer(6, 12 << 20))
+        .layer(random_layer(7, 12 << 20))
+        .build();
+    let (_registry, proxy) = throttled(&image, false).await;
+    let config = Config {
+        max_concurrent_downloads: 2,
+        max_connections_per_blob: 3,
+        ..ranged_config()
+    };
+    let h = harness_in(tempfile::tempdir().unwrap(), config);
+
+    h.pull(&format!("{}/big/app:v1", proxy.host()))
+        .await
+        .expect("pull");
+
+    h.assert_blobs_verified();
+    let layer_gets: Vec<_> = image
+        .layers
+        .iter()
+        .flat_map(|l| proxy.requests_for(&l.blob.digest))
+        .filter(|r| r.method == "GET")
+        .collect();
+    // Two layers at once, each with its own connection, and two extra ones between them.
+    let most = ThrottleProxy::most_at_once(&layer_gets);
+    let bound = 2 + (3 - 1);
+    assert!(most <= bound, "{most} layer requests at once");
+    assert!(most > 2, "the extra connections were used: {most}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +328,11 @@ async fn a_ranged_pull_killed_midway_fetches_only_the_missing_ranges_next_time()
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!Store::open(&store_dir).unwrap().has_blob(&layer.digest.parse().unwrap()));
+    assert!(
+        !Store::open(&store_dir)
+            .unwrap()
+            .has_blob(&layer.digest.parse().unwrap())
+    );
 
     let recorded = recorded_bytes(&record_path(&store_dir, layer));
     assert!(

@@ -6,7 +6,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +50,10 @@ pub struct ThrottledRequest {
     pub sent: u64,
     /// Whether the whole body was handed to the connection.
     pub complete: bool,
+    /// When the request arrived, on the proxy's clock (which orders starts and ends).
+    pub started: u64,
+    /// When its response ended (the body sent or given up), on the same clock.
+    pub ended: Option<u64>,
 }
 
 impl ThrottledRequest {
@@ -74,6 +78,23 @@ struct Inner {
     client: reqwest::Client,
     connections: AtomicUsize,
     requests: Mutex<Vec<ThrottledRequest>>,
+    /// Orders the starts and ends of requests.
+    clock: AtomicU64,
+}
+
+/// Marks its request's end when dropped: the body sent, or given up.
+struct Ending {
+    inner: Arc<Inner>,
+    index: usize,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let at = self.inner.clock.fetch_add(1, Ordering::SeqCst);
+        if let Some(r) = lock(&self.inner.requests).get_mut(self.index) {
+            r.ended = Some(at);
+        }
+    }
 }
 
 /// A running throttling proxy; stops when dropped.
@@ -104,6 +125,7 @@ impl ThrottleProxy {
             client,
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            clock: AtomicU64::new(0),
         });
         let listener = Throttled {
             listener,
@@ -135,6 +157,22 @@ impl ThrottleProxy {
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<ThrottledRequest> {
         lock(&self.inner.requests).clone()
+    }
+
+    /// The most of `requests` that were being answered at once (each holds a connection).
+    pub fn most_at_once(requests: &[ThrottledRequest]) -> usize {
+        let mut events: Vec<(u64, i64)> = requests
+            .iter()
+            .flat_map(|r| [(r.started, 1), (r.ended.unwrap_or(u64::MAX), -1)])
+            .collect();
+        events.sort_unstable();
+        let mut now = 0i64;
+        let mut most = 0i64;
+        for (_, delta) in events {
+            now += delta;
+            most = most.max(now);
+        }
+        usize::try_from(most).unwrap_or(0)
     }
 
     /// Requests whose path contains `path_contains`.
@@ -191,6 +229,7 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body
         upstream = upstream.header(name.clone(), value.clone());
     }
     let index = {
+        let started = inner.clock.fetch_add(1, Ordering::SeqCst);
         let mut requests = lock(&inner.requests);
         requests.push(ThrottledRequest {
             method: method.to_string(),
@@ -199,8 +238,14 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body
             status: 0,
             sent: 0,
             complete: false,
+            started,
+            ended: None,
         });
         requests.len() - 1
+    };
+    let ending = Ending {
+        inner: inner.clone(),
+        index,
     };
     let resp = match upstream.send().await {
         Ok(r) => r,
@@ -226,6 +271,7 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body
     let log = inner.clone();
     let mut stream = resp.bytes_stream();
     let body = async_stream(move |tx| async move {
+        let _ending = ending;
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
                 return;
@@ -346,7 +392,9 @@ impl AsyncWrite for ThrottledStream {
                 .max(Duration::from_millis(1));
             self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
         }
-        let n = buf.len().min(usize::try_from(self.tokens).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.tokens).unwrap_or(usize::MAX));
         match Pin::new(&mut self.stream).poll_write(cx, &buf[..n]) {
             Poll::Ready(Ok(written)) => {
                 self.tokens -= written as u64;
@@ -360,10 +408,7 @@ impl AsyncWrite for ThrottledStream {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -381,6 +426,8 @@ mod tests {
             status: 206,
             sent: 0,
             complete: false,
+            started: 0,
+            ended: None,
         };
         assert_eq!(r(None).requested(1000), 1000);
         assert_eq!(r(Some("bytes=100-199")).requested(1000), 100);

@@ -80,7 +80,9 @@ impl<S: BlobSink> BlobSink for Reporting<S> {
         self.inner.restart().await
     }
 
-    async fn ranged(&mut self) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
+    async fn ranged(
+        &mut self,
+    ) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
         self.inner.ranged().await
     }
 

@@ -110,7 +110,9 @@ impl<S: BlobSink> BlobSink for Teed<S> {
         Ok(())
     }
 
-    async fn ranged(&mut self) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
+    async fn ranged(
+        &mut self,
+    ) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
         self.inner.ranged().await
     }
 

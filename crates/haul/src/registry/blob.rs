@@ -321,11 +321,9 @@ impl Repository {
             None => None,
         };
         if let Some(range) = range {
-            let v = HeaderValue::from_str(&range).map_err(|e| {
-                RegistryError::BadUrl {
-                    url: path.clone(),
-                    detail: e.to_string(),
-                }
+            let v = HeaderValue::from_str(&range).map_err(|e| RegistryError::BadUrl {
+                url: path.clone(),
+                detail: e.to_string(),
             })?;
             headers.insert(RANGE, v);
         }
@@ -341,13 +339,19 @@ impl Repository {
                 .await
             {
                 Ok(resp) => {
-                    self.note_blob_attempt(digest, i, previous);
+                    if end.is_none() {
+                        self.note_blob_attempt(digest, i, previous);
+                    }
                     return Ok(resp);
                 }
                 Err(e) => self.mirror_failed(i, "blob", &e),
             }
         }
-        self.note_blob_attempt(digest, upstream, previous);
+        // The ranges of one download are one attempt at the blob, not one each: a mirror
+        // keeps serving them (the whole download's attempts move between endpoints).
+        if end.is_none() {
+            self.note_blob_attempt(digest, upstream, previous);
+        }
         self.blob_at(&self.upstream, &scope, &path, &headers, digest)
             .await
     }

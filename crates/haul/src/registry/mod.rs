@@ -41,7 +41,6 @@ mod throughput;
 
 pub use auth::{Anonymous, CredentialStore, StaticCredentials};
 pub use blob::{BlobError, BlobSink, RetryNotice};
-pub use ranged::{RangedTarget, SharedTarget};
 pub use certs::CertsDirError;
 pub use challenge::ChallengeError;
 pub use client::{ClientOptions, RegistryClient};
@@ -49,6 +48,7 @@ pub use credentials::{Credential, CredentialError, DockerConfig};
 pub use error::{ForeignUrlRefusal, RegistryError, TagListProblem};
 #[cfg(feature = "trust")]
 pub use push::Pusher;
+pub use ranged::{RangedTarget, SharedTarget};
 pub use repository::{FetchedManifest, ManifestHead, Repository};
 pub use settings::{Proxies, RegistrySettings};
 

@@ -168,11 +168,7 @@ impl Repository {
         let connections = 1 + extra.len() as u64;
         let completed = target.completed();
         let pending = split(start, desc.size, &completed, connections);
-        let (honoured, _) = watch::channel(if pending.is_empty() {
-            Some(true)
-        } else {
-            None
-        });
+        let (honoured, _) = watch::channel(if pending.is_empty() { Some(true) } else { None });
         let shared = Shared {
             repo: self,
             desc,
@@ -408,9 +404,7 @@ fn absorb_in_order<'a, S: BlobSink>(
                     .await
                     .map_err(|e| Stop::Remote(task_failed(e)))?
                     .map_err(Stop::Sink)?;
-                    sink.absorb(Bytes::from(chunk))
-                        .await
-                        .map_err(Stop::Sink)?;
+                    sink.absorb(Bytes::from(chunk)).await.map_err(Stop::Sink)?;
                     position += len as u64;
                 }
             }
@@ -507,6 +501,7 @@ fn task_failed(e: tokio::task::JoinError) -> RegistryError {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;

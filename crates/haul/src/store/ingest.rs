@@ -88,8 +88,9 @@ impl Ingest {
             .dir()
             .stat(&partial)?
             .map_or(0, |st| u64::try_from(st.st_size).unwrap_or(0));
-        let recorded = super::ranges::recorded(store, &super::ranges::record_rel(digest), size, len)?
-            .map(|r| super::ranges::contiguous_prefix(&r));
+        let recorded =
+            super::ranges::recorded(store, &super::ranges::record_rel(digest), size, len)?
+                .map(|r| super::ranges::contiguous_prefix(&r));
         let (file, verifier, resumed) =
             open_partial(store, &partial, digest.clone(), size, recorded)?;
         Ok(IngestStart::Writer(Ingest {

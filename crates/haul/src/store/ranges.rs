@@ -116,10 +116,7 @@ impl Ingest {
     pub fn ranged(&mut self) -> Result<RangedPartial, StoreError> {
         let file = self.positional_file()?;
         let path = self.store().root().join(self.partial_rel());
-        let file_len = file
-            .metadata()
-            .map_err(|e| StoreError::io(&path, e))?
-            .len();
+        let file_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         let record = record_rel(self.digest());
         let prefix = self.written();
         let completed = recorded(self.store(), &record, self.size(), file_len)?
@@ -215,6 +212,7 @@ impl RangedPartial {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::store::IngestStart;
@@ -248,10 +246,7 @@ mod tests {
             Some(vec![0..20, 30..40])
         );
         // Nothing past the end of the file counts.
-        assert_eq!(
-            recorded(&store, &rel, 100, 15).unwrap(),
-            Some(vec![0..10])
-        );
+        assert_eq!(recorded(&store, &rel, 100, 15).unwrap(), Some(vec![0..10]));
     }
 
     #[test]
