@@ -136,7 +136,7 @@ async fn a_big_blob_comes_over_several_connections_in_ranges_and_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ranged_pull_that_unpacks_extracts_the_layer() {
-    let image = one_layer_image(2, 6 << 20);
+    let image = one_layer_image(2, 12 << 20);
     let (_registry, proxy) = throttled(&image, false).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
@@ -207,7 +207,7 @@ async fn connections_stay_within_the_layer_limit_plus_the_shared_extra_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_that_ignores_range_gets_one_stream_and_the_blob_verifies() {
-    let image = one_layer_image(3, 6 << 20);
+    let image = one_layer_image(3, 12 << 20);
     let layer = &image.layers[0].blob;
     let (_registry, proxy) = throttled(&image, true).await;
     let h = harness_in(tempfile::tempdir().unwrap(), ranged_config());
@@ -231,7 +231,7 @@ async fn a_mirror_that_ignores_range_gets_one_stream_and_the_blob_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_with_wrong_bytes_fails_verification_and_the_blob_is_refetched_whole() {
     let fake = fake_registry(FakeAuth::None).await;
-    let image = one_layer_image(4, 6 << 20);
+    let image = one_layer_image(4, 12 << 20);
     let layer = &image.layers[0].blob;
     fake.add_image("big/app", "v1", &image);
     // The first range asked (from byte 0) comes back with one byte flipped.
@@ -257,6 +257,49 @@ async fn a_range_with_wrong_bytes_fails_verification_and_the_blob_is_refetched_w
     let last = gets.last().unwrap();
     assert_eq!(last.range(), None, "then the whole blob");
     assert_eq!(last.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_breaks_midway_is_resumed_within_the_range() {
+    let fake = fake_registry(FakeAuth::None).await;
+    let image = one_layer_image(8, 12 << 20);
+    let layer = &image.layers[0].blob;
+    fake.add_image("big/app", "v1", &image);
+    // The first range (from byte 0) breaks after 300,000 bytes.
+    fake.fault_times(&layer.digest, Fault::DropConnection(300_000), 1);
+    let h = harness_in(tempfile::tempdir().unwrap(), ranged_config());
+
+    h.pull(&format!("{}/big/app:v1", fake.host()))
+        .await
+        .expect("pull");
+
+    h.assert_blobs_verified();
+    let starts: Vec<u64> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
+        .map(|r| {
+            let Some(range) = r.range() else {
+                panic!(
+                    "a GET without a range: {:?}",
+                    fake.requests()
+                        .iter()
+                        .filter(|r| r.path.contains(&layer.digest))
+                        .map(|r| (r.range().map(str::to_owned), r.status))
+                        .collect::<Vec<_>>()
+                )
+            };
+            let spec = range.strip_prefix("bytes=").expect("bytes");
+            spec.split('-').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    // Ranges are at least 1 MiB: a start inside the first one is the broken range resumed
+    // from the bytes it had, not fetched again.
+    assert!(
+        starts.iter().any(|s| *s > 0 && *s < 1 << 20),
+        "no resumed range: {starts:?}"
+    );
+    assert_eq!(starts.iter().filter(|s| **s == 0).count(), 1, "{starts:?}");
 }
 
 /// The record of complete ranges a ranged download keeps beside its partial.
