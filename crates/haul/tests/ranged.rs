@@ -269,9 +269,15 @@ async fn a_range_that_breaks_midway_is_resumed_within_the_range() {
     fake.fault_times(&layer.digest, Fault::DropConnection(300_000), 1);
     let h = harness_in(tempfile::tempdir().unwrap(), ranged_config());
 
-    h.pull(&format!("{}/big/app:v1", fake.host()))
+    let (_, events) = h
+        .pull(&format!("{}/big/app:v1", fake.host()))
         .await
         .expect("pull");
+    let statuses = common::layer_statuses(&events, &layer.digest);
+    assert!(
+        statuses.iter().any(|s| s.starts_with("Retrying")),
+        "the retry is reported: {statuses:?}"
+    );
 
     h.assert_blobs_verified();
     let starts: Vec<u64> = fake

@@ -16,7 +16,8 @@
 //!   ([`Ranged::Fallback`]), with the record of ranges dropped.
 //! - **Retries.** Each range is retried like a whole download (`max-download-attempts`,
 //!   backoff, `Retry-After` within the blob's one wait budget, the minimum rate), resuming
-//!   within the range from the bytes it already wrote.
+//!   within the range from the bytes it already wrote; each wait is announced to the sink
+//!   ([`BlobSink::retrying`]).
 //! - **Resume.** A range is recorded by the target once written; the next attempt (another
 //!   process after a kill) fetches only the ranges not recorded.
 //! - **Verification.** The sink hashes what it absorbs, in order, and the caller asks its
@@ -39,7 +40,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_RANGE;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
-use super::blob::BlobSink;
+use super::blob::{BlobSink, RetryNotice};
 use super::error::RegistryError;
 use super::repository::Repository;
 use super::retry::RetryWaits;
@@ -120,6 +121,15 @@ enum Stop<E> {
     Refused(&'static str),
     Remote(RegistryError),
     Sink(E),
+}
+
+/// What a connection tells the one handing bytes to the sink.
+enum Note {
+    /// A range is written and recorded.
+    Done(Range<u64>),
+    /// A range's attempt failed and the next follows after a wait: the sink is told, as for a
+    /// whole download.
+    Retrying(RetryNotice),
 }
 
 /// What the connections share.
@@ -235,7 +245,7 @@ impl<E: Send + 'static> Shared<'_, E> {
     async fn connection(
         &self,
         probe: bool,
-        done: mpsc::UnboundedSender<Range<u64>>,
+        done: mpsc::UnboundedSender<Note>,
     ) -> Result<(), Stop<E>> {
         if !probe {
             let mut rx = self.honoured.subscribe();
@@ -251,7 +261,7 @@ impl<E: Send + 'static> Shared<'_, E> {
             let Some(range) = self.queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                 return Ok(());
             };
-            self.range(range.clone()).await?;
+            self.range(range.clone(), &done).await?;
             let t = self.target.clone();
             let r = range.clone();
             tokio::task::spawn_blocking(move || t.record(r))
@@ -259,12 +269,16 @@ impl<E: Send + 'static> Shared<'_, E> {
                 .map_err(|e| Stop::Remote(task_failed(e)))?
                 .map_err(Stop::Sink)?;
             // The receiver is gone only when the download already stopped.
-            let _ = done.send(range);
+            let _ = done.send(Note::Done(range));
         }
     }
 
     /// One range, with retries; resumes within the range from what it wrote.
-    async fn range(&self, range: Range<u64>) -> Result<(), Stop<E>> {
+    async fn range(
+        &self,
+        range: Range<u64>,
+        notes: &mpsc::UnboundedSender<Note>,
+    ) -> Result<(), Stop<E>> {
         let max_attempts = self.repo.client.settings().max_download_attempts;
         let mut attempt = 1;
         let mut position = range.start;
@@ -285,11 +299,17 @@ impl<E: Send + 'static> Shared<'_, E> {
             } else {
                 self.repo.client.backoff(attempt)
             };
+            let reason = err.to_string();
             let delay = match self.waits.lock() {
                 Ok(mut waits) => waits.delay(self.repo.host(), err, backoff),
                 Err(_) => Err(err),
             }
             .map_err(Stop::Remote)?;
+            let _ = notes.send(Note::Retrying(RetryNotice {
+                attempt,
+                delay,
+                reason,
+            }));
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -380,7 +400,7 @@ fn absorb_in_order<'a, S: BlobSink>(
     size: u64,
     start: u64,
     completed: &[Range<u64>],
-    mut done: mpsc::UnboundedReceiver<Range<u64>>,
+    mut done: mpsc::UnboundedReceiver<Note>,
 ) -> impl Future<Output = Result<(), Stop<S::Error>>> + Send + 'a {
     let mut finished: BTreeMap<u64, u64> = completed
         .iter()
@@ -412,9 +432,10 @@ fn absorb_in_order<'a, S: BlobSink>(
                 return Ok(());
             }
             match done.recv().await {
-                Some(r) => {
+                Some(Note::Done(r)) => {
                     finished.insert(r.start, r.end);
                 }
+                Some(Note::Retrying(notice)) => sink.retrying(&notice),
                 // Every connection ended without the range at `position`: the one that
                 // failed says why.
                 None => {
