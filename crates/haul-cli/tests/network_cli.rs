@@ -29,6 +29,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
   "max-download-attempts": 2,
   "download-stall-timeout": 15,
   "max-retry-after": 30,
+  "max-connections-per-blob": 6,
+  "ranged-download-min-size": 67108864,
   "foreign-layer-allowed-networks": ["10.20.0.0/16"],
   "insecure-registries": ["registry.lan:5000"],
   "registry-mirrors": {{"docker.io": ["https://mirror.local"], "ghcr.io": ["http://127.0.0.1:5001", "https://m2.lan"]}},
@@ -47,6 +49,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
         " max-download-attempts: 2\n",
         " download-stall-timeout: 15s\n",
         " max-retry-after: 30s\n",
+        " max-connections-per-blob: 6\n",
+        " ranged-download-min-size: 67.1MB\n",
         " foreign-layer-allowed-networks: 10.20.0.0/16\n",
         " insecure-registries: registry.lan:5000\n",
         " registry-mirrors:\n  docker.io: https://mirror.local/\n  ghcr.io: http://127.0.0.1:5001/, https://m2.lan/\n",
@@ -65,6 +69,8 @@ fn info_prints_the_effective_configuration_with_proxy_passwords_masked() {
     assert_eq!(c["max-download-attempts"], 2);
     assert_eq!(c["download-stall-timeout"], 15.0);
     assert_eq!(c["max-retry-after"], 30.0);
+    assert_eq!(c["max-connections-per-blob"], 6);
+    assert_eq!(c["ranged-download-min-size"], 67_108_864);
     assert_eq!(c["foreign-layer-allowed-networks"], json!(["10.20.0.0/16"]));
     assert_eq!(c["insecure-registries"], json!(["registry.lan:5000"]));
     assert_eq!(

@@ -34,7 +34,8 @@ use serde_json::Value;
 pub use crate::registry::Proxies;
 use crate::registry::RegistrySettings;
 pub use crate::registry::settings::{
-    DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_DOWNLOAD_STALL_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_BLOB,
+    DEFAULT_MAX_DOWNLOAD_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_RANGED_DOWNLOAD_MIN_SIZE,
 };
 use crate::registry::settings::{network, parse_cidr};
 
@@ -42,6 +43,10 @@ use crate::registry::settings::{network, parse_cidr};
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// Longer than any sane stall limit; keeps a typo (`600000`) from meaning "hang for a week".
 const MAX_DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// More connections to one host than any CDN wants from one client; keeps a typo from opening
+/// thousands.
+const MAX_CONNECTIONS_PER_BLOB: u64 = 64;
 
 /// Docker Hub's name as mirrors are keyed.
 const DOCKER_HUB: &str = "docker.io";
@@ -114,6 +119,17 @@ pub struct Config {
     /// default roots (`/etc/docker/certs.d`, and `~/.config/docker/certs.d` for other users than
     /// root) when set (`certs-dir`, an absolute path).
     pub certs_dir: Option<PathBuf>,
+    /// Connections one blob download may use at once (`max-connections-per-blob`, default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_BLOB`]; 1 turns ranged downloads off). A blob of at least
+    /// `ranged-download-min-size` whose registry honours `Range` is fetched in ranges over up to
+    /// this many connections. Shared with `max-concurrent-downloads`: each downloading layer holds
+    /// one connection, and the extra connections of ranged downloads come from one pool of
+    /// `max-connections-per-blob - 1` per pull, so a pull opens at most
+    /// `max-concurrent-downloads + max-connections-per-blob - 1` blob connections at once.
+    pub max_connections_per_blob: usize,
+    /// The smallest blob fetched in ranges (`ranged-download-min-size`, bytes, default
+    /// [`DEFAULT_RANGED_DOWNLOAD_MIN_SIZE`]).
+    pub ranged_download_min_size: u64,
     /// Content trust: keyring, policy, and whether pulls verify signatures by default.
     pub trust: crate::trust::TrustConfig,
     /// The file the values came from, if any.
@@ -134,6 +150,8 @@ impl Default for Config {
             registry_mirrors: BTreeMap::new(),
             proxies: Proxies::default(),
             certs_dir: None,
+            max_connections_per_blob: DEFAULT_MAX_CONNECTIONS_PER_BLOB,
+            ranged_download_min_size: DEFAULT_RANGED_DOWNLOAD_MIN_SIZE,
             trust: crate::trust::TrustConfig::default(),
             source: None,
             warnings: Vec::new(),
@@ -321,6 +339,24 @@ impl Config {
                             })?,
                     );
                 }
+                // haul's own keys: docker fetches every blob over one connection.
+                "max-connections-per-blob" => {
+                    config.max_connections_per_blob = positive(v)
+                        .filter(|n| *n <= MAX_CONNECTIONS_PER_BLOB)
+                        .ok_or_else(|| {
+                            invalid(
+                                key,
+                                format!(
+                                    "expected an integer from 1 to {MAX_CONNECTIONS_PER_BLOB}, got {v}"
+                                ),
+                            )
+                        })? as usize;
+                }
+                "ranged-download-min-size" => {
+                    config.ranged_download_min_size = positive(v).ok_or_else(|| {
+                        invalid(key, format!("expected a positive number of bytes, got {v}"))
+                    })?;
+                }
                 "trust" => {
                     config.trust =
                         crate::trust::TrustConfig::parse(v).map_err(|r| invalid(key, r))?;
@@ -354,6 +390,8 @@ impl Config {
             max_retry_after: self.max_retry_after,
             foreign_layer_allowed_networks: self.foreign_layer_allowed_networks.clone(),
             certs_dir: self.certs_dir.clone(),
+            max_connections_per_blob: self.max_connections_per_blob,
+            ranged_download_min_size: self.ranged_download_min_size,
         }
     }
 
@@ -505,6 +543,31 @@ mod tests {
         assert!(!c.is_insecure("11.1.2.3"));
         assert!(c.is_insecure("plain.example:443"));
         assert!(!c.is_insecure("ghcr.io"));
+    }
+
+    #[test]
+    fn ranged_download_keys_reach_the_registry_settings() {
+        let c = parse(r#"{"max-connections-per-blob": 8, "ranged-download-min-size": 1048576}"#)
+            .unwrap();
+        assert!(c.warnings.is_empty());
+        let s = c.registry_settings();
+        assert_eq!(s.max_connections_per_blob, 8);
+        assert_eq!(s.ranged_download_min_size, 1 << 20);
+        let d = Config::default().registry_settings();
+        assert_eq!(d.max_connections_per_blob, DEFAULT_MAX_CONNECTIONS_PER_BLOB);
+        assert_eq!(d.ranged_download_min_size, 32 << 20);
+        for bad in [
+            r#"{"max-connections-per-blob": 0}"#,
+            r#"{"max-connections-per-blob": 65}"#,
+            r#"{"max-connections-per-blob": "4"}"#,
+            r#"{"ranged-download-min-size": 0}"#,
+            r#"{"ranged-download-min-size": -5}"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ConfigError::Invalid { .. })),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -379,8 +379,12 @@ fn sweep(store: &Store, marks: &Marks, options: &PruneOptions) -> Result<PruneRe
         let Some(name) = entry.name.to_str() else {
             continue;
         };
-        // `<algo>-<hex>.partial` belongs to an ingest holding `locks/<algo>-<hex>.lock`.
-        if let Some(stem) = name.strip_suffix(".partial")
+        // `<algo>-<hex>.partial` and its record of ranges (`.ranges`, `.ranges.tmp` while it is
+        // rewritten) belong to an ingest holding `locks/<algo>-<hex>.lock`.
+        let stem = [".partial", ".ranges", ".ranges.tmp"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix));
+        if let Some(stem) = stem
             && !is_idle(store, &format!("{stem}.lock"))
         {
             continue;

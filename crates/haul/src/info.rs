@@ -28,6 +28,10 @@ pub struct EffectiveConfig {
     pub download_stall_timeout: f64,
     /// The longest `Retry-After` obeyed, in seconds.
     pub max_retry_after: f64,
+    /// Connections one big blob may be fetched over, in ranges (`max-connections-per-blob`).
+    pub max_connections_per_blob: usize,
+    /// The smallest blob fetched in ranges, in bytes (`ranged-download-min-size`).
+    pub ranged_download_min_size: u64,
     /// Networks outside the public internet that foreign layer `urls` may reach.
     pub foreign_layer_allowed_networks: Vec<String>,
     /// Registries (hosts, `host:port` or CIDRs) that may be reached over plain HTTP or TLS
@@ -71,6 +75,8 @@ pub fn effective_config(config: &Config) -> EffectiveConfig {
         max_download_attempts: config.max_download_attempts,
         download_stall_timeout: config.download_stall_timeout.as_secs_f64(),
         max_retry_after: config.max_retry_after.as_secs_f64(),
+        max_connections_per_blob: config.max_connections_per_blob,
+        ranged_download_min_size: config.ranged_download_min_size,
         foreign_layer_allowed_networks: config.foreign_layer_allowed_networks.clone(),
         insecure_registries: config.insecure_registries.clone(),
         registry_mirrors: config

@@ -19,6 +19,8 @@
 //!   [`gnu_tar_extract`]: the real producers and oracles.
 //! - [`HttpProxy`]: a forward HTTP proxy (absolute-form requests and `CONNECT`) that records
 //!   each request and the `Proxy-Authorization` it carried.
+//! - [`ThrottleProxy`]: a reverse proxy in front of a registry that caps each connection's rate
+//!   (a CDN, a long-RTT link), may ignore `Range`, and counts connections and ranges.
 //!
 //! ```no_run
 //! use test_registry::{Format, ImageBuilder, Pusher, RealRegistry, RegistryOptions, random_layer};
@@ -46,6 +48,7 @@ mod push;
 mod referrers;
 mod registry;
 mod server;
+mod throttle;
 mod token;
 mod tools;
 mod tree;
@@ -68,6 +71,7 @@ pub use registry::{
     AccessLogEntry, DEFAULT_REGISTRY_BIN, RealRegistry, RegistryOptions, TokenAuthConfig,
     parse_access_line,
 };
+pub use throttle::{ThrottleOptions, ThrottleProxy, ThrottledRequest};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenIssuerOptions, TokenRequest};
 pub use tools::{Containers, gnu_tar_extract, run_tool, skopeo, umoci_unpack};
 pub use tree::{Compare, Node, NodeKind, Tree, assert_same_tree};

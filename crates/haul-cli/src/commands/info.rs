@@ -49,6 +49,8 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
                 "MaxDownloadAttempts": effective.max_download_attempts,
                 "DownloadStallTimeout": effective.download_stall_timeout,
                 "MaxRetryAfter": effective.max_retry_after,
+                "MaxConnectionsPerBlob": effective.max_connections_per_blob,
+                "RangedDownloadMinSize": effective.ranged_download_min_size,
                 "ForeignLayerAllowedNetworks": effective.foreign_layer_allowed_networks,
                 "InsecureRegistries": effective.insecure_registries,
                 "RegistryMirrors": effective.registry_mirrors,
@@ -122,6 +124,16 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
         effective.download_stall_timeout
     )?;
     writeln!(out, " max-retry-after: {}s", effective.max_retry_after)?;
+    writeln!(
+        out,
+        " max-connections-per-blob: {}",
+        effective.max_connections_per_blob
+    )?;
+    writeln!(
+        out,
+        " ranged-download-min-size: {}",
+        crate::render::human_size(effective.ranged_download_min_size)
+    )?;
     writeln!(
         out,
         " foreign-layer-allowed-networks: {}",

@@ -23,6 +23,7 @@
 //!   ([`super::tee`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
@@ -35,9 +36,9 @@ use super::tee::{self, Tee, Teed};
 use crate::digest::{Digest, VerifyError};
 use crate::manifest::Descriptor;
 use crate::progress::LayerStatus;
-use crate::registry::{BlobError, BlobSink};
+use crate::registry::{BlobError, BlobSink, RangedTarget, SharedTarget};
 use crate::space;
-use crate::store::{Ingest, IngestStart, Store, StoreError};
+use crate::store::{Ingest, IngestStart, RangedPartial, Store, StoreError};
 
 /// Bytes of a download handed to a blocking thread at once. As big as the ingest's own buffer,
 /// which a batch this size bypasses: a batch costs one copy, one hand-over and one write. Small
@@ -136,6 +137,44 @@ impl IngestSink {
         }
         if self.position == self.size {
             // Every byte is here: the ingest has hashed them all before anyone asks.
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// The partial file for a download over several connections ([`Ingest::ranged`]).
+    pub(crate) async fn ranged(&mut self) -> Result<SharedTarget<StoreError>, StoreError> {
+        let mut ingest = self.take_idle().await?;
+        let (ingest, result) = tokio::task::spawn_blocking(move || {
+            let result = ingest.ranged();
+            (ingest, result)
+        })
+        .await
+        .map_err(|e| StoreError::task(&self.ingest_dir, e))?;
+        self.idle = Some(ingest);
+        Ok(Arc::new(result?))
+    }
+
+    /// Takes the next bytes of the blob, already written at their offset by a ranged
+    /// download: hashed on a blocking thread like a batch, not written again.
+    pub(crate) async fn absorb(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        let end = self.position.saturating_add(chunk.len() as u64);
+        if end > self.size {
+            return Err(StoreError::Verify {
+                digest: self.digest.clone(),
+                source: VerifyError::TooLong {
+                    expected: self.size,
+                },
+            });
+        }
+        let mut ingest = self.take_idle().await?;
+        self.position = end;
+        // Held in `in_flight` like a batch, so a download dropped meanwhile loses nothing.
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let result = ingest.absorb(&chunk);
+            (ingest, Vec::new(), result)
+        }));
+        if self.position == self.size {
             self.settle().await?;
         }
         Ok(())
@@ -265,6 +304,36 @@ impl BlobSink for IngestSink {
 
     fn verify(&mut self) -> Result<(), VerifyError> {
         self.check()
+    }
+
+    async fn ranged(&mut self) -> Result<Option<SharedTarget<StoreError>>, StoreError> {
+        IngestSink::ranged(self).await.map(Some)
+    }
+
+    async fn absorb(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        IngestSink::absorb(self, chunk).await
+    }
+}
+
+impl RangedTarget<StoreError> for RangedPartial {
+    fn completed(&self) -> Vec<std::ops::Range<u64>> {
+        RangedPartial::completed(self).to_vec()
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        RangedPartial::write_at(self, offset, bytes)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        RangedPartial::read_at(self, offset, buf)
+    }
+
+    fn record(&self, range: std::ops::Range<u64>) -> Result<(), StoreError> {
+        RangedPartial::record(self, range)
+    }
+
+    fn abandon(&self, keep: u64) -> Result<(), StoreError> {
+        RangedPartial::abandon(self, keep)
     }
 }
 

@@ -80,6 +80,21 @@ impl<S: BlobSink> BlobSink for Reporting<S> {
         self.inner.restart().await
     }
 
+    async fn ranged(
+        &mut self,
+    ) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
+        self.inner.ranged().await
+    }
+
+    async fn absorb(&mut self, chunk: Bytes) -> Result<(), S::Error> {
+        self.inner.absorb(chunk).await?;
+        if self.reporter.is_some() && self.last_report.elapsed() >= PROGRESS_INTERVAL {
+            self.last_report = Instant::now();
+            self.downloading();
+        }
+        Ok(())
+    }
+
     fn verify(&mut self) -> Result<(), VerifyError> {
         // The body is complete: the bar shows all of it before `Verifying Checksum`.
         self.downloading();

@@ -1,5 +1,7 @@
 //! The extraction's copy of a download: every chunk the store's ingest takes is also sent, as the
-//! same [`Bytes`] (no copy), to an extraction reading on a blocking thread.
+//! same [`Bytes`] (no copy), to an extraction reading on a blocking thread. A download over
+//! several connections hands the ingest its bytes in order as the contiguous prefix grows
+//! ([`BlobSink::absorb`]), and the extraction gets them the same way.
 //!
 //! Promises:
 //! - The extraction sees the blob's bytes in order, from byte 0, or an error: a download that
@@ -104,6 +106,25 @@ impl<S: BlobSink> BlobSink for Teed<S> {
                 t.send(chunk).await;
             }
             None => self.inner.write(chunk).await?,
+        }
+        Ok(())
+    }
+
+    async fn ranged(
+        &mut self,
+    ) -> Result<Option<crate::registry::SharedTarget<S::Error>>, S::Error> {
+        self.inner.ranged().await
+    }
+
+    /// Bytes of a ranged download reach the extraction in order too: from the contiguous
+    /// prefix, as it grows.
+    async fn absorb(&mut self, chunk: Bytes) -> Result<(), S::Error> {
+        match self.tee.as_mut() {
+            Some(t) => {
+                self.inner.absorb(chunk.clone()).await?;
+                t.send(chunk).await;
+            }
+            None => self.inner.absorb(chunk).await?,
         }
         Ok(())
     }

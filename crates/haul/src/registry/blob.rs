@@ -23,6 +23,11 @@
 //!   store's ingest hashes what it writes), not a second time here. A partial that an earlier
 //!   process left and that turns out not to be a prefix of the blob is dropped and the blob
 //!   fetched whole, once.
+//! - **Big blobs.** A blob of at least `ranged-download-min-size` whose sink offers a
+//!   [`RangedTarget`](super::RangedTarget) ([`BlobSink::ranged`]) is fetched in ranges over
+//!   several connections when the endpoint answers `Range` with exactly the range asked
+//!   ([`super::ranged`]); else over one stream, as below. Ranged content that fails
+//!   verification is dropped and the blob fetched whole over one stream, once.
 //! - **Cost.** The chunks hyper hands out reach the sink as they are ([`Bytes`], no copy); per
 //!   chunk one size comparison and the minimum-rate clock, no system call of its own.
 
@@ -35,6 +40,7 @@ use reqwest::{Method, StatusCode};
 
 use super::endpoints::Endpoint;
 use super::error::RegistryError;
+use super::ranged::{Failure, Ranged, SharedTarget};
 use super::repository::Repository;
 use super::retry::RetryWaits;
 use super::throughput::MinRate;
@@ -62,6 +68,27 @@ pub trait BlobSink: Send {
     ///
     /// What is wrong with the bytes held ([`VerifyError::Mismatch`] for another digest).
     fn verify(&mut self) -> Result<(), VerifyError>;
+
+    /// A file to write the rest of the blob into at any offset, for a download over several
+    /// connections. `None` (the default) keeps the download to one stream of [`write`]s.
+    ///
+    /// [`write`]: BlobSink::write
+    ///
+    /// # Errors
+    ///
+    /// The sink's failure to provide one: the download fails with it.
+    fn ranged(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<SharedTarget<Self::Error>>, Self::Error>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Takes the next bytes of the blob, which a ranged download already wrote at their offset
+    /// through [`BlobSink::ranged`]'s target: the sink counts and hashes them without writing
+    /// them again. The default writes them again, which is correct, only slower.
+    fn absorb(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.write(chunk)
+    }
 
     /// An attempt failed and the next starts after `notice.delay`.
     fn retrying(&mut self, notice: &RetryNotice) {
@@ -132,6 +159,27 @@ impl Repository {
         // What an earlier process left may not be a prefix of this blob (a crash can leave
         // anything): until a restart, a wrong digest may be the partial's fault.
         let mut partial_unproven = sink.position() > 0;
+        let extra = self.range_connections(desc, sink.position());
+        if !extra.is_empty()
+            && let Some(target) = sink.ranged().await.map_err(BlobError::Sink)?
+        {
+            match self.fetch_ranged(desc, sink, target, extra).await {
+                Ranged::Done => match sink.verify() {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        // Ranges from several connections, perhaps several endpoints, and
+                        // from an earlier process: whichever was wrong, the whole blob over
+                        // one stream decides, once.
+                        tracing::warn!(%digest, error = %e, "a ranged download failed verification; fetching it whole");
+                        sink.restart().await.map_err(BlobError::Sink)?;
+                        partial_unproven = false;
+                    }
+                },
+                Ranged::Fallback => {}
+                Ranged::Failed(Failure::Remote(e)) => return Err(BlobError::Registry(e)),
+                Ranged::Failed(Failure::Sink(e)) => return Err(BlobError::Sink(e)),
+            }
+        }
         loop {
             let before = sink.position();
             let source = match self.transfer(desc, sink, &mut partial_unproven).await {
@@ -254,14 +302,28 @@ impl Repository {
         digest: &Digest,
         offset: u64,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.blob_range(digest, offset, None).await
+    }
+
+    /// As [`Repository::blob`], for bytes `offset..end` (to the end of the blob when `end` is
+    /// `None`).
+    pub(super) async fn blob_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<reqwest::Response, RegistryError> {
         let path = format!("v2/{}/blobs/{digest}", self.name);
         let mut headers = HeaderMap::new();
-        if offset > 0 {
-            let v = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| {
-                RegistryError::BadUrl {
-                    url: path.clone(),
-                    detail: e.to_string(),
-                }
+        let range = match end {
+            Some(end) => Some(format!("bytes={offset}-{}", end.saturating_sub(1))),
+            None if offset > 0 => Some(format!("bytes={offset}-")),
+            None => None,
+        };
+        if let Some(range) = range {
+            let v = HeaderValue::from_str(&range).map_err(|e| RegistryError::BadUrl {
+                url: path.clone(),
+                detail: e.to_string(),
             })?;
             headers.insert(RANGE, v);
         }
@@ -277,13 +339,19 @@ impl Repository {
                 .await
             {
                 Ok(resp) => {
-                    self.note_blob_attempt(digest, i, previous);
+                    if end.is_none() {
+                        self.note_blob_attempt(digest, i, previous);
+                    }
                     return Ok(resp);
                 }
                 Err(e) => self.mirror_failed(i, "blob", &e),
             }
         }
-        self.note_blob_attempt(digest, upstream, previous);
+        // The ranges of one download are one attempt at the blob, not one each: a mirror
+        // keeps serving them (the whole download's attempts move between endpoints).
+        if end.is_none() {
+            self.note_blob_attempt(digest, upstream, previous);
+        }
         self.blob_at(&self.upstream, &scope, &path, &headers, digest)
             .await
     }

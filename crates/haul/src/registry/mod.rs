@@ -4,7 +4,8 @@
 //!   requests with retries, built from [`RegistrySettings`] and [`ClientOptions`].
 //! - [`Repository`] (`repository`, `tags`, `blob`): one repository's manifests, tag list and
 //!   blobs; [`Repository::fetch_blob`] is the one way a blob is downloaded: resumed, retried,
-//!   moved between mirrors and verified into a [`BlobSink`].
+//!   moved between mirrors and verified into a [`BlobSink`]; a big blob over several
+//!   connections when the registry serves ranges (`ranged`, into a [`RangedTarget`]).
 //! - Credentials come from a [`CredentialStore`]: docker's `config.json` and its credential
 //!   helpers ([`DockerConfig`]), fixed ones ([`StaticCredentials`]), none ([`Anonymous`]) or the
 //!   caller's own.
@@ -30,6 +31,7 @@ mod proxy;
 // Only signing pushes (`crate::trust::sign_image`): without the `trust` feature nothing would.
 #[cfg(feature = "trust")]
 mod push;
+mod ranged;
 mod repository;
 mod resolve;
 mod retry;
@@ -46,6 +48,7 @@ pub use credentials::{Credential, CredentialError, DockerConfig};
 pub use error::{ForeignUrlRefusal, RegistryError, TagListProblem};
 #[cfg(feature = "trust")]
 pub use push::Pusher;
+pub use ranged::{RangedTarget, SharedTarget};
 pub use repository::{FetchedManifest, ManifestHead, Repository};
 pub use settings::{Proxies, RegistrySettings};
 

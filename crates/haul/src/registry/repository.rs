@@ -53,6 +53,8 @@ pub struct Repository {
     pub(super) upstream: Endpoint,
     pub(super) name: String,
     pub(super) state: Arc<EndpointState>,
+    /// The extra connections ranged blob downloads share ([`super::ranged`]).
+    pub(super) range_connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl RegistryClient {
@@ -68,6 +70,9 @@ impl RegistryClient {
         Repository {
             client: self.clone(),
             state: Arc::new(EndpointState::new(mirrors.len())),
+            range_connections: Arc::new(tokio::sync::Semaphore::new(
+                self.settings().max_connections_per_blob.saturating_sub(1),
+            )),
             mirrors: mirrors.into(),
             upstream: Endpoint {
                 host: reference.api_host().to_owned(),

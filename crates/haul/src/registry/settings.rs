@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// What one request (a blob download with all its attempts) may spend waiting between attempts,
 /// in multiples of `max-retry-after`: five full waits, as many as the default attempts allow.
 const RETRY_WAIT_BUDGET_FACTOR: u32 = 5;
+/// Connections one blob download may use at once (`max-connections-per-blob`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_BLOB: usize = 4;
+/// The smallest blob fetched over several connections (`ranged-download-min-size`): below it a
+/// second request's round trip costs more than a parallel connection saves.
+pub const DEFAULT_RANGED_DOWNLOAD_MIN_SIZE: u64 = 32 << 20;
 
 /// How the registry client treats hosts: the config file's transport keys.
 #[derive(Debug, Clone)]
@@ -54,6 +59,12 @@ pub struct RegistrySettings {
     /// The root of per-registry certificate directories (`certs-dir`), replacing docker's
     /// default roots; see [`RegistryClient`](super::RegistryClient) for the layout.
     pub certs_dir: Option<std::path::PathBuf>,
+    /// Connections one blob download may use at once, fetching ranges of it in parallel
+    /// (`max-connections-per-blob`; 1 fetches every blob over one connection).
+    pub max_connections_per_blob: usize,
+    /// Blobs at least this big are fetched in ranges over several connections when the registry
+    /// honours `Range` (`ranged-download-min-size`, bytes).
+    pub ranged_download_min_size: u64,
 }
 
 impl Default for RegistrySettings {
@@ -68,6 +79,8 @@ impl Default for RegistrySettings {
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             foreign_layer_allowed_networks: Vec::new(),
             certs_dir: None,
+            max_connections_per_blob: DEFAULT_MAX_CONNECTIONS_PER_BLOB,
+            ranged_download_min_size: DEFAULT_RANGED_DOWNLOAD_MIN_SIZE,
         }
     }
 }

@@ -97,7 +97,16 @@ impl Ingest {
             digest.algorithm().name(),
             digest.hex()
         ));
-        let (file, verifier, resumed) = open_partial(store, &partial, digest.clone(), size)?;
+        // A partial written in ranges is hashed only as far as its record says it is whole.
+        let len = store
+            .dir()
+            .stat(&partial)?
+            .map_or(0, |st| u64::try_from(st.st_size).unwrap_or(0));
+        let recorded =
+            super::ranges::recorded(store, &super::ranges::record_rel(digest), size, len)?
+                .map(|r| super::ranges::contiguous_prefix(&r));
+        let (file, verifier, resumed) =
+            open_partial(store, &partial, digest.clone(), size, recorded)?;
         Ok(IngestStart::Writer(Ingest {
             store: store.clone(),
             digest: digest.clone(),
@@ -113,18 +122,22 @@ impl Ingest {
 
 /// Opens the partial file `rel` (created when absent, never through a symlink) and hashes what an
 /// earlier attempt left in it, positioned after that prefix so the ingest can continue. A partial
-/// longer than the blob cannot be a prefix of it and is emptied.
+/// longer than the blob cannot be a prefix of it and is emptied. With `recorded` (a ranged
+/// download's record, [`super::ranges`]) only that prefix is hashed and nothing is cut: the
+/// ranges past it are kept for the next ranged download.
 fn open_partial(
     store: &Store,
     rel: &Path,
     digest: Digest,
     size: u64,
+    recorded: Option<u64>,
 ) -> Result<(File, Verifier, u64), StoreError> {
     let path = store.root().join(rel);
     let io_err = |e| StoreError::io(&path, e);
     let mut file = store.dir().open_writable(rel)?;
     let mut verifier = Verifier::new(digest.clone(), size);
-    let len = file.metadata().map_err(io_err)?.len();
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let len = recorded.map_or(file_len, |prefix| prefix.min(file_len));
     let mut seen = 0u64;
     if len <= size {
         let mut buf = vec![0u8; REHASH_BUFFER];
@@ -146,7 +159,9 @@ fn open_partial(
     }
     // Positioned writes rather than O_APPEND: whatever lies past the hashed prefix goes, and a
     // late write from an abandoned attempt can only land where its (identical) bytes belong.
-    file.set_len(seen).map_err(io_err)?;
+    if recorded.is_none() {
+        file.set_len(seen).map_err(io_err)?;
+    }
     file.seek(std::io::SeekFrom::Start(seen)).map_err(io_err)?;
     Ok((file, verifier, seen))
 }
@@ -201,6 +216,50 @@ impl Ingest {
             .map_err(|e| StoreError::io(&self.store.root().join(&self.partial), e))
     }
 
+    /// Takes the next `bytes` of the blob that a ranged download already wrote at their offset
+    /// in the partial ([`Ingest::ranged`]): hashed and counted as if written, not written again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ingest::write`].
+    pub fn absorb(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.verifier
+            .update(bytes)
+            .map_err(|source| StoreError::Verify {
+                digest: self.digest.clone(),
+                source,
+            })?;
+        let path = self.path();
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.closed());
+        };
+        // The next in-order write lands after them.
+        file.seek(std::io::SeekFrom::Start(self.verifier.bytes_seen()))
+            .map(|_| ())
+            .map_err(|e| StoreError::io(&path, e))
+    }
+
+    /// A second handle on the partial file, for writes at offsets, after writing out what is
+    /// buffered.
+    pub(super) fn positional_file(&mut self) -> Result<File, StoreError> {
+        let path = self.path();
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.closed());
+        };
+        file.flush().map_err(|e| StoreError::io(&path, e))?;
+        file.get_ref()
+            .try_clone()
+            .map_err(|e| StoreError::io(&path, e))
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn partial_rel(&self) -> &Path {
+        &self.partial
+    }
+
     /// Drops what was written so far (a retry that could not resume starts over).
     ///
     /// # Errors
@@ -219,7 +278,9 @@ impl Ingest {
         self.file = Some(BufWriter::with_capacity(INGEST_BUFFER, file));
         self.verifier = Verifier::new(self.digest.clone(), self.size);
         self.resumed = 0;
-        Ok(())
+        self.store
+            .dir()
+            .remove_file(&super::ranges::record_rel(&self.digest))
     }
 
     /// Checks size and digest of what was written, without committing.
@@ -244,6 +305,10 @@ impl Ingest {
     pub fn discard(mut self) {
         drop(self.take_file_unflushed());
         let _ = self.store.dir().remove_file(&self.partial);
+        let _ = self
+            .store
+            .dir()
+            .remove_file(&super::ranges::record_rel(&self.digest));
     }
 
     /// Verifies size and digest, then makes the blob visible. On a mismatch the partial file is
@@ -271,6 +336,11 @@ impl Ingest {
         // made, private like the rest, by the first blob that needs it.
         self.store.dir().create_dir(dir)?;
         self.store.dir().rename(&self.partial, &to)?;
+        // The blob is in place: a record left behind would only describe a partial long gone.
+        let _ = self
+            .store
+            .dir()
+            .remove_file(&super::ranges::record_rel(&self.digest));
         self.store.dir().sync_dir(dir)
     }
 

@@ -52,6 +52,7 @@ mod fs;
 mod ingest;
 mod layout;
 mod lock;
+mod ranges;
 mod refs;
 
 use std::io::{self, Read as _, Write};
@@ -68,6 +69,7 @@ use layout::{GC_LOCK, INGEST_DIR};
 pub(crate) use layout::{STAGING_DIR, TRASH_DIR};
 pub use layout::{Tightened, default_root, tightening_notice};
 pub use lock::FileLock;
+pub use ranges::RangedPartial;
 pub use refs::{REF_NAME_ANNOTATION, RESOLVED_ANNOTATION, RefEntry, SOURCE_ANNOTATION};
 
 /// A handle on a store root. Cheap to clone; holds the root directory open.
