@@ -73,6 +73,14 @@ async fn oci_image_round_trips_and_access_log_counts_blob_gets() {
         .await
         .unwrap();
     assert_eq!(sha256_digest(&body), layer.digest);
+    // The registry logs a request after its handler returns, which on a busy machine can come
+    // after a later request's line: wait (bounded) for this one's.
+    let started = std::time::Instant::now();
+    while registry.count("GET", &layer.digest) == before
+        && started.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(registry.count("GET", &layer.digest) - before, 1);
     let last = registry.requests().pop().unwrap();
     assert_eq!(
