@@ -447,7 +447,9 @@ fn absorb_in_order<'a, S: BlobSink>(
 }
 
 /// The ranges still to fetch of `start..size`: the gaps between `completed`, cut so that each
-/// connection gets a few.
+/// connection gets a few. Toward the end they shrink (to what is left over twice the
+/// connections, never under [`MIN_RANGE`]): connections take ranges in order, so the last ones
+/// finish close together instead of one big range finishing alone.
 fn split(start: u64, size: u64, completed: &[Range<u64>], connections: u64) -> Vec<Range<u64>> {
     let missing: u64 = size.saturating_sub(start)
         - completed
@@ -471,18 +473,23 @@ fn split(start: u64, size: u64, completed: &[Range<u64>], connections: u64) -> V
     if at < size {
         gaps.push(at..size);
     }
-    gaps.into_iter()
-        .flat_map(|gap| {
-            let mut pieces = Vec::new();
-            let mut from = gap.start;
-            while from < gap.end {
-                let to = from.saturating_add(len).min(gap.end);
-                pieces.push(from..to);
-                from = to;
-            }
-            pieces
-        })
-        .collect()
+    let mut left = gaps
+        .iter()
+        .map(|g| g.end.saturating_sub(g.start))
+        .sum::<u64>();
+    let tail = connections.max(1) * 2;
+    let mut pieces = Vec::new();
+    for gap in gaps {
+        let mut from = gap.start;
+        while from < gap.end {
+            let piece = len.min((left / tail).max(MIN_RANGE));
+            let to = from.saturating_add(piece).min(gap.end);
+            pieces.push(from..to);
+            left = left.saturating_sub(to - from);
+            from = to;
+        }
+    }
+    pieces
 }
 
 /// Whether an answer to `Range: bytes=START-(END-1)` is that range of the blob: a 206 whose
@@ -530,12 +537,22 @@ mod tests {
     #[test]
     fn ranges_tile_the_gaps_between_completed_ones() {
         const M: u64 = 1 << 20;
-        // 100 MiB over 4 connections: 16 ranges of 6.25 MiB.
+        // 100 MiB over 4 connections: ranges of 6.25 MiB, shrinking toward the end so that the
+        // last ones finish together.
         let r = split(0, 100 * M, &[], 4);
-        assert_eq!(r.len(), 16);
-        assert_eq!(r[0].start, 0);
+        assert_eq!(r[0], 0..100 * M / 16);
         assert_eq!(r.last().unwrap().end, 100 * M);
         assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(
+            r.windows(2)
+                .all(|w| w[1].end - w[1].start <= w[0].end - w[0].start)
+        );
+        let last_round: u64 = r[r.len() - 4..].iter().map(|x| x.end - x.start).sum();
+        assert!(last_round <= 4 * M + 4 * M / 2, "{r:?}");
+        assert!(
+            r.iter()
+                .all(|x| x.end - x.start >= MIN_RANGE || x.end == 100 * M)
+        );
         // Completed ranges are skipped; the rest is cut into pieces of at least MIN_RANGE.
         let r = split(2 * M, 10 * M, &[3 * M..5 * M, 8 * M..9 * M], 2);
         let total: u64 = r.iter().map(|x| x.end - x.start).sum();
