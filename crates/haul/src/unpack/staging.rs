@@ -227,6 +227,18 @@ pub(crate) fn sweep(store: &Store, dry_run: bool) -> Result<Vec<Stale>, StoreErr
             continue;
         }
         let rel = Path::new(STAGING_DIR).join(&entry.name);
+        if entry.name.as_bytes().starts_with(NEW_RECORD.as_bytes()) {
+            // A record being written (see `record`): left alone unless an unpack died in the
+            // moment between creating and naming it, long ago. No directory exists for it yet.
+            let abandoned = entry
+                .modified()
+                .elapsed()
+                .is_ok_and(|age| age > std::time::Duration::from_secs(3600));
+            if abandoned && !dry_run {
+                dir.remove_file(&rel)?;
+            }
+            continue;
+        }
         let Some(mut file) = dir.open_file(&rel)? else {
             continue;
         };
@@ -272,6 +284,9 @@ pub(crate) fn sweep(store: &Store, dry_run: bool) -> Result<Vec<Stale>, StoreErr
     Ok(stale)
 }
 
+/// The name prefix of a record not yet complete.
+const NEW_RECORD: &str = ".new-";
+
 /// Records `path` as staging directory `id` and returns the record, locked. `None` in a
 /// read-only store.
 fn record(store: &Store, id: &str, path: &Path) -> Result<Option<(PathBuf, File)>, UnpackError> {
@@ -281,16 +296,23 @@ fn record(store: &Store, id: &str, path: &Path) -> Result<Option<(PathBuf, File)
     let dir = store.dir();
     dir.create_dir(Path::new(STAGING_DIR))?;
     let rel = Path::new(STAGING_DIR).join(id);
-    let full = store.root().join(&rel);
-    let mut file = dir.create_new(&rel)?;
+    // Written and locked under a name sweeps leave alone, then renamed (the lock goes with the
+    // open file): a sweep never sees a live record it could lock before its owner does.
+    let new_rel = Path::new(STAGING_DIR).join(format!("{NEW_RECORD}{id}"));
+    let full = store.root().join(&new_rel);
+    let mut file = dir.create_new(&new_rel)?;
     let written = (|| {
         file.try_lock().map_err(io::Error::other)?;
         file.write_all(path.as_os_str().as_bytes())?;
         file.sync_all()
     })();
     if let Err(e) = written {
-        let _ = dir.remove_file(&rel);
+        let _ = dir.remove_file(&new_rel);
         return Err(StoreError::io(&full, e).into());
+    }
+    if let Err(e) = dir.rename(&new_rel, &rel) {
+        let _ = dir.remove_file(&new_rel);
+        return Err(e.into());
     }
     dir.sync_dir(Path::new(STAGING_DIR))?;
     Ok(Some((rel, file)))
@@ -363,4 +385,36 @@ fn copy_root_metadata(from: &Path, to: &Path, preserve_ownership: bool) -> Resul
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + use<> {
     let path = path.to_owned();
     move |source| UnpackError::Io { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race the parallel-unpack test met once: a sweep locked another unpack's record in
+    /// the moment between its creation and its owner's lock, and that unpack failed. Records
+    /// are now written under a name sweeps leave alone, locked, then renamed.
+    #[test]
+    fn a_sweep_never_takes_a_record_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.dir().create_dir(Path::new(STAGING_DIR)).unwrap();
+        let being_written = store
+            .root()
+            .join(STAGING_DIR)
+            .join(format!("{NEW_RECORD}123-abc"));
+        std::fs::write(&being_written, b"/somewhere/.x.haul-unpack-123-abc").unwrap();
+        assert!(sweep(&store, false).unwrap().is_empty());
+        assert!(
+            being_written.exists(),
+            "a fresh record being written was swept"
+        );
+
+        // A live record, named and locked by its owner, is left alone too.
+        let target = dir.path().join("rootfs");
+        let (rel, _file) = record(&store, "456-def", &target).unwrap().unwrap();
+        assert!(!store.root().join(STAGING_DIR).join(".new-456-def").exists());
+        assert!(sweep(&store, false).unwrap().is_empty());
+        assert!(store.root().join(&rel).exists());
+    }
 }
