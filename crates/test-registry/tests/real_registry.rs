@@ -270,20 +270,27 @@ async fn pull_through_cache_fetches_from_the_remote_once() {
     let layer = &image.layers[0].blob;
     let client = http_client().unwrap();
     for _ in 0..2 {
-        let body = client
-            .get(format!(
-                "{}/v2/library/app/blobs/{}",
-                mirror.url(),
-                layer.digest
-            ))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(body, layer.data);
+        // distribution's proxy answers 500 UNKNOWN to a blob it is still caching from an earlier
+        // request on a busy machine: ask again, a bounded number of times.
+        let mut body = None;
+        for _ in 0..50 {
+            let resp = client
+                .get(format!(
+                    "{}/v2/library/app/blobs/{}",
+                    mirror.url(),
+                    layer.digest
+                ))
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == StatusCode::OK {
+                body = Some(resp.bytes().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(body.expect("the mirror serves the blob"), layer.data);
     }
-    assert_eq!(mirror.count("GET", &layer.digest), 2);
+    assert!(mirror.count("GET", &layer.digest) >= 2);
     assert!(upstream.count("GET", &layer.digest) >= 1);
 }
