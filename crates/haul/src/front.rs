@@ -345,22 +345,8 @@ impl Haul {
         options: &UnpackOptions,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Unpacked, Error> {
-        let image = self.image(image, reporter.clone()).await?;
-        let (store, entry, dir, options) = (
-            self.store.clone(),
-            image.clone(),
-            dir.to_owned(),
-            options.clone(),
-        );
-        let stats = tokio::task::spawn_blocking(move || {
-            unpack(&store, &entry, &dir, &options, reporter.as_ref())
-        })
-        .await
-        .map_err(|source| Error::Task {
-            what: "unpack",
-            source,
-        })??;
-        Ok(Unpacked { image, stats })
+        self.materialise(image, dir, options, reporter, "unpack", unpack)
+            .await
     }
 
     /// Makes `dir` an OCI runtime bundle of `image` (`rootfs/` and `config.json`, as `runc spec`
@@ -377,6 +363,24 @@ impl Haul {
         options: &UnpackOptions,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Unpacked, Error> {
+        self.materialise(image, dir, options, reporter, "bundle", write_bundle)
+            .await
+    }
+
+    /// The stored (or pulled) `image` made into `dir` by `make` on a blocking thread.
+    async fn materialise<E>(
+        &self,
+        image: &str,
+        dir: &Path,
+        options: &UnpackOptions,
+        reporter: Arc<dyn Reporter>,
+        what: &'static str,
+        make: Materialiser<E>,
+    ) -> Result<Unpacked, Error>
+    where
+        E: Send + 'static,
+        Error: From<E>,
+    {
         let image = self.image(image, reporter.clone()).await?;
         let (store, entry, dir, options) = (
             self.store.clone(),
@@ -385,16 +389,17 @@ impl Haul {
             options.clone(),
         );
         let stats = tokio::task::spawn_blocking(move || {
-            write_bundle(&store, &entry, &dir, &options, reporter.as_ref())
+            make(&store, &entry, &dir, &options, reporter.as_ref())
         })
         .await
-        .map_err(|source| Error::Task {
-            what: "bundle",
-            source,
-        })??;
+        .map_err(|source| Error::Task { what, source })??;
         Ok(Unpacked { image, stats })
     }
 }
+
+/// What [`Haul::unpack_with`] and [`Haul::bundle`] run on a stored image.
+type Materialiser<E> =
+    fn(&Store, &RefEntry, &Path, &UnpackOptions, &dyn Reporter) -> Result<UnpackStats, E>;
 
 #[cfg(test)]
 mod tests {
