@@ -215,3 +215,109 @@ async fn extraction_follows_resumed_and_restarted_downloads() {
         );
     }
 }
+
+/// Another process extracting a layer holds its cache lock for as long as its download takes.
+/// A pull wanting the same layer must not take the blob's ingest lock and then wait for the
+/// layer's: the other process, holding the layer, may be waiting for that blob (two pulls of
+/// images sharing layers deadlocked this way). The test holds the layer's lock itself and looks
+/// at the moment the pull starts waiting for it: by then the pull must have committed the blob
+/// and let go of its lock, so whoever holds the layer can get the blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_never_holds_a_blob_while_waiting_for_a_layer_another_process_extracts() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    // Incompressible and bigger than what the download can buffer ahead of a stalled
+    // extraction, so a download feeding an extraction that waits cannot finish.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let layer = LayerBuilder::new()
+        .add_file("noise", &noise, 0o644)
+        .finish_gzip();
+    let image = image_of(vec![layer.clone()]);
+    Pusher::new(&registry.url())
+        .push_image("team/app", "1", &image)
+        .await
+        .unwrap();
+    let common::Harness {
+        dir: _dir,
+        store,
+        puller,
+    } = unpacking_harness();
+    let chain = &chains(&image)[0];
+    let blob_hex = layer.blob.hex().to_owned();
+    let open_lock = |name: String| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(store.root().join("locks").join(name))
+            .unwrap()
+    };
+    let layer_lock = open_lock(format!("layer-sha256-{}.lock", chain.hex()));
+    layer_lock.lock().unwrap();
+    let layer_inode = layer_lock.metadata().unwrap().ino();
+
+    let reference = format!("{}/team/app:1", registry.host());
+    let pull = tokio::spawn(async move {
+        puller
+            .pull(&reference.parse().unwrap(), Arc::new(Silent))
+            .await
+    });
+    // The wait is for an event (a waiter on the layer's lock in /proc/locks), bounded only so
+    // that a broken pull fails the test rather than hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !lock_has_a_waiter(layer_inode) {
+        assert!(
+            !pull.is_finished(),
+            "the pull ended without waiting for the layer"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never waited for the layer's lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        store.has_blob(&layer.blob.digest.parse().unwrap()),
+        "the pull waits for the layer's lock before its blob is committed"
+    );
+    let blob_lock = open_lock(format!("sha256-{blob_hex}.lock"));
+    assert!(
+        blob_lock.try_lock().is_ok(),
+        "the pull holds the blob's ingest lock while it waits for the layer's"
+    );
+    drop(blob_lock);
+    drop(layer_lock);
+    pull.await.unwrap().unwrap();
+    assert!(
+        store
+            .layers()
+            .cached(chain, &UnpackOptions::for_current_user().apply)
+            .is_some()
+    );
+}
+
+/// Whether someone waits for the flock on the file with inode `inode` (a `->` line of
+/// /proc/locks names a waiter; its device field ends with `:<inode>`).
+fn lock_has_a_waiter(inode: u64) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    let suffix = format!(":{inode}");
+    locks.lines().any(|line| {
+        line.contains("->")
+            && line
+                .split_whitespace()
+                .any(|field| field.matches(':').count() == 2 && field.ends_with(&suffix))
+    })
+}

@@ -5,6 +5,8 @@
 //! - A layer is extracted from the bytes as they arrive when an extraction slot is free as its
 //!   download starts, from the stored blob otherwise; either way its cache entry is published
 //!   only after the blob itself is verified and committed.
+//! - A layer's cache lock is taken before its blob's ingest lock, never after (see
+//!   [`crate::unpack::cache`]): pulls sharing layers never deadlock.
 //! - At most one extraction per core runs at once, and a layer waiting for a download slot
 //!   reports `Waiting`.
 
@@ -19,7 +21,7 @@ use crate::manifest::Descriptor;
 use crate::progress::{Event, LayerStatus, Reporter};
 use crate::registry::Repository;
 use crate::store::Store;
-use crate::unpack::cache::{Extracted, LayerJob as CacheJob, Session};
+use crate::unpack::cache::{Extracted, LayerClaim, LayerJob as CacheJob, Session};
 use crate::unpack::image::{UnpackError, UnpackOptions};
 
 /// One layer of the image being pulled, with what the cache keys it by.
@@ -108,14 +110,31 @@ impl BlobContext {
             // at full speed and extract from the stored blob once one frees up: a small layer
             // downloads long before its extraction ends, so a 40-layer image would otherwise run
             // 40 pipelines (threads and buffers) at once.
-            match self.extract_slots.clone().try_acquire_owned() {
-                Ok(_extracting) => {
+            //
+            // Extracting as it arrives needs the layer's lock before the blob's: a pull holding
+            // the blob's lock must never wait for a layer's (another pull may hold that one and
+            // wait for this blob). When someone else holds the layer, download alone; the
+            // extraction below waits for it with no blob lock held.
+            let claim = match self.extract_slots.clone().try_acquire_owned() {
+                Ok(extracting) => {
+                    let store = self.store.clone();
+                    let chain_id = layer.chain_id.clone();
+                    tokio::task::spawn_blocking(move || store.layers().try_claim(&chain_id))
+                        .await
+                        .map_err(PullError::Task)?
+                        .map_err(extract_error)?
+                        .map(|claim| (extracting, claim))
+                }
+                Err(_) => None,
+            };
+            match claim {
+                Some((_extracting, claim)) => {
                     (downloaded, extracted) = self
                         .clone()
-                        .fetch_and_extract(&layer, slot, &options, &session)
+                        .fetch_and_extract(&layer, slot, claim, &options, &session)
                         .await?;
                 }
-                Err(_) => {
+                None => {
                     downloaded = self
                         .fetch(layer.desc.clone(), true, Some(slot), &mut None)
                         .await?;
@@ -158,6 +177,7 @@ impl BlobContext {
         self: Arc<Self>,
         layer: &Arc<LayerJob>,
         slot: OwnedSemaphorePermit,
+        claim: LayerClaim,
         options: &UnpackOptions,
         session: &Session,
     ) -> Result<(Option<u64>, bool), PullError> {
@@ -172,9 +192,14 @@ impl BlobContext {
         let extracting = session.clone();
         let extraction = tokio::task::spawn_blocking(move || {
             let job = job.as_cache_job();
-            ctx.store
-                .layers()
-                .extract_from(&job, &opts, None, &extracting, Box::new(source))
+            ctx.store.layers().extract_claimed(
+                claim,
+                &job,
+                &opts,
+                None,
+                &extracting,
+                Box::new(source),
+            )
         });
         let fetched = self
             .fetch(layer.desc.clone(), true, Some(slot), &mut tee)

@@ -22,7 +22,11 @@
 //!
 //! Locks: building or removing an entry holds its chain ID's lock exclusively, so concurrent haul
 //! processes extract a layer once; merging one holds it shared, so nobody removes an entry being
-//! read. Merging reads the cached tree back as a tar stream through the same confined applier,
+//! read. Order: a layer's lock before its blob's ingest lock, never the other way round. A pull
+//! extracting a download as it arrives claims the layer first ([`LayerCache::try_claim`]); when
+//! someone else holds it, the pull downloads alone and waits for the layer only after the blob
+//! is committed (two pulls sharing a layer deadlocked when each held one lock and wanted the
+//! other's). Merging reads the cached tree back as a tar stream through the same confined applier,
 //! which clones each regular file's data from the cache (`FICLONE`) where the file system shares
 //! extents (XFS with reflink, btrfs) and copies it elsewhere: either way nothing in an unpacked
 //! rootfs shares an inode with the cache (a clone is a new file; writing to it copies the block
@@ -60,6 +64,7 @@ use crate::progress::Reporter;
 use crate::store::{FileLock, Store};
 
 pub use extract::Extracted;
+pub(crate) use extract::LayerClaim;
 pub use keys::{cache_keys, chain_ids};
 pub use session::{PendingLayer, Session};
 

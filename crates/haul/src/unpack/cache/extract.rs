@@ -20,6 +20,13 @@ use super::{
 };
 use crate::digest::Digest;
 use crate::progress::{Event, LayerStatus, Reporter};
+use crate::store::FileLock;
+
+/// A layer-cache entry's lock, taken before its blob's download ([`LayerCache::try_claim`]).
+pub(crate) struct LayerClaim {
+    chain_id: Digest,
+    lock: FileLock,
+}
 
 /// What [`LayerCache::extract_from`] produced.
 pub enum Extracted {
@@ -41,6 +48,10 @@ impl LayerCache<'_> {
     /// [`UnpackError`] when the layer cannot be extracted: its compression is not one haul
     /// reads, its content is not its diff_id or is hostile, it does not fit its budget, the disk
     /// fails, or the session was stopped.
+    ///
+    /// Waits for the chain ID's lock: a caller holding a blob's ingest lock must not call this
+    /// (another process may hold the layer's lock and wait for that blob); it takes a
+    /// [`LayerClaim`] before the download instead.
     pub fn extract_from(
         &self,
         job: &LayerJob<'_>,
@@ -53,13 +64,63 @@ impl LayerCache<'_> {
         if let Some(hit) = self.cached(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
+        self.create_parent(chain_id)?;
+        let lock = self.store.lock_exclusive(&layer_lock_name(chain_id))?;
+        self.extract_locked(lock, job, options, reporter, session, compressed)
+    }
+
+    /// The chain ID's lock if nobody holds it now: whoever holds it may build the entry from a
+    /// download without ever waiting on a layer lock while holding the blob's. `None` when
+    /// another process (or job) holds it.
+    pub(crate) fn try_claim(&self, chain_id: &Digest) -> Result<Option<LayerClaim>, UnpackError> {
+        self.create_parent(chain_id)?;
+        Ok(self
+            .store
+            .try_lock_exclusive(&layer_lock_name(chain_id))?
+            .map(|lock| LayerClaim {
+                chain_id: chain_id.clone(),
+                lock,
+            }))
+    }
+
+    /// [`LayerCache::extract_from`] under a claim taken before (`job`'s chain ID's).
+    pub(crate) fn extract_claimed(
+        &self,
+        claim: LayerClaim,
+        job: &LayerJob<'_>,
+        options: &UnpackOptions,
+        reporter: Option<&dyn Reporter>,
+        session: &Session,
+        compressed: Box<dyn Read + Send>,
+    ) -> Result<Extracted, UnpackError> {
+        debug_assert_eq!(&claim.chain_id, job.chain_id);
+        self.extract_locked(claim.lock, job, options, reporter, session, compressed)
+    }
+
+    fn create_parent(&self, chain_id: &Digest) -> Result<(), UnpackError> {
         let final_dir = self.layer_dir(chain_id);
         let parent = final_dir
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.layers_dir());
-        self.store.create_private_dir(&parent)?;
-        let lock = self.store.lock_exclusive(&layer_lock_name(chain_id))?;
+        Ok(self.store.create_private_dir(&parent)?)
+    }
+
+    fn extract_locked(
+        &self,
+        lock: FileLock,
+        job: &LayerJob<'_>,
+        options: &UnpackOptions,
+        reporter: Option<&dyn Reporter>,
+        session: &Session,
+        compressed: Box<dyn Read + Send>,
+    ) -> Result<Extracted, UnpackError> {
+        let chain_id = job.chain_id;
+        let final_dir = self.layer_dir(chain_id);
+        let parent = final_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.layers_dir());
         if let Some(hit) = self.cached(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
