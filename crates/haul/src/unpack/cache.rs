@@ -23,7 +23,7 @@
 //! Locks: building or removing an entry holds its chain ID's lock exclusively, so concurrent haul
 //! processes extract a layer once; merging one holds it shared, so nobody removes an entry being
 //! read. Order: a layer's lock before its blob's ingest lock, never the other way round. A pull
-//! extracting a download as it arrives claims the layer first ([`LayerCache::try_claim`]); when
+//! extracting a download as it arrives claims the layer first (`LayerCache::try_claim`); when
 //! someone else holds it, the pull downloads alone and waits for the layer only after the blob
 //! is committed (two pulls sharing a layer deadlocked when each held one lock and wanted the
 //! other's). Merging reads the cached tree back as a tar stream through the same confined applier,

@@ -51,7 +51,7 @@ impl LayerCache<'_> {
     ///
     /// Waits for the chain ID's lock: a caller holding a blob's ingest lock must not call this
     /// (another process may hold the layer's lock and wait for that blob); it takes a
-    /// [`LayerClaim`] before the download instead.
+    /// claim on the layer before the download instead.
     pub fn extract_from(
         &self,
         job: &LayerJob<'_>,
