@@ -916,11 +916,18 @@ impl Puller {
             None => ImageBudget::unlimited(),
         };
         let session = Session::new(budget);
+        // Biggest first, with their slots handed out here in that order (tasks start in no
+        // particular order): the longest extraction is the pull's critical path, and it streams
+        // from its download only if it gets an extraction slot as the download starts. In
+        // manifest order, a 270 MB layer behind two small ones downloaded without one and was
+        // extracted after its download: 2.65 s instead of 1.9 s for the whole pull.
+        jobs.sort_by_key(|(layer, _)| std::cmp::Reverse(layer.desc.size));
         let mut tasks = JoinSet::new();
         for (layer, extract) in jobs {
+            let head_start = ctx.head_start(&layer, extract);
             let ctx = ctx.clone();
             let session = session.clone();
-            tasks.spawn(async move { ctx.layer(layer, extract, session).await });
+            tasks.spawn(async move { ctx.layer(layer, extract, session, head_start).await });
         }
         let (mut count, mut bytes) = (0usize, 0u64);
         while let Some(joined) = tasks.join_next().await {

@@ -321,3 +321,65 @@ fn lock_has_a_waiter(inode: u64) -> bool {
                 .any(|field| field.matches(':').count() == 2 && field.ends_with(&suffix))
     })
 }
+
+/// The biggest layer starts first whatever its place in the manifest: its extraction is the
+/// pull's critical path, and it streams from the download only if it gets an extraction slot as
+/// the download starts (in manifest order a big layer behind small ones was downloaded without
+/// one and extracted only afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_biggest_layer_is_downloaded_first() {
+    let registry = RealRegistry::start(RegistryOptions::default())
+        .await
+        .unwrap();
+    let big = test_registry::random_layer(3, 2 << 20);
+    let image = image_of(vec![
+        file_layer("a", b"small\n"),
+        file_layer("b", b"small too\n"),
+        big.clone(),
+    ]);
+    Pusher::new(&registry.url())
+        .push_image("team/app", "1", &image)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = haul::store::Store::open(dir.path().join("store")).unwrap();
+    // One download at a time: the order the layers start in is the order they download in.
+    let puller = haul::pull::Puller::new(
+        common::fast_client(
+            haul::config::Config::default(),
+            Arc::new(haul::registry::Anonymous),
+        ),
+        store.clone(),
+        haul::pull::PullOptions {
+            platform: None,
+            max_concurrent_downloads: 1,
+            unpack: Some(UnpackOptions::for_current_user()),
+            content_trust: None,
+            trust: Default::default(),
+        },
+    );
+    let recorder = Arc::new(Recorder::default());
+    let reference = format!("{}/team/app:1", registry.host());
+    puller
+        .pull(&reference.parse().unwrap(), recorder.clone())
+        .await
+        .unwrap();
+
+    let layers: Vec<String> = image.layers.iter().map(|l| l.blob.digest.clone()).collect();
+    let first_download = recorder.events().into_iter().find_map(|e| match e {
+        haul::progress::Event::Layer {
+            digest,
+            status: haul::progress::LayerStatus::Downloading { .. },
+        } if layers.contains(&digest.to_string()) => Some(digest.to_string()),
+        _ => None,
+    });
+    assert_eq!(first_download.as_deref(), Some(big.blob.digest.as_str()));
+    for chain in chains(&image) {
+        assert!(
+            store
+                .layers()
+                .cached(&chain, &UnpackOptions::for_current_user().apply)
+                .is_some()
+        );
+    }
+}

@@ -54,7 +54,33 @@ pub(super) struct BlobContext {
     pub(super) extract_slots: Arc<Semaphore>,
 }
 
+/// Slots a layer got before its task started ([`BlobContext::head_start`]).
+#[derive(Default)]
+pub(super) struct HeadStart {
+    download: Option<OwnedSemaphorePermit>,
+    extraction: Option<OwnedSemaphorePermit>,
+}
+
 impl BlobContext {
+    /// The slots free now for `layer`: a download slot when its blob is missing and, when it
+    /// is to be extracted, an extraction slot with it. Called for the layers in the order they
+    /// should start (biggest first), so the order holds whatever order their tasks run in.
+    pub(super) fn head_start(&self, layer: &LayerJob, extract: bool) -> HeadStart {
+        if self.store.has_blob(&layer.desc.digest) {
+            return HeadStart::default();
+        }
+        let Ok(download) = self.slots.clone().try_acquire_owned() else {
+            return HeadStart::default();
+        };
+        let extraction = (extract && self.unpack.is_some())
+            .then(|| self.extract_slots.clone().try_acquire_owned().ok())
+            .flatten();
+        HeadStart {
+            download: Some(download),
+            extraction,
+        }
+    }
+
     /// Whether a layer needs nothing: its blob is stored and, when unpacking, it is extracted.
     pub(super) fn is_ready(&self, layer: &LayerJob) -> bool {
         self.store.has_blob(&layer.desc.digest)
@@ -78,6 +104,7 @@ impl BlobContext {
         layer: LayerJob,
         extract: bool,
         session: Session,
+        head_start: HeadStart,
     ) -> Result<Option<u64>, PullError> {
         let digest = layer.desc.digest.clone();
         let extract_error = extract_error(&digest);
@@ -94,8 +121,10 @@ impl BlobContext {
             }
             // Not unpacking, extracted already or by another job: only the blob is missing.
             _ => {
+                // Not extracting here: the slot goes back at once.
+                drop(head_start.extraction);
                 let downloaded = self
-                    .fetch(layer.desc.clone(), true, None, &mut None)
+                    .fetch(layer.desc.clone(), true, head_start.download, &mut None)
                     .await?;
                 self.layer_event(true, &digest, LayerStatus::PullComplete);
                 return Ok(downloaded);
@@ -104,8 +133,12 @@ impl BlobContext {
         let layer = Arc::new(layer);
         let mut downloaded = None;
         let mut extracted = false;
+        let mut reserved = head_start.extraction;
         if !self.store.has_blob(&digest) {
-            let slot = self.download_slot(&digest).await?;
+            let slot = match head_start.download {
+                Some(slot) => slot,
+                None => self.download_slot(&digest).await?,
+            };
             // Extract as the bytes arrive when an extraction slot is free now. Otherwise download
             // at full speed and extract from the stored blob once one frees up: a small layer
             // downloads long before its extraction ends, so a 40-layer image would otherwise run
@@ -115,7 +148,11 @@ impl BlobContext {
             // the blob's lock must never wait for a layer's (another pull may hold that one and
             // wait for this blob). When someone else holds the layer, download alone; the
             // extraction below waits for it with no blob lock held.
-            let claim = match self.extract_slots.clone().try_acquire_owned() {
+            let extracting = match reserved.take() {
+                Some(slot) => Ok(slot),
+                None => self.extract_slots.clone().try_acquire_owned(),
+            };
+            let claim = match extracting {
                 Ok(extracting) => {
                     let store = self.store.clone();
                     let chain_id = layer.chain_id.clone();
@@ -142,12 +179,15 @@ impl BlobContext {
             }
         }
         if !extracted {
-            let _slot = self
-                .extract_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| PullError::Stopped)?;
+            let _slot = match reserved.take() {
+                Some(slot) => slot,
+                None => self
+                    .extract_slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PullError::Stopped)?,
+            };
             let ctx = self.clone();
             let job = layer.clone();
             let started = std::time::Instant::now();
