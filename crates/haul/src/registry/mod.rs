@@ -36,7 +36,6 @@ mod repository;
 mod resolve;
 mod retry;
 pub(crate) mod settings;
-mod split;
 mod tags;
 mod throughput;
 
