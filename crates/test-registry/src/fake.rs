@@ -160,6 +160,8 @@ struct FaultRule {
     matcher: String,
     fault: Fault,
     remaining: Option<usize>,
+    /// Only for requests that ask a `Range`.
+    ranged_only: bool,
 }
 
 /// Request log and fault table, shared by [`FakeRegistry`] and [`BlobHost`].
@@ -223,12 +225,17 @@ impl Core {
         }
     }
 
-    /// The faults matching `path`, consuming one use of each counted rule.
-    fn take_faults(&self, path: &str) -> Vec<Fault> {
+    /// The faults matching `parts`, consuming one use of each counted rule.
+    fn take_faults(&self, parts: &Parts) -> Vec<Fault> {
+        let path = parts.uri.path();
+        let ranged = parts.headers.contains_key("range");
         let mut rules = lock(&self.faults);
         let mut out = Vec::new();
         for rule in rules.iter_mut() {
-            if path.contains(&rule.matcher) && rule.remaining != Some(0) {
+            if path.contains(&rule.matcher)
+                && rule.remaining != Some(0)
+                && (ranged || !rule.ranged_only)
+            {
                 out.push(rule.fault.clone());
                 if let Some(n) = &mut rule.remaining {
                     *n -= 1;
@@ -240,10 +247,15 @@ impl Core {
     }
 
     fn add_fault(&self, matcher: &str, fault: Fault, remaining: Option<usize>) {
+        self.add_rule(matcher, fault, remaining, false);
+    }
+
+    fn add_rule(&self, matcher: &str, fault: Fault, remaining: Option<usize>, ranged_only: bool) {
         lock(&self.faults).push(FaultRule {
             matcher: matcher.to_string(),
             fault,
             remaining,
+            ranged_only,
         });
     }
 
@@ -781,7 +793,7 @@ fn endless_tag_page(parts: &Parts, repo: &str, per_page: usize, len: usize) -> R
 async fn handle_registry(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body> {
     let (parts, _body) = req.into_parts();
     let index = inner.core.record(&parts);
-    let faults = inner.core.take_faults(parts.uri.path());
+    let faults = inner.core.take_faults(&parts);
     for f in &faults {
         if let Fault::Delay(d) = f {
             tokio::time::sleep(*d).await;
@@ -957,6 +969,13 @@ impl FakeRegistry {
         self.inner.core.add_fault(matcher, fault, Some(times));
     }
 
+    /// Applies `fault` to matching requests that ask a `Range` (all of them with `times`
+    /// `None`, else the next `times`): a range of a blob fetched over several connections, not
+    /// the stream that started it.
+    pub fn fault_ranges(&self, matcher: &str, fault: Fault, times: Option<usize>) {
+        self.inner.core.add_rule(matcher, fault, times, true);
+    }
+
     /// Removes every fault.
     pub fn clear_faults(&self) {
         lock(&self.inner.core.faults).clear();
@@ -1011,7 +1030,7 @@ pub struct BlobHost {
 async fn handle_host(State(inner): State<Arc<HostInner>>, req: Request) -> Response<Body> {
     let (parts, _body) = req.into_parts();
     let index = inner.core.record(&parts);
-    let faults = inner.core.take_faults(parts.uri.path());
+    let faults = inner.core.take_faults(&parts);
     for f in &faults {
         if let Fault::Delay(d) = f {
             tokio::time::sleep(*d).await;

@@ -144,6 +144,10 @@ impl IngestSink {
 
     /// The partial file for a download over several connections ([`Ingest::ranged`]).
     pub(crate) async fn ranged(&mut self) -> Result<SharedTarget<StoreError>, StoreError> {
+        // A stream split midway may leave a batch filling: the ranges start after it.
+        if !self.batch.is_empty() {
+            self.send_batch().await?;
+        }
         let mut ingest = self.take_idle().await?;
         let (ingest, result) = tokio::task::spawn_blocking(move || {
             let result = ingest.ranged();

@@ -23,26 +23,31 @@
 //!   store's ingest hashes what it writes), not a second time here. A partial that an earlier
 //!   process left and that turns out not to be a prefix of the blob is dropped and the blob
 //!   fetched whole, once.
-//! - **Big blobs.** A blob of at least `ranged-download-min-size` whose sink offers a
-//!   [`RangedTarget`](super::RangedTarget) ([`BlobSink::ranged`]) is fetched in ranges over
-//!   several connections when the endpoint answers `Range` with exactly the range asked
-//!   ([`super::ranged`]); else over one stream, as below. Ranged content that fails
-//!   verification is dropped and the blob fetched whole over one stream, once.
+//! - **Big blobs.** A blob of at least `ranged-download-min-size` starts over one stream like any
+//!   other; when that stream holds the download back (the download waits for bytes, not for the
+//!   sink, [`super::split`]), its endpoint said `Accept-Ranges: bytes`, and the sink offers a [`RangedTarget`](super::RangedTarget)
+//!   ([`BlobSink::ranged`]), the rest is fetched in ranges over several connections, if the
+//!   endpoint answers `Range` with exactly the range asked ([`super::ranged`]); else the one
+//!   stream goes on. A blob an earlier attempt was fetching in ranges goes on in ranges at once.
+//!   Ranged content that fails verification is dropped and the blob fetched whole over one
+//!   stream, once.
 //! - **Cost.** The chunks hyper hands out reach the sink as they are ([`Bytes`], no copy); per
 //!   chunk one size comparison and the minimum-rate clock, no system call of its own.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
+use reqwest::header::{ACCEPT_RANGES, CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::endpoints::Endpoint;
 use super::error::RegistryError;
 use super::ranged::{Failure, Ranged, SharedTarget};
 use super::repository::Repository;
 use super::retry::RetryWaits;
+use super::split::SplitWatch;
 use super::throughput::MinRate;
 use crate::digest::{Digest, VerifyError};
 use crate::manifest::Descriptor;
@@ -135,6 +140,9 @@ enum Failed<E> {
     /// More bytes than the descriptor's size.
     TooLong,
     Sink(E),
+    /// The stream held the download back: the rest goes in ranges over these connections and
+    /// the stream's own (the sink holds every byte it delivered).
+    Split(Vec<OwnedSemaphorePermit>),
 }
 
 impl Repository {
@@ -159,30 +167,51 @@ impl Repository {
         // What an earlier process left may not be a prefix of this blob (a crash can leave
         // anything): until a restart, a wrong digest may be the partial's fault.
         let mut partial_unproven = sink.position() > 0;
-        let extra = self.range_connections(desc, sink.position());
-        if !extra.is_empty()
-            && let Some(target) = sink.ranged().await.map_err(BlobError::Sink)?
-        {
-            match self.fetch_ranged(desc, sink, target, extra).await {
-                Ranged::Done => match sink.verify() {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        // Ranges from several connections, perhaps several endpoints, and
-                        // from an earlier process: whichever was wrong, the whole blob over
-                        // one stream decides, once.
-                        tracing::warn!(%digest, error = %e, "a ranged download failed verification; fetching it whole");
-                        sink.restart().await.map_err(BlobError::Sink)?;
-                        partial_unproven = false;
+        // Ranges stay possible until they were refused, or failed verification, once.
+        let mut may_split = self.may_split(desc);
+        if may_split {
+            let extra = self.range_connections(desc, sink.position());
+            if !extra.is_empty()
+                && let Some(target) = sink.ranged().await.map_err(BlobError::Sink)?
+            {
+                if target.completed().is_empty() {
+                    // Nothing fetched in ranges before: one stream first (see `split`).
+                    drop(extra);
+                    let keep = sink.position();
+                    if let Ok(result) =
+                        tokio::task::spawn_blocking(move || target.abandon(keep)).await
+                    {
+                        result.map_err(BlobError::Sink)?;
                     }
-                },
-                Ranged::Fallback => {}
-                Ranged::Failed(Failure::Remote(e)) => return Err(BlobError::Registry(e)),
-                Ranged::Failed(Failure::Sink(e)) => return Err(BlobError::Sink(e)),
+                } else if self
+                    .ranged_download(desc, sink, target, extra, &mut partial_unproven)
+                    .await?
+                {
+                    return Ok(());
+                } else {
+                    may_split = false;
+                }
             }
         }
         loop {
             let before = sink.position();
-            let source = match self.transfer(desc, sink, &mut partial_unproven).await {
+            let mut watch = may_split.then(SplitWatch::new);
+            let source = match self
+                .transfer(desc, sink, &mut partial_unproven, watch.as_mut())
+                .await
+            {
+                Err(Failed::Split(extra)) => {
+                    let target = sink.ranged().await.map_err(BlobError::Sink)?;
+                    if let Some(target) = target
+                        && self
+                            .ranged_download(desc, sink, target, extra, &mut partial_unproven)
+                            .await?
+                    {
+                        return Ok(());
+                    }
+                    may_split = false;
+                    continue;
+                }
                 Ok(()) => match sink.verify() {
                     Ok(()) => return Ok(()),
                     Err(_) if partial_unproven => {
@@ -237,22 +266,68 @@ impl Repository {
         }
     }
 
+    /// Whether `desc` is big enough, and connections allowed, to be split into ranges.
+    fn may_split(&self, desc: &Descriptor) -> bool {
+        let settings = self.client.settings();
+        settings.max_connections_per_blob > 1 && desc.size >= settings.ranged_download_min_size
+    }
+
+    /// The rest of the blob in ranges ([`super::ranged`]). `true` once the sink holds the
+    /// verified blob; `false` when the download goes on over one stream: ranges were refused
+    /// (from the sink's position) or their content failed verification (from byte 0).
+    async fn ranged_download<S: BlobSink>(
+        &self,
+        desc: &Descriptor,
+        sink: &mut S,
+        target: SharedTarget<S::Error>,
+        extra: Vec<OwnedSemaphorePermit>,
+        partial_unproven: &mut bool,
+    ) -> Result<bool, BlobError<S::Error>> {
+        match self.fetch_ranged(desc, sink, target, extra).await {
+            Ranged::Done => match sink.verify() {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    // Ranges from several connections, perhaps several endpoints, and from an
+                    // earlier process: whichever was wrong, the whole blob over one stream
+                    // decides, once.
+                    tracing::warn!(digest = %desc.digest, error = %e, "a ranged download failed verification; fetching it whole");
+                    sink.restart().await.map_err(BlobError::Sink)?;
+                    *partial_unproven = false;
+                    Ok(false)
+                }
+            },
+            Ranged::Fallback => Ok(false),
+            Ranged::Failed(Failure::Remote(e)) => Err(BlobError::Registry(e)),
+            Ranged::Failed(Failure::Sink(e)) => Err(BlobError::Sink(e)),
+        }
+    }
+
     /// One attempt: continues from what the sink holds when the endpoint honours `Range`,
-    /// starts over otherwise, and streams the body into the sink.
+    /// starts over otherwise, and streams the body into the sink. With a `watch`, a stream that
+    /// turns out to hold the download back stops where it is, with the extra connections that
+    /// go on in ranges ([`Failed::Split`]).
     async fn transfer<S: BlobSink>(
         &self,
         desc: &Descriptor,
         sink: &mut S,
         partial_unproven: &mut bool,
+        mut watch: Option<&mut SplitWatch>,
     ) -> Result<(), Failed<S::Error>> {
         let offset = sink.position();
         let response = match self.blob(&desc.digest, offset).await {
             Ok(r) => r,
             Err(e) if Repository::may_use_urls(desc) && !e.is_retryable() => {
+                // Ranges are asked of the registry's endpoints, which do not serve this blob.
+                watch = None;
                 self.foreign(desc, e).await.map_err(Failed::Remote)?
             }
             Err(e) => return Err(Failed::Remote(e)),
         };
+        // Only an endpoint that says it serves ranges is asked for them midway: the stream is
+        // dropped when it splits, and ranges refused then would cost its bytes.
+        if !accepts_ranges(response.headers()) {
+            watch = None;
+        }
         let mut position = offset;
         if offset > 0 && !resumes_at(response.status(), response.headers(), offset) {
             sink.restart().await.map_err(Failed::Sink)?;
@@ -263,6 +338,7 @@ impl Repository {
         let mut stream = response.bytes_stream();
         // A server dribbling bytes never trips the idle timeout; a minimum rate ends it.
         let mut rate = MinRate::new(self.client.stall_timeout());
+        let mut asked = Instant::now();
         while let Some(chunk) = rate
             .next(&mut stream, &host)
             .await
@@ -272,7 +348,20 @@ impl Repository {
             if position > desc.size {
                 return Err(Failed::TooLong);
             }
+            if let Some(w) = watch.as_deref_mut() {
+                w.arrived(chunk.len() as u64, asked.elapsed());
+            }
             sink.write(chunk).await.map_err(Failed::Sink)?;
+            if let Some(w) = watch.as_deref_mut()
+                && w.verdict(desc.size - position)
+            {
+                let extra = self.range_connections(desc, position);
+                if !extra.is_empty() {
+                    tracing::debug!(digest = %desc.digest, position, connections = 1 + extra.len(), "one stream holds the download back; the rest in ranges");
+                    return Err(Failed::Split(extra));
+                }
+            }
+            asked = Instant::now();
         }
         if position < desc.size {
             return Err(Failed::Remote(RegistryError::Verify {
@@ -375,6 +464,16 @@ impl Repository {
             other => other,
         }
     }
+}
+
+/// Whether an answer says its endpoint serves byte ranges (`Accept-Ranges: bytes`).
+fn accepts_ranges(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
 }
 
 /// A resumed request is usable only as a 206 whose `Content-Range` starts where we stopped.

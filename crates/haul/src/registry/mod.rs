@@ -36,6 +36,7 @@ mod repository;
 mod resolve;
 mod retry;
 pub(crate) mod settings;
+mod split;
 mod tags;
 mod throughput;
 
