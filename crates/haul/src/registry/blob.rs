@@ -338,7 +338,6 @@ impl Repository {
         let mut stream = response.bytes_stream();
         // A server dribbling bytes never trips the idle timeout; a minimum rate ends it.
         let mut rate = MinRate::new(self.client.stall_timeout());
-        let mut asked = Instant::now();
         while let Some(chunk) = rate
             .next(&mut stream, &host)
             .await
@@ -348,10 +347,12 @@ impl Repository {
             if position > desc.size {
                 return Err(Failed::TooLong);
             }
-            if let Some(w) = watch.as_deref_mut() {
-                w.arrived(chunk.len() as u64, asked.elapsed());
-            }
+            let len = chunk.len() as u64;
+            let writing = Instant::now();
             sink.write(chunk).await.map_err(Failed::Sink)?;
+            if let Some(w) = watch.as_deref_mut() {
+                w.arrived(len, writing.elapsed());
+            }
             if let Some(w) = watch.as_deref_mut()
                 && w.verdict(desc.size - position)
             {
@@ -361,7 +362,6 @@ impl Repository {
                     return Err(Failed::Split(extra));
                 }
             }
-            asked = Instant::now();
         }
         if position < desc.size {
             return Err(Failed::Remote(RegistryError::Verify {
