@@ -14,7 +14,7 @@
 //!   instead of buffering the layer. An extraction that stopped (failed) no longer receives
 //!   chunks and the download goes on without it.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::digest::VerifyError;
@@ -25,9 +25,16 @@ use crate::registry::BlobSink;
 /// when extraction is slower, the download waits instead of buffering the layer.
 pub(super) const TEE_DEPTH: usize = 16;
 
+/// Smaller chunks are gathered up to this many bytes before they are sent. A capped or slow
+/// connection hands out chunks of a few KiB; sent one by one, waking the extraction for each, they
+/// held the download up 38% of the time at 10 MB/s (50 MB of incompressible bytes).
+const TEE_BATCH: usize = 64 << 10;
+
 /// The sending side of the extraction's copy.
 pub(super) struct Tee {
     tx: Option<mpsc::Sender<Result<Bytes, String>>>,
+    /// Small chunks gathered, not yet sent.
+    pending: BytesMut,
     /// Set once the blob these chunks make up is verified and committed.
     pub(super) complete: bool,
 }
@@ -38,6 +45,7 @@ pub(super) fn tee() -> (Tee, ChannelReader) {
     (
         Tee {
             tx: Some(tx),
+            pending: BytesMut::new(),
             complete: false,
         },
         ChannelReader {
@@ -48,7 +56,31 @@ pub(super) fn tee() -> (Tee, ChannelReader) {
 }
 
 impl Tee {
+    /// Sends `chunk` as it is when it is big and nothing is gathered, else gathers it and sends
+    /// the gathered bytes once there are [`TEE_BATCH`] of them.
     async fn send(&mut self, chunk: Bytes) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.pending.is_empty() && chunk.len() >= TEE_BATCH {
+            self.deliver(chunk).await;
+            return;
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= TEE_BATCH {
+            self.flush().await;
+        }
+    }
+
+    /// Sends what is gathered.
+    async fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let gathered = self.pending.split().freeze();
+            self.deliver(gathered).await;
+        }
+    }
+
+    async fn deliver(&mut self, chunk: Bytes) {
         if let Some(tx) = &self.tx
             && tx.send(Ok(chunk)).await.is_err()
         {
@@ -59,6 +91,7 @@ impl Tee {
 
     /// Ends the stream with an error: what the extraction saw is not the blob.
     pub(super) async fn abort(&mut self) {
+        self.pending.clear();
         if let Some(tx) = self.tx.take() {
             let _ = tx
                 .send(Err(
@@ -71,6 +104,7 @@ impl Tee {
     /// Ends the stream: cleanly when the blob was committed, with an error otherwise.
     pub(super) async fn finish(&mut self) {
         if self.complete {
+            self.flush().await;
             self.tx = None;
         } else {
             self.abort().await;
@@ -164,5 +198,49 @@ impl std::io::Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         bytes::Buf::advance(&mut self.current, n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_chunks_are_gathered_and_every_byte_arrives_in_order() {
+        let (mut tee, mut reader) = tee();
+        let reading = tokio::task::spawn_blocking(move || {
+            let (mut out, mut reads) = (Vec::new(), 0);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    return (out, reads);
+                }
+                reads += 1;
+                out.extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut sent = Vec::new();
+        // 4 KiB pieces (a capped connection's), then one big chunk, then a short tail.
+        for i in 0..64u32 {
+            let piece = Bytes::from(vec![i as u8; 4096]);
+            sent.extend_from_slice(&piece);
+            tee.send(piece).await;
+        }
+        let big = Bytes::from(vec![0xAB; TEE_BATCH * 2]);
+        sent.extend_from_slice(&big);
+        tee.send(big).await;
+        let tail = Bytes::from_static(b"tail");
+        sent.extend_from_slice(&tail);
+        tee.send(tail).await;
+        tee.complete = true;
+        tee.finish().await;
+        drop(tee);
+        let (received, reads) = reading.await.unwrap();
+        assert_eq!(received, sent);
+        // 256 KiB of small pieces in 64 KiB batches (4), the big chunk (1), the tail (1).
+        assert_eq!(reads, 6, "the small pieces were not gathered");
     }
 }
