@@ -7,7 +7,7 @@
 //!   only after the blob itself is verified and committed.
 //! - A layer's cache lock is taken before its blob's ingest lock, never after (see
 //!   [`crate::unpack::cache`]): pulls sharing layers never deadlock.
-//! - At most one extraction per core runs at once, and a layer waiting for a download slot
+//! - At most two extractions per core run at once, and a layer waiting for a download slot
 //!   reports `Waiting`.
 
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(super) struct BlobContext {
     pub(super) reporter: Arc<dyn Reporter>,
     pub(super) slots: Arc<Semaphore>,
     pub(super) unpack: Option<UnpackOptions>,
-    /// Extractions run on blocking threads; more than one per core only adds contention.
+    /// Extractions run on blocking threads, two per core at most.
     pub(super) extract_slots: Arc<Semaphore>,
 }
 
