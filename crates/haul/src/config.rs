@@ -122,8 +122,9 @@ pub struct Config {
     /// Connections one blob download may use at once (`max-connections-per-blob`, default
     /// [`DEFAULT_MAX_CONNECTIONS_PER_BLOB`]; 1 turns ranged downloads off). A blob of at least
     /// `ranged-download-min-size` whose registry honours `Range` is fetched in ranges over up to
-    /// this many connections once its first stream proves to hold the download back. Shared with `max-concurrent-downloads`: each downloading layer holds
-    /// one connection, and the extra connections of ranged downloads come from one pool of
+    /// this many connections once its first stream proves to hold the download back. Shared with
+    /// `max-concurrent-downloads`: each downloading layer holds one connection, and the extra
+    /// connections of ranged downloads come from one pool of
     /// `max-connections-per-blob - 1` per pull, so a pull opens at most
     /// `max-concurrent-downloads + max-connections-per-blob - 1` blob connections at once.
     pub max_connections_per_blob: usize,

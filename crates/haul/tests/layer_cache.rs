@@ -341,23 +341,12 @@ async fn the_biggest_layer_is_downloaded_first() {
         .push_image("team/app", "1", &image)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = haul::store::Store::open(dir.path().join("store")).unwrap();
     // One download at a time: the order the layers start in is the order they download in.
-    let puller = haul::pull::Puller::new(
-        common::fast_client(
-            haul::config::Config::default(),
-            Arc::new(haul::registry::Anonymous),
-        ),
-        store.clone(),
-        haul::pull::PullOptions {
-            platform: None,
-            max_concurrent_downloads: 1,
-            unpack: Some(UnpackOptions::for_current_user()),
-            content_trust: None,
-            trust: Default::default(),
-        },
-    );
+    let common::Harness {
+        dir: _dir,
+        store,
+        puller,
+    } = common::unpacking_harness_with(haul::config::Config::default(), 1);
     let recorder = Arc::new(Recorder::default());
     let reference = format!("{}/team/app:1", registry.host());
     puller

@@ -15,8 +15,8 @@ use haul::config::Config;
 use haul::registry::Anonymous;
 use haul::store::Store;
 use test_registry::{
-    Blob, FakeAuth, Fault, Format, Image, ImageBuilder, RealRegistry, RegistryOptions,
-    ThrottleOptions, ThrottleProxy, random_layer,
+    Blob, FakeAuth, FakeRegistry, Fault, Format, Image, ImageBuilder, RealRegistry,
+    RecordedRequest, RegistryOptions, ThrottleOptions, ThrottleProxy, random_layer,
 };
 
 use common::{Harness, fake_registry, puller_for};
@@ -103,6 +103,20 @@ fn ranges_asked(proxy: &ThrottleProxy, blob: &Blob) -> Vec<Option<Range<u64>>> {
         .collect()
 }
 
+/// The fake registry's GETs of `blob`, in the order they came.
+fn layer_gets(fake: &FakeRegistry, blob: &Blob) -> Vec<RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&blob.digest))
+        .collect()
+}
+
+/// Where a GET's `Range: bytes=START-…` starts; `None` for a GET of the whole blob.
+fn range_start(request: &RecordedRequest) -> Option<u64> {
+    let spec = request.range()?.strip_prefix("bytes=")?;
+    spec.split('-').next()?.parse().ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_blob_comes_over_several_connections_in_ranges_and_verifies() {
     let image = one_layer_image(1, 24 << 20);
@@ -169,20 +183,7 @@ async fn a_ranged_pull_that_unpacks_extracts_the_layer() {
     // Before the watch measured what the sink holds up, this pull waited for bytes only about
     // half of each window (its sink taking microseconds) and was never split.
     let (_registry, proxy) = throttled(&image, false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    let puller = haul::pull::Puller::new(
-        common::fast_client(ranged_config(), Arc::new(Anonymous)),
-        store.clone(),
-        haul::pull::PullOptions {
-            platform: None,
-            max_concurrent_downloads: 3,
-            unpack: Some(haul::unpack::UnpackOptions::for_current_user()),
-            content_trust: None,
-            trust: Default::default(),
-        },
-    );
-    let h = Harness { dir, store, puller };
+    let h = common::unpacking_harness_with(ranged_config(), 3);
     h.pull(&format!("{}/big/app:v1", proxy.host()))
         .await
         .expect("pull");
@@ -392,10 +393,8 @@ async fn a_slow_stream_from_an_endpoint_that_does_not_offer_ranges_is_not_split(
         .expect("pull");
 
     h.assert_blobs_verified();
-    let gets: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
+    let gets: Vec<_> = layer_gets(&fake, layer)
+        .iter()
         .map(|r| r.range().map(str::to_owned))
         .collect();
     assert_eq!(gets, vec![None], "one stream, no ranges");
@@ -419,11 +418,7 @@ async fn a_range_with_wrong_bytes_fails_verification_and_the_blob_is_refetched_w
         .expect("pull");
 
     h.assert_blobs_verified();
-    let gets: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
-        .collect();
+    let gets = layer_gets(&fake, layer);
     assert!(
         gets.len() > 3 && gets[1..gets.len() - 1].iter().all(|r| r.range().is_some()),
         "a stream, ranges, then the whole blob: {:?}",
@@ -456,20 +451,15 @@ async fn a_range_that_breaks_midway_is_resumed_within_the_range() {
     );
 
     h.assert_blobs_verified();
-    let gets: Vec<Option<String>> = fake
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
-        .map(|r| r.range().map(str::to_owned))
-        .collect();
-    assert!(gets[0].is_none(), "one stream first: {gets:?}");
+    let gets = layer_gets(&fake, layer);
+    assert!(
+        gets[0].range().is_none(),
+        "one stream first: {:?}",
+        gets.iter().map(|r| r.range()).collect::<Vec<_>>()
+    );
     let starts: Vec<u64> = gets[1..]
         .iter()
-        .map(|range| {
-            let range = range.as_deref().expect("ranges after the stream");
-            let spec = range.strip_prefix("bytes=").expect("bytes");
-            spec.split('-').next().unwrap().parse().unwrap()
-        })
+        .map(|r| range_start(r).expect("ranges after the stream"))
         .collect();
     // Ranges are at least 1 MiB: a start inside the first one is the broken range resumed
     // from the bytes it had, not fetched again.
@@ -644,15 +634,7 @@ async fn a_range_cut_short_by_a_kill_keeps_what_it_wrote() {
     let lost_at_most: u64 = 256 << 10;
     let record = record_path(&store_dir, layer);
     let started = Instant::now();
-    let first_range_start = || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
-            .find_map(|r| {
-                let spec = r.range()?.strip_prefix("bytes=")?.to_owned();
-                spec.split('-').next()?.parse::<u64>().ok()
-            })
-    };
+    let first_range_start = || layer_gets(&fake, layer).iter().find_map(range_start);
     let stalled = loop {
         if let Some(start) = first_range_start()
             && covers(
@@ -680,14 +662,9 @@ async fn a_range_cut_short_by_a_kill_keeps_what_it_wrote() {
     let h = harness_in(dir, ranged_config());
     h.pull(&reference).await.expect("second pull");
     h.assert_blobs_verified();
-    let starts: Vec<u64> = fake
-        .requests()
+    let starts: Vec<u64> = layer_gets(&fake, layer)
         .iter()
-        .filter(|r| r.method == "GET" && r.path.contains(&layer.digest))
-        .filter_map(|r| {
-            let spec = r.range()?.strip_prefix("bytes=")?.to_owned();
-            spec.split('-').next()?.parse().ok()
-        })
+        .filter_map(range_start)
         .collect();
     // The stalled range resumes from what it wrote, not from its start.
     let first = starts.iter().copied().min().expect("ranged requests");

@@ -24,9 +24,9 @@
 //!   process left and that turns out not to be a prefix of the blob is dropped and the blob
 //!   fetched whole, once.
 //! - **Big blobs.** A blob of at least `ranged-download-min-size` starts over one stream like any
-//!   other; when that stream holds the download back (the download waits for bytes, not for the
-//!   sink, [`super::split`]), its endpoint said `Accept-Ranges: bytes`, and the sink offers a [`RangedTarget`](super::RangedTarget)
-//!   ([`BlobSink::ranged`]), the rest is fetched in ranges over several connections, if the
+//!   other; when that stream holds the download back (the sink seldom holds it up,
+//!   [`super::split`]), its endpoint said `Accept-Ranges: bytes`, and the sink offers a
+//!   [`RangedTarget`](super::RangedTarget) ([`BlobSink::ranged`]), the rest is fetched in ranges over several connections, if the
 //!   endpoint answers `Range` with exactly the range asked ([`super::ranged`]); else the one
 //!   stream goes on. A blob an earlier attempt was fetching in ranges goes on in ranges at once.
 //!   Ranged content that fails verification is dropped and the blob fetched whole over one
@@ -352,14 +352,12 @@ impl Repository {
             sink.write(chunk).await.map_err(Failed::Sink)?;
             if let Some(w) = watch.as_deref_mut() {
                 w.arrived(len, writing.elapsed());
-            }
-            if let Some(w) = watch.as_deref_mut()
-                && w.verdict(desc.size - position)
-            {
-                let extra = self.range_connections(desc, position);
-                if !extra.is_empty() {
-                    tracing::debug!(digest = %desc.digest, position, connections = 1 + extra.len(), "one stream holds the download back; the rest in ranges");
-                    return Err(Failed::Split(extra));
+                if w.verdict(desc.size - position) {
+                    let extra = self.range_connections(desc, position);
+                    if !extra.is_empty() {
+                        tracing::debug!(digest = %desc.digest, position, connections = 1 + extra.len(), "one stream holds the download back; the rest in ranges");
+                        return Err(Failed::Split(extra));
+                    }
                 }
             }
         }

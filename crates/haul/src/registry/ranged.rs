@@ -4,9 +4,9 @@
 //! with one stream.
 //!
 //! When: a blob of at least `ranged-download-min-size` bytes whose one stream held the download
-//! back ([`super::split`]) or that an earlier attempt was fetching in ranges, a sink that offers a
-//! target ([`BlobSink::ranged`]), and at least one extra connection free in the repository's pool of
-//! `max-connections-per-blob - 1` (shared by every blob of the repository handle, so a pull
+//! back ([`super::split`]) or that an earlier attempt was fetching in ranges, a sink that offers
+//! a target ([`BlobSink::ranged`]), and at least one extra connection free in the repository's
+//! pool of `max-connections-per-blob - 1` (shared by every blob of the repository handle, so a pull
 //! opens at most `max-concurrent-downloads + max-connections-per-blob - 1` blob connections).
 //!
 //! Promises:

@@ -170,9 +170,12 @@ impl LayerCache<'_> {
     }
 
     fn layer_dir(&self, chain_id: &Digest) -> PathBuf {
-        self.layers_dir()
-            .join(chain_id.algorithm().name())
-            .join(chain_id.hex())
+        self.layer_parent(chain_id).join(chain_id.hex())
+    }
+
+    /// The directory holding `chain_id`'s entry and its staging directories.
+    fn layer_parent(&self, chain_id: &Digest) -> PathBuf {
+        self.layers_dir().join(chain_id.algorithm().name())
     }
 
     /// The cached layer for `chain_id`, if it is complete and was built with at least the

@@ -141,14 +141,20 @@ pub fn layer_statuses(events: &[Event], digest: &str) -> Vec<String> {
 
 /// A harness whose pulls extract every layer into the layer cache, as the CLI does.
 pub fn unpacking_harness() -> Harness {
+    unpacking_harness_with(Config::default(), 3)
+}
+
+/// [`unpacking_harness`] with the client settings of `config`, downloading
+/// `max_concurrent_downloads` layers at a time.
+pub fn unpacking_harness_with(config: Config, max_concurrent_downloads: usize) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
     let puller = Puller::new(
-        fast_client(Config::default(), Arc::new(Anonymous)),
+        fast_client(config, Arc::new(Anonymous)),
         store.clone(),
         PullOptions {
             platform: None,
-            max_concurrent_downloads: 3,
+            max_concurrent_downloads,
             unpack: Some(UnpackOptions::for_current_user()),
             content_trust: None,
             trust: Default::default(),

@@ -98,12 +98,9 @@ impl LayerCache<'_> {
     }
 
     fn create_parent(&self, chain_id: &Digest) -> Result<(), UnpackError> {
-        let final_dir = self.layer_dir(chain_id);
-        let parent = final_dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.layers_dir());
-        Ok(self.store.create_private_dir(&parent)?)
+        Ok(self
+            .store
+            .create_private_dir(&self.layer_parent(chain_id))?)
     }
 
     fn extract_locked(
@@ -117,10 +114,7 @@ impl LayerCache<'_> {
     ) -> Result<Extracted, UnpackError> {
         let chain_id = job.chain_id;
         let final_dir = self.layer_dir(chain_id);
-        let parent = final_dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.layers_dir());
+        let parent = self.layer_parent(chain_id);
         if let Some(hit) = self.cached(chain_id, &options.apply) {
             return Ok(Extracted::Cached(hit));
         }
