@@ -242,6 +242,12 @@ fn unpack_kind(e: &UnpackError) -> ErrorKind {
         UnpackError::Stream { source, .. } => match source {
             StreamError::TooLarge { .. } => ErrorKind::BadImage,
             StreamError::DiffIdMismatch { .. } => ErrorKind::Integrity,
+            StreamError::Unreadable { source } => match source.kind() {
+                std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::UnexpectedEof => ErrorKind::BadImage,
+                _ => ErrorKind::Local,
+            },
         },
         UnpackError::Stopped => ErrorKind::Cancelled,
     }

@@ -23,6 +23,7 @@ use crate::registry::Repository;
 use crate::store::Store;
 use crate::unpack::cache::{Extracted, LayerClaim, LayerJob as CacheJob, Session};
 use crate::unpack::image::{UnpackError, UnpackOptions};
+use crate::unpack::stream::threads_for;
 
 /// One layer of the image being pulled, with what the cache keys it by.
 pub(super) struct LayerJob {
@@ -50,7 +51,7 @@ pub(super) struct BlobContext {
     pub(super) reporter: Arc<dyn Reporter>,
     pub(super) slots: Arc<Semaphore>,
     pub(super) unpack: Option<UnpackOptions>,
-    /// Extractions run on blocking threads, two per core at most.
+    /// Extraction threads, four per core at most: a layer takes [`threads_for`] its size.
     pub(super) extract_slots: Arc<Semaphore>,
 }
 
@@ -73,12 +74,20 @@ impl BlobContext {
             return HeadStart::default();
         };
         let extraction = (extract && self.unpack.is_some())
-            .then(|| self.extract_slots.clone().try_acquire_owned().ok())
+            .then(|| self.try_extraction_slot(layer))
             .flatten();
         HeadStart {
             download: Some(download),
             extraction,
         }
+    }
+
+    /// The extraction threads `layer` takes, when they are free now.
+    fn try_extraction_slot(&self, layer: &LayerJob) -> Option<OwnedSemaphorePermit> {
+        self.extract_slots
+            .clone()
+            .try_acquire_many_owned(threads_for(layer.desc.size))
+            .ok()
     }
 
     /// Whether a layer needs nothing: its blob is stored and, when unpacking, it is extracted.
@@ -150,7 +159,7 @@ impl BlobContext {
             // extraction below waits for it with no blob lock held.
             let extracting = match reserved.take() {
                 Some(slot) => Ok(slot),
-                None => self.extract_slots.clone().try_acquire_owned(),
+                None => self.try_extraction_slot(&layer).ok_or(()),
             };
             let claim = match extracting {
                 Ok(extracting) => {
@@ -184,7 +193,7 @@ impl BlobContext {
                 None => self
                     .extract_slots
                     .clone()
-                    .acquire_owned()
+                    .acquire_many_owned(threads_for(layer.desc.size))
                     .await
                     .map_err(|_| PullError::Stopped)?,
             };

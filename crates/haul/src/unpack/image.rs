@@ -330,6 +330,7 @@ fn apply_from_blob(
         compression,
         job.diff_id.algorithm(),
         options.limit_for(layer.size),
+        layer.size,
     )
     .map_err(io_err)?;
     let applied = apply_layer(staging, &mut stream, &options.apply);
@@ -346,10 +347,7 @@ fn apply_from_blob(
         digest: layer.digest.clone(),
         source,
     })?;
-    let bytes = stream
-        .finish(job.diff_id)
-        .map_err(io_err)?
-        .map_err(stream_error)?;
+    let bytes = stream.finish(job.diff_id).map_err(stream_error)?;
     Ok((bytes, applied))
 }
 

@@ -1,6 +1,7 @@
 //! The uncompressed stream of a layer: decompression by media type, the diff_id hash over every
-//! uncompressed byte, a bound on how many bytes a layer may expand to, and a two-thread pipeline so
-//! decompression (with the size limit) and extraction (with the diff_id hash) overlap.
+//! uncompressed byte, a bound on how many bytes a layer may expand to, and, for a big layer, a
+//! two-thread pipeline so decompression (with the size limit) and extraction (with the diff_id
+//! hash) overlap.
 //!
 //! The diff_id covers the whole uncompressed stream, including what follows the tar's end-of-archive
 //! blocks, so callers drain the reader to its end: [`Uncompressed::finish`] does.
@@ -84,6 +85,14 @@ pub enum StreamError {
         /// The digest of the uncompressed stream, with the config's algorithm.
         actual: Digest,
     },
+    /// The stream failed after the tar's end-of-archive, which the diff_id covers too: a
+    /// corrupt or truncated compressed stream, bytes after it that are not another gzip member or
+    /// zstd frame, or the blob unreadable.
+    #[error("cannot read the layer to its end (after its end-of-archive): {source}")]
+    Unreadable {
+        /// What reading reported.
+        source: io::Error,
+    },
 }
 
 /// Counts the uncompressed bytes read through it, and fails the read that would pass `limit` (a
@@ -121,6 +130,22 @@ impl<R: Read> Read for Limited<R> {
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: enough to ride out a burst of small files on the extracting side.
 const DEPTH: usize = 8;
+/// Layers from this size (compressed) up are inflated on a thread of their own; smaller ones on
+/// the extracting thread. A big layer's inflating is its longest stage, and overlapping it with
+/// the extraction is what makes it stream; a small layer's two threads mostly wait for each
+/// other: the 40 small layers of `bench/run`'s layers40 spent 2.2 s of their inflating threads
+/// blocked on a full channel and 1.0 s of their extracting threads waiting for a chunk, and beside
+/// a busy process the pull got 1.2 of the 2 cores. Several small layers extract at once anyway.
+pub const OWN_THREAD_FROM: u64 = 16 << 20;
+
+/// The threads a layer of `compressed_size` bytes takes while it is decompressed and extracted.
+pub fn threads_for(compressed_size: u64) -> u32 {
+    if compressed_size >= OWN_THREAD_FROM {
+        2
+    } else {
+        1
+    }
+}
 
 /// What the decompressing thread sends: chunks of the stream, then how it ended.
 enum Message {
@@ -130,16 +155,19 @@ enum Message {
     Done(u64),
 }
 
-/// Decompresses `compressed` on a separate thread, which also counts the uncompressed bytes and
-/// stops at `limit`; the reading side hashes each chunk as it takes it (the diff_id). Inflating
-/// is the longest stage of a big layer: hashing there made its thread 1.57 s of CPU for a 794 MB
-/// layer (1.12 s inflating, 0.45 s hashing) while the extracting thread needed 0.6 s; now each
-/// takes about half. The counter tells how many compressed bytes have been consumed, for progress.
+/// Decompresses `compressed` (a layer of `compressed_size` bytes), counting the uncompressed
+/// bytes and stopping at `limit`; the reading side hashes what it takes (the diff_id). From
+/// [`OWN_THREAD_FROM`] up the inflating runs on a thread of its own and the reading side only
+/// hashes: inflating is the longest stage of a big layer (hashing there too made its thread
+/// 1.57 s of CPU for a 794 MB layer, 1.12 s inflating and 0.45 s hashing, while the extracting
+/// thread needed 0.6 s). The counter tells how many compressed bytes have been consumed, for
+/// progress.
 pub fn decompress(
     compressed: Box<dyn Read + Send>,
     compression: Compression,
     algorithm: Algorithm,
     limit: u64,
+    compressed_size: u64,
 ) -> io::Result<(Uncompressed, Arc<AtomicU64>)> {
     let consumed = Arc::new(AtomicU64::new(0));
     let counted = Counted {
@@ -147,7 +175,12 @@ pub fn decompress(
         count: consumed.clone(),
     };
     let decoder = compression.decoder(BufReader::with_capacity(CHUNK, counted))?;
-    Ok((spawn_decompression(decoder, algorithm, limit)?, consumed))
+    let stream = if compressed_size >= OWN_THREAD_FROM {
+        spawn_decompression(decoder, algorithm, limit)?
+    } else {
+        decompress_inline(decoder, algorithm, limit)
+    };
+    Ok((stream, consumed))
 }
 
 /// Runs `decompressed` on its own thread and returns a reader of what it produces. Buffers go
@@ -158,7 +191,6 @@ fn spawn_decompression(
     algorithm: Algorithm,
     limit: u64,
 ) -> io::Result<Uncompressed> {
-    let hasher = Hasher::new(algorithm);
     let (tx, rx) = mpsc::sync_channel::<Message>(DEPTH);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let handle = thread::Builder::new()
@@ -186,16 +218,31 @@ fn spawn_decompression(
                 }
             }
         })?;
-    Ok(Uncompressed {
-        rx,
-        free_tx,
-        hasher: Some(hasher),
-        current: Vec::new(),
-        pos: 0,
-        end: None,
-        too_large: None,
-        _handle: handle,
-    })
+    Ok(Uncompressed::new(
+        Source::Thread(Pipe {
+            rx,
+            free_tx,
+            current: Vec::new(),
+            pos: 0,
+            _handle: handle,
+        }),
+        algorithm,
+    ))
+}
+
+/// A reader that inflates `decompressed` on the reading thread itself.
+fn decompress_inline(
+    decompressed: Box<dyn Read + Send>,
+    algorithm: Algorithm,
+    limit: u64,
+) -> Uncompressed {
+    Uncompressed::new(
+        Source::Inline(BufReader::with_capacity(
+            CHUNK,
+            Limited::new(decompressed, limit),
+        )),
+        algorithm,
+    )
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -211,22 +258,83 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// A layer's uncompressed stream, produced by [`decompress`]'s thread.
+/// A layer's uncompressed stream, from [`decompress`].
 pub struct Uncompressed {
-    rx: mpsc::Receiver<Message>,
-    free_tx: mpsc::Sender<Vec<u8>>,
-    /// The diff_id's hash of every chunk taken, until the stream ends.
+    source: Source,
+    /// The diff_id's hash of every byte read, until the stream ends.
     hasher: Option<Hasher>,
-    current: Vec<u8>,
-    pos: usize,
     /// The digest and length, once the stream has ended.
     end: Option<(Digest, u64)>,
     /// Set when the stream stopped at its size limit.
     too_large: Option<u64>,
+}
+
+/// Where the uncompressed bytes come from.
+enum Source {
+    /// A decompressing thread.
+    Thread(Pipe),
+    /// The decoder itself, run by whoever reads.
+    Inline(BufReader<Limited<Box<dyn Read + Send>>>),
+}
+
+/// The reading end of a decompressing thread.
+struct Pipe {
+    rx: mpsc::Receiver<Message>,
+    free_tx: mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
     _handle: thread::JoinHandle<()>,
 }
 
+/// What one read of the source gave.
+enum Step {
+    /// Bytes, copied into the caller's buffer.
+    Data(usize),
+    /// The end of the stream: how many bytes it had.
+    End(u64),
+}
+
+impl Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Step> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Message::Chunk(chunk)) => {
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    if used.capacity() > 0 {
+                        // The thread may be gone already; the buffer is then just freed.
+                        let _ = self.free_tx.send(used);
+                    }
+                    self.pos = 0;
+                }
+                Ok(Message::Failed(e)) => return Err(e),
+                Ok(Message::Done(count)) => return Ok(Step::End(count)),
+                // The thread ended without a word: it panicked.
+                Err(_) => return Err(io::Error::other("the decompression thread failed")),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(Step::Data(n))
+    }
+}
+
 impl Uncompressed {
+    fn new(source: Source, algorithm: Algorithm) -> Uncompressed {
+        Uncompressed {
+            source,
+            hasher: Some(Hasher::new(algorithm)),
+            end: None,
+            too_large: None,
+        }
+    }
+
+    /// Whether the stream is inflated on a thread of its own.
+    #[cfg(test)]
+    fn is_threaded(&self) -> bool {
+        matches!(self.source, Source::Thread(_))
+    }
+
     /// The limit the stream was stopped at, if it expanded past it (the reader's caller sees an
     /// I/O error; this tells it what the error was).
     pub fn too_large(&self) -> Option<u64> {
@@ -235,68 +343,66 @@ impl Uncompressed {
 
     /// Reads what is left (the tar parser stops at end-of-archive) and checks the diff_id.
     /// Returns the uncompressed length.
-    pub fn finish(mut self, expected: &Digest) -> io::Result<Result<u64, StreamError>> {
-        if let Err(e) = io::copy(&mut self, &mut io::sink()) {
-            return match self.too_large {
+    pub fn finish(mut self, expected: &Digest) -> Result<u64, StreamError> {
+        if let Err(source) = io::copy(&mut self, &mut io::sink()) {
+            return Err(match self.too_large {
                 // Past the end-of-archive blocks, but still part of the diff_id.
-                Some(limit) => Ok(Err(StreamError::TooLarge { limit })),
-                None => Err(e),
-            };
+                Some(limit) => StreamError::TooLarge { limit },
+                None => StreamError::Unreadable { source },
+            });
         }
         let Some((actual, count)) = self.end.take() else {
-            return Err(io::Error::other("the decompression stopped before the end"));
+            return Err(StreamError::Unreadable {
+                source: io::Error::other("the decompression stopped before the end"),
+            });
         };
         if &actual != expected {
-            return Ok(Err(StreamError::DiffIdMismatch {
+            return Err(StreamError::DiffIdMismatch {
                 expected: expected.clone(),
                 actual,
-            }));
+            });
         }
-        Ok(Ok(count))
+        Ok(count)
     }
 }
 
 impl Read for Uncompressed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            if self.end.is_some() {
-                return Ok(0);
+        if self.end.is_some() {
+            return Ok(0);
+        }
+        let step = match &mut self.source {
+            Source::Thread(pipe) => pipe.read(buf),
+            Source::Inline(_) if buf.is_empty() => return Ok(0),
+            Source::Inline(reader) => match reader.read(buf) {
+                Ok(0) => Ok(Step::End(reader.get_ref().count)),
+                Ok(n) => Ok(Step::Data(n)),
+                Err(e) => Err(e),
+            },
+        };
+        match step {
+            Ok(Step::Data(n)) => {
+                if let Some(h) = self.hasher.as_mut() {
+                    h.update(&buf[..n]);
+                }
+                Ok(n)
             }
-            match self.rx.recv() {
-                Ok(Message::Chunk(chunk)) => {
-                    if let Some(h) = self.hasher.as_mut() {
-                        h.update(&chunk);
-                    }
-                    let used = std::mem::replace(&mut self.current, chunk);
-                    if used.capacity() > 0 {
-                        // The thread may be gone already; the buffer is then just freed.
-                        let _ = self.free_tx.send(used);
-                    }
-                    self.pos = 0;
+            Ok(Step::End(count)) => {
+                let Some(hasher) = self.hasher.take() else {
+                    return Err(io::Error::other("the stream ended twice"));
+                };
+                self.end = Some((hasher.finish(), count));
+                Ok(0)
+            }
+            Err(e) => {
+                if let Some(StreamError::TooLarge { limit }) =
+                    e.get_ref().and_then(|e| e.downcast_ref::<StreamError>())
+                {
+                    self.too_large = Some(*limit);
                 }
-                Ok(Message::Failed(e)) => {
-                    if let Some(StreamError::TooLarge { limit }) =
-                        e.get_ref().and_then(|e| e.downcast_ref::<StreamError>())
-                    {
-                        self.too_large = Some(*limit);
-                    }
-                    return Err(e);
-                }
-                Ok(Message::Done(count)) => {
-                    let Some(hasher) = self.hasher.take() else {
-                        return Err(io::Error::other("the stream ended twice"));
-                    };
-                    self.end = Some((hasher.finish(), count));
-                    return Ok(0);
-                }
-                // The thread ended without a word: it panicked.
-                Err(_) => return Err(io::Error::other("the decompression thread failed")),
+                Err(e)
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -366,58 +472,137 @@ mod tests {
         assert!(r.count <= 1_000_000 + 64 * 1024);
     }
 
-    #[test]
-    fn the_pipeline_delivers_the_stream_in_order() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let compressed = gzip(&data);
-        let decoder = Compression::Gzip
-            .decoder(io::Cursor::new(compressed))
+    /// Both ways a stream is decompressed: on a thread of its own and on the reading thread.
+    fn both_ways(
+        compressed: &[u8],
+        compression: Compression,
+        limit: u64,
+    ) -> [(&'static str, Uncompressed); 2] {
+        let ways = [
+            ("threaded", OWN_THREAD_FROM),
+            ("inline", OWN_THREAD_FROM - 1),
+        ];
+        ways.map(|(way, size)| {
+            let (stream, _) = decompress(
+                Box::new(io::Cursor::new(compressed.to_vec())),
+                compression,
+                Algorithm::Sha256,
+                limit,
+                size,
+            )
             .unwrap();
-        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1 << 30).unwrap();
-        let mut out = Vec::new();
-        pipe.read_to_end(&mut out).unwrap();
-        assert_eq!(out, data);
-        assert_eq!(
-            pipe.finish(&Digest::sha256_of(&data)).unwrap().unwrap(),
-            3_000_000
-        );
+            assert_eq!(stream.is_threaded(), way == "threaded");
+            (way, stream)
+        })
     }
 
     #[test]
-    fn the_pipeline_stops_a_bomb_and_says_so_even_past_the_end_of_archive() {
-        let bomb = gzip(&vec![0u8; 5_000_000]);
-        let decoder = Compression::Gzip
-            .decoder(io::Cursor::new(bomb.clone()))
-            .unwrap();
-        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1_000_000).unwrap();
-        let err = pipe.read_to_end(&mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("expands past"), "{err}");
-        assert_eq!(pipe.too_large(), Some(1_000_000));
+    fn a_big_layer_is_inflated_on_a_thread_of_its_own_and_a_small_one_inline() {
+        assert_eq!(threads_for(OWN_THREAD_FROM), 2);
+        assert_eq!(threads_for(OWN_THREAD_FROM - 1), 1);
+        // both_ways checks which way each stream went
+        both_ways(&gzip(b"x"), Compression::Gzip, 1 << 20);
+    }
 
+    #[test]
+    fn the_stream_arrives_in_order_with_its_diff_id() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        for (way, mut stream) in both_ways(&gzip(&data), Compression::Gzip, 1 << 30) {
+            let mut out = Vec::new();
+            // Reads of every size, as the tar parser makes them (512-byte headers, file bodies).
+            let mut buf = vec![0u8; 300_000];
+            let mut size = 1;
+            loop {
+                let n = stream.read(&mut buf[..size]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+                size = size * 7 % 299_999 + 1;
+            }
+            assert!(out == data, "{way}: the bytes differ");
+            assert_eq!(
+                stream.finish(&Digest::sha256_of(&data)).unwrap(),
+                3_000_000,
+                "{way}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_into_an_empty_buffer_does_not_end_the_stream() {
+        for (way, mut stream) in both_ways(&gzip(b"layer"), Compression::Gzip, 1 << 20) {
+            assert_eq!(stream.read(&mut []).unwrap(), 0, "{way}");
+            assert_eq!(
+                stream.finish(&Digest::sha256_of(b"layer")).unwrap(),
+                5,
+                "{way}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bomb_is_stopped_and_said_so_even_past_the_end_of_archive() {
+        let bomb = gzip(&vec![0u8; 5_000_000]);
+        for (way, mut stream) in both_ways(&bomb, Compression::Gzip, 1_000_000) {
+            let err = stream.read_to_end(&mut Vec::new()).unwrap_err();
+            assert!(err.to_string().contains("expands past"), "{way}: {err}");
+            assert_eq!(stream.too_large(), Some(1_000_000), "{way}");
+        }
         // The tar parser stopped early; draining for the diff_id meets the limit.
-        let decoder = Compression::Gzip.decoder(io::Cursor::new(bomb)).unwrap();
-        let mut pipe = spawn_decompression(decoder, Algorithm::Sha256, 1_000_000).unwrap();
-        pipe.read_exact(&mut [0u8; 1024]).unwrap();
-        assert!(matches!(
-            pipe.finish(&Digest::sha256_of(b"")).unwrap(),
-            Err(StreamError::TooLarge { limit: 1_000_000 })
-        ));
+        for (way, mut stream) in both_ways(&bomb, Compression::Gzip, 1_000_000) {
+            stream.read_exact(&mut [0u8; 1024]).unwrap();
+            assert!(
+                matches!(
+                    stream.finish(&Digest::sha256_of(b"")),
+                    Err(StreamError::TooLarge { limit: 1_000_000 })
+                ),
+                "{way}"
+            );
+        }
     }
 
     #[test]
     fn a_wrong_diff_id_is_reported_with_both_digests() {
         let data = b"layer".repeat(100_000);
-        let decoder = Compression::None
-            .decoder(io::Cursor::new(data.clone()))
-            .unwrap();
-        let pipe = spawn_decompression(decoder, Algorithm::Sha256, 1 << 30).unwrap();
-        let wrong = Digest::sha256_of(b"other");
-        match pipe.finish(&wrong).unwrap() {
-            Err(StreamError::DiffIdMismatch { expected, actual }) => {
-                assert_eq!(expected, wrong);
-                assert_eq!(actual, Digest::sha256_of(&data));
+        for (way, stream) in both_ways(&data, Compression::None, 1 << 30) {
+            let wrong = Digest::sha256_of(b"other");
+            match stream.finish(&wrong) {
+                Err(StreamError::DiffIdMismatch { expected, actual }) => {
+                    assert_eq!(expected, wrong, "{way}");
+                    assert_eq!(actual, Digest::sha256_of(&data), "{way}");
+                }
+                other => panic!("{way}: {other:?}"),
             }
-            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_after_the_compressed_stream_fails_the_finish_as_unreadable() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 13) as u8).collect();
+        let mut blob = gzip(&data);
+        blob.extend(b"garbage after the gzip stream");
+        for (way, mut stream) in both_ways(&blob, Compression::Gzip, 1 << 30) {
+            // The tar parser stops at its end-of-archive, before the garbage.
+            stream.read_exact(&mut [0u8; 4096]).unwrap();
+            match stream.finish(&Digest::sha256_of(&data)) {
+                Err(e @ StreamError::Unreadable { .. }) => {
+                    assert!(e.to_string().contains("invalid gzip header"), "{way}: {e}");
+                }
+                other => panic!("{way}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_stream_fails_the_read() {
+        let mut bad = gzip(&vec![7u8; 1_000_000]);
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        bad.truncate(bad.len() - 3);
+        for (way, mut stream) in both_ways(&bad, Compression::Gzip, 1 << 30) {
+            assert!(stream.read_to_end(&mut Vec::new()).is_err(), "{way}");
+            assert_eq!(stream.too_large(), None, "{way}");
         }
     }
 

@@ -202,11 +202,17 @@ impl LayerCache<'_> {
         let blob = self.store.blob_path(digest);
         let mut budget = LayerBudget::new(session.budget().clone(), options, layer.size);
         let limit = budget.stream_limit();
-        let (stream, consumed) = decompress(compressed, compression, diff_id.algorithm(), limit)
-            .map_err(|source| UnpackError::Io {
-                path: blob.clone(),
-                source,
-            })?;
+        let (stream, consumed) = decompress(
+            compressed,
+            compression,
+            diff_id.algorithm(),
+            limit,
+            layer.size,
+        )
+        .map_err(|source| UnpackError::Io {
+            path: blob.clone(),
+            source,
+        })?;
         let mut reader = Reporting {
             inner: stream,
             consumed,
@@ -233,14 +239,7 @@ impl LayerCache<'_> {
             digest: digest.clone(),
             source,
         })?;
-        let uncompressed_bytes = reader
-            .inner
-            .finish(diff_id)
-            .map_err(|source| UnpackError::Io {
-                path: blob.clone(),
-                source,
-            })?
-            .map_err(stream_error)?;
+        let uncompressed_bytes = reader.inner.finish(diff_id).map_err(stream_error)?;
         let meta = LayerMeta {
             chain_id: job.chain_id.clone(),
             diff_id: diff_id.clone(),
