@@ -117,6 +117,27 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
         out.stdout
     );
     assert!(!out.stdout.contains(PROXY_PASSWORD), "{}", out.stdout);
+
+    // What info shows is what pulls use: ALL_PROXY for a scheme without its own proxy, and no
+    // proxy at all inside a CGI request (httpoxy: REQUEST_METHOD set).
+    let out = ok(run(env
+        .haul()
+        .env("ALL_PROXY", "http://all.corp:1080")
+        .env("HTTPS_PROXY", "http://tls.corp:8443")
+        .arg("info")));
+    assert!(
+        out.stdout.contains(
+            " proxies: environment\n  http-proxy: http://all.corp:1080\n  https-proxy: http://tls.corp:8443\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = ok(run(env
+        .haul()
+        .env("REQUEST_METHOD", "GET")
+        .env("HTTPS_PROXY", &proxy)
+        .arg("info")));
+    assert!(out.stdout.contains(" proxies: none\n"), "{}", out.stdout);
 }
 
 /// docker's rule: a remote name goes through the environment's proxy, a loopback registry never

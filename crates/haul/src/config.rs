@@ -69,17 +69,24 @@ const IGNORED_DAEMON_KEYS: &[&str] = &[
     "max-concurrent-uploads",
 ];
 
-/// The proxy settings the environment gives (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
-/// lowercase forms, as curl reads them), for display: used when the config file sets none.
+/// The proxies the environment gives, used when the config file sets none: `HTTP_PROXY` and
+/// `HTTPS_PROXY`, `ALL_PROXY` for a scheme without its own, and `NO_PROXY` (each also lowercase,
+/// as curl reads them). Inside a CGI request (`REQUEST_METHOD` set) none: there `HTTP_PROXY` may
+/// come from a client's `Proxy:` header (httpoxy), so Go's net/http ignores it too. Pulls and
+/// `haul info` both read this, so what info shows is what pulls use.
 pub(crate) fn env_proxies() -> Proxies {
+    if std::env::var_os("REQUEST_METHOD").is_some() {
+        return Proxies::default();
+    }
     let var = |names: &[&str]| {
         names
             .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
     };
+    let all = var(&["ALL_PROXY", "all_proxy"]);
     Proxies {
-        http: var(&["HTTP_PROXY", "http_proxy"]),
-        https: var(&["HTTPS_PROXY", "https_proxy"]),
+        http: var(&["HTTP_PROXY", "http_proxy"]).or_else(|| all.clone()),
+        https: var(&["HTTPS_PROXY", "https_proxy"]).or(all),
         no_proxy: var(&["NO_PROXY", "no_proxy"]),
     }
 }

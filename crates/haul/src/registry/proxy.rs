@@ -31,19 +31,12 @@ pub(crate) struct ProxyRules {
 impl ProxyRules {
     /// The config file's proxies when it sets any, else the environment's.
     pub(crate) fn new(settings: &RegistrySettings) -> ProxyRules {
-        let p = &settings.proxies;
-        if p.is_set() {
-            return ProxyRules::from_parts(p.http.clone(), p.https.clone(), p.no_proxy.clone());
-        }
-        if std::env::var_os("REQUEST_METHOD").is_some() {
-            return ProxyRules::from_parts(None, None, None);
-        }
-        let all = env(&["ALL_PROXY", "all_proxy"]);
-        ProxyRules::from_parts(
-            env(&["HTTP_PROXY", "http_proxy"]).or_else(|| all.clone()),
-            env(&["HTTPS_PROXY", "https_proxy"]).or(all),
-            env(&["NO_PROXY", "no_proxy"]),
-        )
+        let p = if settings.proxies.is_set() {
+            settings.proxies.clone()
+        } else {
+            crate::config::env_proxies()
+        };
+        ProxyRules::from_parts(p.http, p.https, p.no_proxy)
     }
 
     fn from_parts(
@@ -108,12 +101,6 @@ pub(crate) fn with_scheme(proxy: &str) -> String {
     } else {
         format!("http://{proxy}")
     }
-}
-
-fn env(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
 }
 
 /// docker's (Go's) exemption: the name `localhost` or a loopback address literal.

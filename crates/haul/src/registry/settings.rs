@@ -134,7 +134,7 @@ pub(crate) fn insecure_match(entries: &[String], host: &str) -> bool {
     })
 }
 
-/// The `proxies` key. When any proxy is set here, it replaces `HTTP_PROXY`/`HTTPS_PROXY`/
+/// The `proxies` key. When any proxy is set here, it replaces `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`/
 /// `NO_PROXY` from the environment (as docker's daemon.json does). Proxy URLs may carry
 /// credentials, so `Debug` and [`Proxies::redacted`] hide them.
 #[derive(Clone, PartialEq, Eq, Default)]
