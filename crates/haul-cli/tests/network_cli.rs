@@ -103,12 +103,13 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
         );
     }
 
+    let info_with = |vars: &[(&str, &str)]| {
+        let mut cmd = env.haul();
+        cmd.envs(vars.iter().copied());
+        ok(run(cmd.arg("info")))
+    };
     let proxy = format!("http://bob:{PROXY_PASSWORD}@proxy.corp:8080");
-    let out = ok(run(env
-        .haul()
-        .env("HTTPS_PROXY", &proxy)
-        .env("NO_PROXY", "localhost")
-        .arg("info")));
+    let out = info_with(&[("HTTPS_PROXY", &proxy), ("NO_PROXY", "localhost")]);
     assert!(
         out.stdout.contains(
             " proxies: environment\n  https-proxy: http://xxxxx:xxxxx@proxy.corp:8080\n  no-proxy: localhost\n"
@@ -120,11 +121,10 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
 
     // What info shows is what pulls use: ALL_PROXY for a scheme without its own proxy, and no
     // proxy at all inside a CGI request (httpoxy: REQUEST_METHOD set).
-    let out = ok(run(env
-        .haul()
-        .env("ALL_PROXY", "http://all.corp:1080")
-        .env("HTTPS_PROXY", "http://tls.corp:8443")
-        .arg("info")));
+    let out = info_with(&[
+        ("ALL_PROXY", "http://all.corp:1080"),
+        ("HTTPS_PROXY", "http://tls.corp:8443"),
+    ]);
     assert!(
         out.stdout.contains(
             " proxies: environment\n  http-proxy: http://all.corp:1080\n  https-proxy: http://tls.corp:8443\n"
@@ -132,11 +132,7 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
         "{}",
         out.stdout
     );
-    let out = ok(run(env
-        .haul()
-        .env("REQUEST_METHOD", "GET")
-        .env("HTTPS_PROXY", &proxy)
-        .arg("info")));
+    let out = info_with(&[("REQUEST_METHOD", "GET"), ("HTTPS_PROXY", &proxy)]);
     assert!(out.stdout.contains(" proxies: none\n"), "{}", out.stdout);
 }
 
