@@ -3,8 +3,9 @@
 //! made of several members, zstd with skippable frames, layers without the tar's end-of-archive
 //! blocks (umoci 0.4.7), compressed streams with trailing garbage (refused, as containerd and
 //! docker refuse them: both read the decompressor to its end after applying), manifests with
-//! annotations, `urls`, `artifactType` and fields haul does not know, and indexes carrying
-//! attestation manifests.
+//! annotations, `urls`, `artifactType` and fields haul does not know, indexes carrying
+//! attestation manifests, and a layer GNU tar and gzip made that is big enough for haul's
+//! two-thread decompression.
 
 mod common;
 
@@ -411,4 +412,79 @@ async fn an_index_with_attestation_manifests_gives_the_image() {
     )
     .unwrap();
     assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
+}
+
+/// A layer GNU tar and GNU gzip made, big enough (16 MiB compressed and up) for haul to inflate it
+/// on a thread of its own while another extracts, pulled with extraction as it arrives and
+/// unpacked, compared with GNU tar extracting the same tar. Smaller layers take the one-thread
+/// path, which the other tests here and `producers.rs` cover.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_gnu_tar_and_gzip_layer_unpacks_like_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("data/deep")).unwrap();
+    // Incompressible bytes keep the gzip stream as big as the files.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    std::fs::write(src.join("data/big"), noise(12 << 20)).unwrap();
+    std::fs::write(src.join("data/deep/bigger"), noise(9 << 20)).unwrap();
+    std::fs::write(src.join("data/notes.txt"), b"small text\n".repeat(300)).unwrap();
+    std::os::unix::fs::symlink("big", src.join("data/link")).unwrap();
+    std::fs::hard_link(
+        src.join("data/notes.txt"),
+        src.join("data/deep/notes-again"),
+    )
+    .unwrap();
+    let tar_path = work.path().join("layer.tar");
+    let status = std::process::Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+        ])
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tar_path)
+        .arg("data")
+        .status()
+        .unwrap();
+    assert!(status.success(), "GNU tar failed");
+    let out = std::process::Command::new("gzip")
+        .args(["-n", "-1", "-c"])
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gzip failed");
+    let tar = std::fs::read(&tar_path).unwrap();
+    let blob = out.stdout;
+    assert!(
+        blob.len() >= 16 << 20,
+        "the layer must be big enough for the two-thread pipeline: {} bytes",
+        blob.len()
+    );
+
+    let registry = registry().await;
+    let pusher = Pusher::new(&registry.url());
+    let image = image_of(
+        Format::Oci,
+        vec![layer(blob, media_types::OCI_LAYER_GZIP, &tar)],
+    );
+    pusher.push_image("enc/big", "1", &image).await.unwrap();
+    let ours = work.path().join("ours");
+    pull_and_unpack(&format!("{}/enc/big:1", registry.host()), &ours).await;
+    let oracle_dir = work.path().join("oracle");
+    std::fs::create_dir_all(&oracle_dir).unwrap();
+    let oracle = gnu_tar_tree(&[&tar], &oracle_dir);
+    assert_same_tree(&ours, &oracle, &Compare::default(), "enc/big");
 }

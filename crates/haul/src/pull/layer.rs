@@ -157,12 +157,9 @@ impl BlobContext {
             // the blob's lock must never wait for a layer's (another pull may hold that one and
             // wait for this blob). When someone else holds the layer, download alone; the
             // extraction below waits for it with no blob lock held.
-            let extracting = match reserved.take() {
-                Some(slot) => Ok(slot),
-                None => self.try_extraction_slot(&layer).ok_or(()),
-            };
+            let extracting = reserved.take().or_else(|| self.try_extraction_slot(&layer));
             let claim = match extracting {
-                Ok(extracting) => {
+                Some(extracting) => {
                     let store = self.store.clone();
                     let chain_id = layer.chain_id.clone();
                     tokio::task::spawn_blocking(move || store.layers().try_claim(&chain_id))
@@ -171,7 +168,7 @@ impl BlobContext {
                         .map_err(extract_error)?
                         .map(|claim| (extracting, claim))
                 }
-                Err(_) => None,
+                None => None,
             };
             match claim {
                 Some((_extracting, claim)) => {

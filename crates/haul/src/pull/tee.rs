@@ -66,6 +66,10 @@ impl Tee {
             self.deliver(chunk).await;
             return;
         }
+        if self.pending.is_empty() {
+            // `split` left no capacity behind: one allocation per batch, not a doubling series.
+            self.pending.reserve(TEE_BATCH);
+        }
         self.pending.extend_from_slice(&chunk);
         if self.pending.len() >= TEE_BATCH {
             self.flush().await;

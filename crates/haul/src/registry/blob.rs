@@ -348,9 +348,9 @@ impl Repository {
                 return Err(Failed::TooLong);
             }
             let len = chunk.len() as u64;
-            let writing = Instant::now();
+            let writing = watch.is_some().then(Instant::now);
             sink.write(chunk).await.map_err(Failed::Sink)?;
-            if let Some(w) = watch.as_deref_mut() {
+            if let (Some(w), Some(writing)) = (watch.as_deref_mut(), writing) {
                 w.arrived(len, writing.elapsed());
                 if w.verdict(desc.size - position) {
                     let extra = self.range_connections(desc, position);
