@@ -95,6 +95,8 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
         " download-stall-timeout: 60s\n",
         " registry-mirrors: none\n",
         " proxies: none\n",
+        // What inflates gzip layers: ISA-L where the machine has it (the library says the same).
+        &format!("Gzip inflater: {}\n", haul::unpack::gzip_inflater()),
     ] {
         assert!(
             out.stdout.contains(line),
@@ -102,6 +104,9 @@ fn info_without_a_config_file_shows_defaults_and_the_environment_proxies() {
             out.stdout
         );
     }
+    let json: Value =
+        serde_json::from_str(&ok(env.run(&["info", "--format", "json"])).stdout).unwrap();
+    assert_eq!(json["gzip_inflater"], haul::unpack::gzip_inflater());
 
     let info_with = |vars: &[(&str, &str)]| {
         let mut cmd = env.haul();

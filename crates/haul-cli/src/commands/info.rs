@@ -26,11 +26,13 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let usage = haul::info::usage(&store)?;
     let credentials = DockerConfig::default_dir().map(|d| d.join("config.json"));
     let effective = haul::info::effective_config(&config);
+    let inflater = haul::unpack::gzip_inflater();
     let mut out = std::io::stdout().lock();
     if let OutputFormat::Template(template) = &format {
         let proxies = &effective.proxies;
         let view = json!({
             "Version": env!("CARGO_PKG_VERSION"),
+            "GzipInflater": inflater,
             "DockerRootDir": usage.root,
             "Images": usage.images,
             "Store": {
@@ -69,6 +71,7 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     if let OutputFormat::Json = format {
         let value = json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "gzip_inflater": inflater,
             "store": usage,
             "config_file": config.source,
             "config": effective,
@@ -79,6 +82,7 @@ pub fn run(global: &GlobalArgs, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     }
     let none = || "none".to_owned();
     writeln!(out, "Version: {}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "Gzip inflater: {inflater}")?;
     writeln!(out, "Store: {}", usage.root.display())?;
     writeln!(out, " Images: {}", usage.images)?;
     writeln!(

@@ -38,7 +38,7 @@ pub use image::{
     DEFAULT_EXPANSION_RATIO, DEFAULT_MIN_LAYER_LIMIT, UnpackError, UnpackOptions, UnpackStats,
     unpack,
 };
-pub use stream::StreamError;
+pub use stream::{StreamError, gzip_inflater};
 
 // The layer cache's own mode of the applier and its reading back, which only the cache uses. They
 // stay reachable, hidden, because the round-trip tests drive them directly on tars made by GNU

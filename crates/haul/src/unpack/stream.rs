@@ -52,9 +52,35 @@ impl Compression {
     ) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(compressed),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(compressed)),
+            Compression::Gzip => gzip_decoder(compressed)?,
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(compressed)?),
         })
+    }
+}
+
+/// ISA-L's decoder where the library is there, zlib-rs's (through flate2) otherwise.
+fn gzip_decoder<'a, R: BufRead + Send + 'a>(
+    compressed: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    #[cfg(feature = "isal")]
+    if haul_isal::available() {
+        return Ok(Box::new(haul_isal::MultiGzDecoder::new(compressed)?));
+    }
+    Ok(Box::new(flate2::bufread::MultiGzDecoder::new(compressed)))
+}
+
+/// What inflates gzip layers in this process, as `haul info` shows it: `isa-l (libisal.so.2)`
+/// where haul was built with ISA-L's headers and the library is installed, `zlib-rs` otherwise
+/// (with the reason).
+#[must_use]
+pub fn gzip_inflater() -> String {
+    #[cfg(feature = "isal")]
+    {
+        haul_isal::describe()
+    }
+    #[cfg(not(feature = "isal"))]
+    {
+        "zlib-rs (haul built without its isal feature)".to_owned()
     }
 }
 
