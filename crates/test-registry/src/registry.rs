@@ -572,6 +572,21 @@ impl RealRegistry {
             .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.contains(path_contains))
             .count()
     }
+
+    /// [`RealRegistry::count`] once it reaches `at_least`, or after 20 s. For a registry acting
+    /// as a pull-through cache, whose blob handler goes on storing what it fetched from the
+    /// upstream after the client has the whole body, so its log line can come after the marker
+    /// [`RealRegistry::requests`] waits for.
+    pub fn count_settled(&self, method: &str, path_contains: &str, at_least: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.count(method, path_contains);
+            if n >= at_least || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for RealRegistry {

@@ -49,6 +49,11 @@ pub(crate) struct StoreDir {
     euid: u32,
     /// The root could not be written when opened: nothing is created or tightened.
     read_only: bool,
+    /// Directories renamed into whose entries are not yet durable ([`StoreDir::defer_sync`]).
+    unsynced: std::sync::Mutex<BTreeSet<PathBuf>>,
+    /// Every directory fsynced, in order: what the tests check durability by.
+    #[cfg(test)]
+    pub(crate) synced: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// One entry of a store directory, as it is (never followed).
@@ -74,6 +79,16 @@ impl Entry {
     pub fn modified(&self) -> std::time::SystemTime {
         let secs = u64::try_from(self.stat.st_mtime).unwrap_or(0);
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+}
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        // A store dropped without a ref written (a library caller committing blobs, an unpack
+        // publishing layers) still makes its renames durable, as far as it can.
+        if !self.unsynced_dirs().is_empty() {
+            let _ = self.sync_deferred(&[]);
+        }
     }
 }
 
@@ -119,6 +134,9 @@ impl StoreDir {
             path,
             euid,
             read_only,
+            unsynced: std::sync::Mutex::new(BTreeSet::new()),
+            #[cfg(test)]
+            synced: std::sync::Mutex::new(Vec::new()),
         };
         if made {
             // mkdir applied the umask: a new store is exactly 0700, with nothing to report.
@@ -391,7 +409,49 @@ impl StoreDir {
     /// Makes renames into `rel` durable.
     pub fn sync_dir(&self, rel: &Path) -> Result<(), StoreError> {
         let fd = self.open_dir(rel)?;
-        rustix::fs::fsync(&fd).map_err(|e| self.io(rel, e))
+        rustix::fs::fsync(&fd).map_err(|e| self.io(rel, e))?;
+        #[cfg(test)]
+        self.synced.lock().unwrap().push(rel.to_owned());
+        Ok(())
+    }
+
+    /// The directories whose renames are still to be made durable.
+    #[cfg(test)]
+    pub(crate) fn owed(&self) -> Vec<PathBuf> {
+        self.unsynced_dirs().iter().cloned().collect()
+    }
+
+    /// Notes that a rename into `rel` is to be made durable by the next [`StoreDir::sync_deferred`]
+    /// instead of now. For renames whose file was fsynced first (a committed blob, a published
+    /// layer): lost in a crash, the name is gone, never wrong, and the content is fetched or
+    /// extracted again. A directory fsync commits the filesystem's journal: one per blob and
+    /// per layer held every layer of a 40-layer pull up for it (181 fsyncs, 0.64 s blocked).
+    pub fn defer_sync(&self, rel: &Path) {
+        self.unsynced_dirs().insert(rel.to_owned());
+    }
+
+    /// Makes the deferred renames durable, and those into `also` (renames another process may
+    /// have deferred): called before anything that names what they renamed is written.
+    pub fn sync_deferred(&self, also: &[&Path]) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.unsynced_dirs());
+        let mut dirs: BTreeSet<&Path> = pending.iter().map(PathBuf::as_path).collect();
+        dirs.extend(also.iter().copied());
+        for (i, rel) in dirs.iter().enumerate() {
+            if let Err(e) = self.sync_dir(rel) {
+                // Still owed: the next call tries again.
+                let mut unsynced = self.unsynced_dirs();
+                unsynced.extend(dirs.iter().skip(i).map(|d| d.to_path_buf()));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unsynced_dirs(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        // The set stays valid whatever a panicking holder did: take it back.
+        self.unsynced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The entries of the directory `rel`, sorted by name; none when it does not exist. Entries

@@ -341,7 +341,9 @@ impl Ingest {
             .store
             .dir()
             .remove_file(&super::ranges::record_rel(&self.digest));
-        self.store.dir().sync_dir(dir)
+        // Durable before any ref names it (`Store::sync`): the data is, already.
+        self.store.dir().defer_sync(dir);
+        Ok(())
     }
 
     /// The file without writing out what is buffered.
@@ -449,7 +451,7 @@ impl Import {
                 self.store.dir().rename(&self.partial, &to)?;
                 self.store
                     .dir()
-                    .sync_dir(to.parent().unwrap_or(Path::new("")))?;
+                    .defer_sync(to.parent().unwrap_or(Path::new("")));
             }
             Ok((digest, self.size))
         })();
@@ -505,6 +507,62 @@ mod tests {
         ));
         let partials = std::fs::read_dir(store.ingest_dir()).unwrap().count();
         assert_eq!(partials, 0);
+    }
+
+    /// A commit fsyncs the blob and leaves its directory entry to the next ref written, which
+    /// syncs the blob directory first, also for blobs another process (another store handle)
+    /// committed: in a crash a ref never survives the blobs it names.
+    #[test]
+    fn blobs_are_durable_under_their_names_before_a_ref_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let other = Store::open(dir.path()).unwrap();
+        let data = b"config".repeat(100);
+        let d = Digest::sha256_of(&data);
+        let IngestStart::Writer(mut w) = other.begin_ingest(&d, data.len() as u64).unwrap() else {
+            panic!("blob should be missing")
+        };
+        w.write(&data).unwrap();
+        w.commit().unwrap();
+        assert!(other.has_blob(&d));
+        assert_eq!(other.dir().owed(), vec![PathBuf::from("blobs/sha256")]);
+        assert!(store.dir().owed().is_empty());
+
+        store.dir().synced.lock().unwrap().clear();
+        let entry = super::super::refs::RefEntry {
+            name: "registry.test/app:1".to_owned(),
+            manifest: crate::manifest::Descriptor::new(
+                crate::manifest::media_type::OCI_MANIFEST,
+                d.clone(),
+                data.len() as u64,
+            ),
+            resolved: d.clone(),
+            source: None,
+        };
+        store.set_ref(&entry).unwrap();
+        let synced = store.dir().synced.lock().unwrap().clone();
+        let blobs = synced.iter().position(|p| p == Path::new("blobs/sha256"));
+        let index = synced.iter().rposition(|p| p == Path::new(""));
+        assert!(
+            matches!((blobs, index), (Some(b), Some(i)) if b < i),
+            "the blob directory must be synced before the index is renamed into the root: {synced:?}"
+        );
+
+        // The committing handle still owes its sync, and pays it when dropped.
+        other.dir().synced.lock().unwrap().clear();
+        let dir_of_other = other.dir.clone();
+        drop(other);
+        assert_eq!(
+            dir_of_other.owed().len(),
+            1,
+            "still shared: not dropped yet"
+        );
+        assert!(dir_of_other.sync_deferred(&[]).is_ok());
+        assert!(dir_of_other.owed().is_empty());
+        assert_eq!(
+            *dir_of_other.synced.lock().unwrap(),
+            vec![PathBuf::from("blobs/sha256")]
+        );
     }
 
     #[test]

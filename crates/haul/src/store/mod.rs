@@ -435,11 +435,38 @@ impl Store {
         Ok(Some(bytes))
     }
 
-    /// Renames `from` to `to`, both in this store, and makes it durable.
-    pub(crate) fn rename_durably(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+    /// Renames `from` to `to`, both in this store; the rename is made durable by the next
+    /// [`Store::sync`] (a ref written, the store dropped).
+    pub(crate) fn rename_into_place(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
         let to_rel = self.rel(to)?;
         self.dir.rename(self.rel(from)?, to_rel)?;
-        self.dir.sync_dir(to_rel.parent().unwrap_or(Path::new("")))
+        self.dir
+            .defer_sync(to_rel.parent().unwrap_or(Path::new("")));
+        Ok(())
+    }
+
+    /// Makes every blob and layer this store committed durable under its name. Committing writes
+    /// and fsyncs the content at once but leaves the directory entry to this call, which writing
+    /// a ref (`index.json`) makes first, with the blob directory's entries that other processes
+    /// committed: a ref never outlives, in a crash, a blob it names. Library callers that commit
+    /// blobs without writing a ref call it when they need them to survive a crash; dropping the
+    /// store does too.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when a directory cannot be synced (it stays owed).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let blobs = Path::new("blobs");
+        let mut also: Vec<PathBuf> = self
+            .dir
+            .list(blobs)?
+            .into_iter()
+            .filter(Entry::is_dir)
+            .map(|e| blobs.join(e.name))
+            .collect();
+        also.sort();
+        let also: Vec<&Path> = also.iter().map(PathBuf::as_path).collect();
+        self.dir.sync_deferred(&also)
     }
 
     /// Writes `bytes` to a new temp file under `ingest/`, fsyncs it and renames it to `dest`

@@ -154,6 +154,8 @@ pub(super) fn read_index(store: &Store) -> Result<Value, StoreError> {
 fn write_index(store: &Store, index: &Value) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(index)
         .map_err(|e| StoreError::io(&store.root().join(INDEX_FILE), io::Error::other(e)))?;
+    // The blobs the index names are durable before it is.
+    store.sync()?;
     store.write_atomically(Path::new(INDEX_FILE), &bytes)
 }
 

@@ -40,7 +40,8 @@ impl PendingLayer {
             path: self.staging.clone(),
             source: std::io::Error::other("layer entry published twice"),
         })?;
-        self.store.rename_durably(&self.staging, &self.final_dir)?;
+        self.store
+            .rename_into_place(&self.staging, &self.final_dir)?;
         self.published = true;
         Ok(CachedLayer {
             dir: self.final_dir.clone(),
