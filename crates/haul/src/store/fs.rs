@@ -84,8 +84,8 @@ impl Entry {
 
 impl Drop for StoreDir {
     fn drop(&mut self) {
-        // A store dropped without a ref written (a library caller committing blobs, an unpack
-        // publishing layers) still makes its renames durable, as far as it can.
+        // A store dropped without a ref written (a library caller committing blobs, a pull that
+        // failed after some) still makes its renames durable, as far as it can.
         if !self.unsynced_dirs().is_empty() {
             let _ = self.sync_deferred(&[]);
         }
@@ -409,7 +409,11 @@ impl StoreDir {
     /// Makes renames into `rel` durable.
     pub fn sync_dir(&self, rel: &Path) -> Result<(), StoreError> {
         let fd = self.open_dir(rel)?;
-        rustix::fs::fsync(&fd).map_err(|e| self.io(rel, e))?;
+        self.fsync_dir(rel, &fd)
+    }
+
+    fn fsync_dir(&self, rel: &Path, fd: &OwnedFd) -> Result<(), StoreError> {
+        rustix::fs::fsync(fd).map_err(|e| self.io(rel, e))?;
         #[cfg(test)]
         self.synced.lock().unwrap().push(rel.to_owned());
         Ok(())
@@ -422,10 +426,10 @@ impl StoreDir {
     }
 
     /// Notes that a rename into `rel` is to be made durable by the next [`StoreDir::sync_deferred`]
-    /// instead of now. For renames whose file was fsynced first (a committed blob, a published
-    /// layer): lost in a crash, the name is gone, never wrong, and the content is fetched or
-    /// extracted again. A directory fsync commits the filesystem's journal: one per blob and
-    /// per layer held every layer of a 40-layer pull up for it (181 fsyncs, 0.64 s blocked).
+    /// instead of now. For renames whose file was fsynced first (a committed blob): lost in a
+    /// crash, the name is gone, never wrong, and the blob is fetched again. A directory fsync
+    /// commits the filesystem's journal: one per blob and per layer held every layer of a
+    /// 40-layer pull up for it (181 fsyncs, 0.64 s blocked).
     pub fn defer_sync(&self, rel: &Path) {
         self.unsynced_dirs().insert(rel.to_owned());
     }
@@ -437,7 +441,13 @@ impl StoreDir {
         let mut dirs: BTreeSet<&Path> = pending.iter().map(PathBuf::as_path).collect();
         dirs.extend(also.iter().copied());
         for (i, rel) in dirs.iter().enumerate() {
-            if let Err(e) = self.sync_dir(rel) {
+            // A directory removed since (by a prune) has no entry left to make durable.
+            let synced = match self.open_dir_if_exists(rel) {
+                Ok(Some(fd)) => self.fsync_dir(rel, &fd),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
                 // Still owed: the next call tries again.
                 let mut unsynced = self.unsynced_dirs();
                 unsynced.extend(dirs.iter().skip(i).map(|d| d.to_path_buf()));
