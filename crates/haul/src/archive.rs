@@ -31,6 +31,7 @@ use crate::inspect::{self, InspectError};
 use crate::manifest::{self, Descriptor, Manifest, ManifestError, media_type};
 use crate::reference::Reference;
 use crate::store::{IngestStart, RefEntry, Store, StoreError};
+use crate::unpack::stream::Compression as LayerCompression;
 
 /// The full image name, as containerd and docker ≥ 25 annotate index entries.
 const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
@@ -669,19 +670,21 @@ fn decompressed<R: Read + Send + 'static>(
         .map_err(ArchiveError::Read)?;
     let kind = sniff(&head);
     let whole = io::Cursor::new(head).chain(reader);
-    Ok(match kind {
-        Compression::None => Box::new(whole),
-        // Every member, as gzip -d and Go's gzip reader (docker load) read `cat a.gz b.gz`.
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(whole))),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(whole).map_err(ArchiveError::Read)?)
-        }
+    // The layers' decoders: every gzip member (as gzip -d and Go's gzip reader, docker load, read
+    // `cat a.gz b.gz`) with ISA-L where it is installed, every zstd frame.
+    let decoder = match kind {
+        Compression::None => return Ok(Box::new(whole)),
+        Compression::Gzip => LayerCompression::Gzip,
+        Compression::Zstd => LayerCompression::Zstd,
         Compression::Other(format) => {
             return Err(ArchiveError::UnsupportedCompression {
                 format: format.to_owned(),
             });
         }
-    })
+    };
+    decoder
+        .decoder(io::BufReader::new(whole))
+        .map_err(ArchiveError::Read)
 }
 
 fn read_members(store: &Store, reader: impl Read) -> Result<Metadata, ArchiveError> {

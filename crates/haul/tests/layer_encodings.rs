@@ -460,14 +460,17 @@ async fn a_big_gnu_tar_and_gzip_layer_unpacks_like_gnu_tar() {
         .status()
         .unwrap();
     assert!(status.success(), "GNU tar failed");
+    // GNU gzip of a named file keeps the name and time in the header (FNAME), a field the
+    // inflater must skip itself: ISA-L's own header parser failed on such fields.
     let out = std::process::Command::new("gzip")
-        .args(["-n", "-1", "-c"])
+        .args(["-1", "-c"])
         .arg(&tar_path)
         .output()
         .unwrap();
     assert!(out.status.success(), "gzip failed");
     let tar = std::fs::read(&tar_path).unwrap();
     let blob = out.stdout;
+    assert_ne!(blob[3] & 0x08, 0, "GNU gzip stored the file name");
     assert!(
         blob.len() >= 16 << 20,
         "the layer must be big enough for the two-thread pipeline: {} bytes",

@@ -87,7 +87,7 @@ impl Drop for StoreDir {
         // A store dropped without a ref written (a library caller committing blobs, a pull that
         // failed after some) still makes its renames durable, as far as it can.
         if !self.unsynced_dirs().is_empty() {
-            let _ = self.sync_deferred(&[]);
+            let _ = self.sync_deferred([]);
         }
     }
 }
@@ -436,10 +436,9 @@ impl StoreDir {
 
     /// Makes the deferred renames durable, and those into `also` (renames another process may
     /// have deferred): called before anything that names what they renamed is written.
-    pub fn sync_deferred(&self, also: &[&Path]) -> Result<(), StoreError> {
-        let pending = std::mem::take(&mut *self.unsynced_dirs());
-        let mut dirs: BTreeSet<&Path> = pending.iter().map(PathBuf::as_path).collect();
-        dirs.extend(also.iter().copied());
+    pub fn sync_deferred(&self, also: impl IntoIterator<Item = PathBuf>) -> Result<(), StoreError> {
+        let mut dirs = std::mem::take(&mut *self.unsynced_dirs());
+        dirs.extend(also);
         for (i, rel) in dirs.iter().enumerate() {
             // A directory removed since (by a prune) has no entry left to make durable.
             let synced = match self.open_dir_if_exists(rel) {
@@ -450,7 +449,7 @@ impl StoreDir {
             if let Err(e) = synced {
                 // Still owed: the next call tries again.
                 let mut unsynced = self.unsynced_dirs();
-                unsynced.extend(dirs.iter().skip(i).map(|d| d.to_path_buf()));
+                unsynced.extend(dirs.into_iter().skip(i));
                 return Err(e);
             }
         }

@@ -557,7 +557,7 @@ mod tests {
             1,
             "still shared: not dropped yet"
         );
-        assert!(dir_of_other.sync_deferred(&[]).is_ok());
+        assert!(dir_of_other.sync_deferred([]).is_ok());
         assert!(dir_of_other.owed().is_empty());
         assert_eq!(
             *dir_of_other.synced.lock().unwrap(),

@@ -456,16 +456,13 @@ impl Store {
     /// [`StoreError::Io`] when a directory cannot be synced (it stays owed).
     pub fn sync(&self) -> Result<(), StoreError> {
         let blobs = Path::new("blobs");
-        let mut also: Vec<PathBuf> = self
+        let every_algorithm = self
             .dir
             .list(blobs)?
             .into_iter()
             .filter(Entry::is_dir)
-            .map(|e| blobs.join(e.name))
-            .collect();
-        also.sort();
-        let also: Vec<&Path> = also.iter().map(PathBuf::as_path).collect();
-        self.dir.sync_deferred(&also)
+            .map(|e| blobs.join(e.name));
+        self.dir.sync_deferred(every_algorithm)
     }
 
     /// Writes `bytes` to a new temp file under `ingest/`, fsyncs it and renames it to `dest`
