@@ -635,7 +635,7 @@ async fn fetch_blob(
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| registry_error(crate::registry::error::from_reqwest(&host, &e)))?;
-        ingest.write(&chunk).await?;
+        ingest.write(chunk).await?;
     }
     ingest.commit().await?;
     Ok(())

@@ -702,6 +702,47 @@ fn ownership_is_numeric_and_setuid_survives_chown_as_root() {
     assert_eq!(sb.meta("bin").uid(), 0);
 }
 
+/// A chown is skipped when the new node already has the tar's ids; in a setgid directory a new
+/// node takes the directory's group instead of the applier's, and must still get the tar's.
+#[test]
+fn entries_in_a_setgid_directory_get_the_tars_group_not_the_directorys() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let ids = |uid: u64, gid: u64, entry: RawEntry| RawEntry { uid, gid, ..entry };
+    let layer = LayerBuilder::new()
+        .raw_entry(ids(
+            0,
+            50,
+            RawEntry {
+                mode: 0o2775,
+                ..RawEntry::dir("shared")
+            },
+        ))
+        .raw_entry(ids(0, 0, RawEntry::file("shared/root-group", b"r")))
+        .raw_entry(ids(0, 50, RawEntry::file("shared/dir-group", b"d")))
+        .raw_entry(ids(0, 0, RawEntry::dir("shared/sub")))
+        .raw_entry(ids(0, 0, RawEntry::file("plain", b"p")))
+        .finish_tar();
+    let opts = ApplyOptions {
+        preserve_ownership: true,
+        ..opts()
+    };
+    sb.apply(&[layer], &opts).unwrap();
+    let owner = |path: &str| {
+        let m = sb.meta(path);
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner("shared"), (0, 50, 0o2775));
+    assert_eq!(owner("shared/root-group"), (0, 0, 0o644));
+    assert_eq!(owner("shared/dir-group"), (0, 50, 0o644));
+    // mkdir in a setgid directory gives the group and the setgid bit; the tar says neither.
+    assert_eq!(owner("shared/sub"), (0, 0, 0o755));
+    assert_eq!(owner("plain"), (0, 0, 0o644));
+}
+
 #[test]
 fn xattrs_are_applied_and_a_failed_one_is_only_a_warning() {
     let sb = Sandbox::new();

@@ -552,14 +552,20 @@ impl Applier<'_> {
             Content::Runs(sparse) => content::copy_runs(&file, entry, &mut self.buf, path, sparse)?,
         };
         self.stats.bytes += written;
-        if mode != meta.mode {
-            let st = fstat(&file).map_err(io_err(path, "inspect file"))?;
-            if let Some(keep) = &mut self.keep {
-                keep.restrict(inode(&st), meta.mode, &[path]);
-            }
+        let st = if mode != meta.mode || meta.owner.is_some() {
+            Some(fstat(&file).map_err(io_err(path, "inspect file"))?)
+        } else {
+            None
+        };
+        if let (Some(keep), Some(st)) = (&mut self.keep, &st)
+            && mode != meta.mode
+        {
+            keep.restrict(inode(st), meta.mode, &[path]);
         }
         // chown clears setuid/setgid, and security.capability with them: owner, mode, xattrs.
-        if let Some((uid, gid)) = meta.owner {
+        if let (Some((uid, gid)), Some(st)) = (meta.owner, &st)
+            && fsops::owner_differs(st, uid, gid)
+        {
             fchown(&file, uid, gid).map_err(io_err(path, "set owner"))?;
         }
         if !exact_at_creation {

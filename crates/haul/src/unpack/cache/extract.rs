@@ -3,7 +3,7 @@
 //! progress; once under the chain ID's lock, a finished entry another process built meanwhile
 //! is taken as it is, and staging directories a killed process left are removed.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,7 @@ impl LayerCache<'_> {
         options: &UnpackOptions,
         reporter: Option<&dyn Reporter>,
         session: &Session,
-        compressed: Box<dyn Read + Send>,
+        compressed: Box<dyn BufRead + Send>,
     ) -> Result<Extracted, UnpackError> {
         let chain_id = job.chain_id;
         if let Some(hit) = self.cached(chain_id, &options.apply) {
@@ -91,7 +91,7 @@ impl LayerCache<'_> {
         options: &UnpackOptions,
         reporter: Option<&dyn Reporter>,
         session: &Session,
-        compressed: Box<dyn Read + Send>,
+        compressed: Box<dyn BufRead + Send>,
     ) -> Result<Extracted, UnpackError> {
         debug_assert_eq!(&claim.chain_id, job.chain_id);
         self.extract_locked(claim.lock, job, options, reporter, session, compressed)
@@ -110,7 +110,7 @@ impl LayerCache<'_> {
         options: &UnpackOptions,
         reporter: Option<&dyn Reporter>,
         session: &Session,
-        compressed: Box<dyn Read + Send>,
+        compressed: Box<dyn BufRead + Send>,
     ) -> Result<Extracted, UnpackError> {
         let chain_id = job.chain_id;
         let final_dir = self.layer_dir(chain_id);
@@ -175,7 +175,7 @@ impl LayerCache<'_> {
         options: &UnpackOptions,
         reporter: Option<&dyn Reporter>,
         session: &Session,
-        compressed: Box<dyn Read + Send>,
+        compressed: Box<dyn BufRead + Send>,
     ) -> Result<LayerMeta, UnpackError> {
         let (index, layer, diff_id) = (job.index, job.layer, job.diff_id);
         let diff = staging.join(DIFF_DIR);
