@@ -272,7 +272,7 @@ impl Applier<'_> {
     ) -> Result<(), ApplyError> {
         let dir = entry_path.parent().unwrap_or(Path::new(""));
         let hidden = dir.join(name);
-        if self.in_layer.contains(&hidden) {
+        if self.in_layer.contains(hidden.as_os_str()) {
             let is_dir = match self.existing_dir(dir, entry_path)? {
                 Some(fd) => {
                     fsops::type_at(fd.as_fd(), name)

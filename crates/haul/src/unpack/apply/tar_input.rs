@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 
 use super::error::MAX_EXTENSION;
@@ -20,7 +20,12 @@ pub(super) struct Unpadded<R> {
     data_end: std::rc::Rc<std::cell::Cell<u64>>,
     /// Zeros still to give.
     padding: u64,
+    /// Where skipped bytes are read to ([`Seek`]).
+    scratch: Vec<u8>,
 }
+
+/// The most bytes one read of a skip asks for.
+const SKIP_READ: usize = 64 << 10;
 
 impl<R> Unpadded<R> {
     /// Reads `inner`; `data_end` is where the applier says the current entry's content ends.
@@ -30,6 +35,7 @@ impl<R> Unpadded<R> {
             pos: 0,
             data_end,
             padding: 0,
+            scratch: Vec::new(),
         }
     }
 }
@@ -53,6 +59,47 @@ impl<R: Read> Read for Unpadded<R> {
         self.padding -= n as u64;
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+/// Forward from where the stream is, by reading: what the tar crate skips (the padding after each
+/// file's content, content nobody read) it skips by seeking when it can, and otherwise by reading
+/// into a 32 KiB array it zeroes on every entry, 0.7% of the CPU of a pull of 27,000 files.
+impl<R: Read> Seek for Unpadded<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let SeekFrom::Current(delta) = pos else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a layer is read as a stream: only forward skips",
+            ));
+        };
+        let mut left = u64::try_from(delta).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a layer is read as a stream: no skip backwards",
+            )
+        })?;
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(SKIP_READ);
+            if self.scratch.len() < want {
+                self.scratch.resize(want, 0);
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let read = self.read(&mut scratch[..want]);
+            self.scratch = scratch;
+            match read {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "unexpected EOF during skip",
+                    ));
+                }
+                Ok(n) => left -= n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.pos)
     }
 }
 
@@ -691,6 +738,35 @@ mod tests {
             let seen = view(&tar[..cut], 64).unwrap();
             assert_eq!(seen.len(), cut, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn skips_read_forward_and_refuse_what_a_stream_cannot_do() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let end = std::rc::Rc::new(std::cell::Cell::new(u64::MAX));
+        let mut stream = Unpadded::new(&bytes[..], end);
+        let mut b = [0u8; 3];
+        assert_eq!(stream.seek(SeekFrom::Current(10)).unwrap(), 10);
+        stream.read_exact(&mut b).unwrap();
+        assert_eq!(b, [10, 11, 12]);
+        // More than one read of a skip.
+        assert_eq!(stream.seek(SeekFrom::Current(150_000)).unwrap(), 150_013);
+        stream.read_exact(&mut b[..1]).unwrap();
+        assert_eq!(b[0], (150_013 % 256) as u8);
+        assert_eq!(stream.stream_position().unwrap(), 150_014);
+        let kind = |r: io::Result<u64>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(stream.seek(SeekFrom::Current(-1))),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(stream.seek(SeekFrom::Start(0))),
+            io::ErrorKind::Unsupported
+        );
+        assert_eq!(
+            kind(stream.seek(SeekFrom::Current(100_000))),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     mod properties {

@@ -59,7 +59,7 @@ impl Applier<'_> {
         path: &Path,
         entry_path: &Path,
     ) -> Result<(), ApplyError> {
-        if !self.in_layer.contains(path) {
+        if !self.in_layer.contains(path.as_os_str()) {
             self.in_dir(parent, path, || fsops::remove_any(parent, name))
                 .map_err(io_err(entry_path, "remove a whited-out entry"))?;
             self.forget_dirs(path);
