@@ -51,10 +51,11 @@ const BATCH_BYTES: usize = Ingest::BUFFER;
 /// again.
 type InFlight = JoinHandle<(Ingest, Vec<u8>, Result<(), StoreError>)>;
 
-/// The store's ingest of one blob, fed from async code: chunks are copied into a batch, and each
-/// batch is hashed and written on a blocking thread while the next one fills. Two buffers of
-/// [`BATCH_BYTES`] per blob, whatever the chunks: the download's own buffers are free as soon as
-/// a chunk is copied.
+/// The store's ingest of one blob, fed from async code: small chunks are copied into a batch, and
+/// each batch (or a chunk of a batch's size or more, as it is) is hashed and written on a blocking
+/// thread while the next one fills. Two buffers of [`BATCH_BYTES`] per blob and at most one
+/// download chunk held until it is written: a copied chunk's buffer is the download's again at
+/// once.
 pub(crate) struct IngestSink {
     /// The ingest, while no batch is in flight.
     idle: Option<Ingest>,
