@@ -743,6 +743,63 @@ fn entries_in_a_setgid_directory_get_the_tars_group_not_the_directorys() {
     assert_eq!(owner("plain"), (0, 0, 0o644));
 }
 
+/// The same as a tree GNU tar archived and GNU tar extracts (the oracle): a setgid directory of
+/// group 50 holding entries of group 0 and 50, a directory that mkdir would make setgid, and a
+/// file another user owns.
+#[test]
+fn a_gnu_tar_of_a_setgid_directory_unpacks_as_gnu_tar_extracts_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use std::os::unix::fs::chown;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let shared = src.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    chown(&shared, Some(0), Some(50)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2775)).unwrap();
+    for (name, gid) in [("root-group", 0), ("dir-group", 50)] {
+        fs::write(shared.join(name), name).unwrap();
+        chown(shared.join(name), Some(0), Some(gid)).unwrap();
+    }
+    let sub = shared.join("sub");
+    fs::create_dir(&sub).unwrap();
+    chown(&sub, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("theirs"), b"t").unwrap();
+    chown(src.join("theirs"), Some(1234), Some(0)).unwrap();
+    let archive = work.path().join("layer.tar");
+    let status = std::process::Command::new("tar")
+        .args(["-c", "--numeric-owner", "-f"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "GNU tar failed");
+
+    let sb = Sandbox::new();
+    let opts = ApplyOptions {
+        preserve_ownership: true,
+        ..opts()
+    };
+    sb.apply(&[fs::read(&archive).unwrap()], &opts).unwrap();
+    let oracle = work.path().join("gnu");
+    test_registry::gnu_tar_extract(&archive, &oracle).unwrap();
+    let how = test_registry::Compare::default();
+    let differences = test_registry::Tree::of(&sb.root)
+        .unwrap()
+        .differences(&test_registry::Tree::of(&oracle).unwrap(), &how);
+    assert!(differences.is_empty(), "{differences:#?}");
+    assert_eq!(
+        sb.meta("shared/sub").gid(),
+        0,
+        "the oracle kept the tar's group"
+    );
+}
+
 #[test]
 fn xattrs_are_applied_and_a_failed_one_is_only_a_warning() {
     let sb = Sandbox::new();

@@ -47,6 +47,12 @@ use crate::store::{Ingest, IngestStart, RangedPartial, Store, StoreError};
 /// batches, within the run-to-run noise of a 330 MB pull on two cores).
 const BATCH_BYTES: usize = Ingest::BUFFER;
 
+/// What [`IngestSink::hand_over`] writes: a batch of small chunks, or a big chunk as it came.
+enum Handed {
+    Batch(Vec<u8>),
+    Chunk(Bytes),
+}
+
 /// A batch written on a blocking thread: it gives back the ingest and the batch's buffer, to fill
 /// again.
 type InFlight = JoinHandle<(Ingest, Vec<u8>, Result<(), StoreError>)>;
@@ -130,11 +136,7 @@ impl IngestSink {
         if self.batch.is_empty() && chunk.len() >= BATCH_BYTES {
             // A chunk as big as a batch goes as it is: a fast connection's chunks are, and
             // copying them cost 0.8% of a pull's CPU.
-            let mut ingest = self.take_idle().await?;
-            self.in_flight = Some(tokio::task::spawn_blocking(move || {
-                let result = ingest.write(&chunk);
-                (ingest, Vec::new(), result)
-            }));
+            self.hand_over(Handed::Chunk(chunk)).await?;
         } else {
             if self.batch.capacity() == 0 {
                 // Never more than the blob: a small config gets a small buffer.
@@ -255,12 +257,24 @@ impl IngestSink {
 
     /// Hands the batch to a blocking thread, once the one before it is written.
     async fn send_batch(&mut self) -> Result<(), StoreError> {
+        let batch = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
+        self.hand_over(Handed::Batch(batch)).await
+    }
+
+    /// Has `bytes` hashed and written on a blocking thread, once the write before is done; a
+    /// batch's buffer comes back (empty) to be filled again.
+    async fn hand_over(&mut self, bytes: Handed) -> Result<(), StoreError> {
         let mut ingest = self.take_idle().await?;
-        let mut batch = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = ingest.write(&batch);
-            batch.clear();
-            (ingest, batch, result)
+        self.in_flight = Some(tokio::task::spawn_blocking(move || match bytes {
+            Handed::Batch(mut batch) => {
+                let result = ingest.write(&batch);
+                batch.clear();
+                (ingest, batch, result)
+            }
+            Handed::Chunk(chunk) => {
+                let result = ingest.write(&chunk);
+                (ingest, Vec::new(), result)
+            }
         }));
         Ok(())
     }

@@ -49,7 +49,7 @@ mod keys;
 mod session;
 mod take_back;
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -222,13 +222,12 @@ impl LayerCache<'_> {
         reporter: &dyn Reporter,
         session: &Session,
     ) -> Result<CachedLayer, UnpackError> {
-        let file = self.store.open_blob(&job.layer.digest)?;
         match self.extract_from(
             job,
             options,
             Some(reporter),
             session,
-            Box::new(BufReader::with_capacity(super::stream::CHUNK, file)),
+            super::stream::stored_blob(self.store, &job.layer.digest)?,
         )? {
             Extracted::Cached(hit) => Ok(hit),
             Extracted::Pending(pending) => session.publish(pending),

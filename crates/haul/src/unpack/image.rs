@@ -8,14 +8,14 @@
 //! it was. A store that cannot be written has a layer cache that cannot grow: a layer not in it
 //! is applied straight from its blob, verified and bounded the same way.
 
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::apply::{ApplyError, ApplyOptions, ApplyStats, apply_layer};
 use super::budget::ImageBudget;
 use super::cache::{LayerJob, Session, cache_keys};
 use super::staging::Staging;
-use super::stream::{CHUNK, Compression, StreamError, decompress};
+use super::stream::{Compression, StreamError, decompress, stored_blob};
 use crate::digest::Digest;
 use crate::manifest::{self, ImageConfig, Manifest, ManifestError};
 use crate::progress::{Event, LayerStatus, Reporter};
@@ -324,9 +324,8 @@ fn apply_from_blob(
         path: blob.clone(),
         source,
     };
-    let file = store.open_blob(&layer.digest)?;
     let (mut stream, _) = decompress(
-        Box::new(BufReader::with_capacity(CHUNK, file)),
+        stored_blob(store, &layer.digest)?,
         compression,
         job.diff_id.algorithm(),
         options.limit_for(layer.size),

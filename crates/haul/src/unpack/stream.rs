@@ -13,6 +13,7 @@ use std::thread;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::media_type;
+use crate::store::{Store, StoreError};
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// Chunks handed from the decompressing thread to the extracting one.
-pub(crate) const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: enough to ride out a burst of small files on the extracting side.
 const DEPTH: usize = 8;
 /// Layers from this size (compressed) up are inflated on a thread of their own; smaller ones on
@@ -179,6 +180,18 @@ enum Message {
     Failed(io::Error),
     /// The whole stream was read: its length.
     Done(u64),
+}
+
+/// A stored blob, buffered, as [`decompress`] reads it (in place: the decoder takes from the
+/// buffer).
+pub(crate) fn stored_blob(
+    store: &Store,
+    digest: &Digest,
+) -> Result<Box<dyn BufRead + Send>, StoreError> {
+    Ok(Box::new(BufReader::with_capacity(
+        CHUNK,
+        store.open_blob(digest)?,
+    )))
 }
 
 /// Decompresses `compressed` (a layer of `compressed_size` bytes), counting the uncompressed

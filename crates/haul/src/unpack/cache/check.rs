@@ -41,24 +41,14 @@ impl LayerCache<'_> {
         let _cleanup = RemoveOnDrop(staging.clone());
         // 0700 until the layer's own `.` entry, if any, gives it a mode (as in `extract_from`).
         self.store.create_private_dir(&staging.join(DIFF_DIR))?;
-        let file = self.store.open_blob(&job.layer.digest)?;
+        let blob = super::super::stream::stored_blob(self.store, &job.layer.digest)?;
         let session = Session::new(ImageBudget::new(
             &options,
             job.layer.size,
             self.store.root(),
             0,
         ));
-        let meta = match self.build_entry(
-            &staging,
-            job,
-            &options,
-            None,
-            &session,
-            Box::new(std::io::BufReader::with_capacity(
-                super::super::stream::CHUNK,
-                file,
-            )),
-        ) {
+        let meta = match self.build_entry(&staging, job, &options, None, &session, blob) {
             Ok(meta) => meta,
             Err(e) => {
                 return Ok(Some(Alteration {
