@@ -82,6 +82,11 @@ fn store_error<'e>(cause: &'e (dyn std::error::Error + 'static)) -> Option<&'e S
         Some(_) => return None,
         None => {}
     }
+    match cause.downcast_ref::<haul::verify::VerifyError>() {
+        Some(haul::verify::VerifyError::Store(e)) => return Some(e),
+        Some(_) => return None,
+        None => {}
+    }
     match cause.downcast_ref::<haul::tag::TagError>() {
         Some(haul::tag::TagError::Store(e)) => return Some(e),
         Some(_) => return None,
@@ -115,9 +120,9 @@ pub fn store_hint(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
                 .to_owned(),
         ),
         StoreError::ReadOnly { .. } => Some(
-            "a read-only store serves `images`, `inspect`, `save` and `unpack` of stored \
-             images; to pull, tag, remove or prune, use a writable store (remount it \
-             read-write, or pass --root DIR)"
+            "a read-only store serves `images`, `inspect`, `save`, `unpack` and `verify` of \
+             stored images; to pull, tag, remove, prune or repair, use a writable store \
+             (remount it read-write, or pass --root DIR)"
                 .to_owned(),
         ),
         _ => None,

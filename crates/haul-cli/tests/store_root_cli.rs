@@ -1,6 +1,7 @@
 //! What `--root` may name (issue 15, item 13): a store is an OCI image layout; an empty or
 //! missing directory becomes one, a directory of other files is refused and left alone, a layout
-//! skopeo wrote opens; a read-only store serves what only reads and says so for what writes.
+//! skopeo wrote opens; a read-only store serves what only reads (verify included) and says so for
+//! what writes.
 //! The read-only cases bind-mount the store read-only in a private mount namespace (`unshare`),
 //! which needs root: without it they print `SKIPPED`.
 
@@ -230,6 +231,19 @@ async fn a_read_only_store_serves_images_inspect_save_and_unpack() {
     let json: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
     assert_eq!(json[0]["Architecture"], "amd64", "{}", inspect.stdout);
     ok(haul_read_only(&env, &store, &["history", &name]));
+    // The store check only reads: it re-hashes every blob and compares the layer cache.
+    let verified = haul_read_only(&env, &store, &["verify"]);
+    assert_eq!(
+        verified.code, 0,
+        "verify: {}{}",
+        verified.stdout, verified.stderr
+    );
+    assert!(
+        verified.stdout.contains("all intact") && verified.stderr.contains("not compared"),
+        "verify: {}{}",
+        verified.stdout,
+        verified.stderr
+    );
     let archive = env.dir.path().join("app.tar");
     ok(haul_read_only(
         &env,
@@ -270,6 +284,28 @@ async fn a_read_only_store_serves_images_inspect_save_and_unpack() {
         b"hello from the top layer"
     );
     assert_eq!(snapshot(&store), before, "the store changed");
+
+    // Damage is still found in a read-only store (changed underneath the read-only view).
+    let blob = std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let damaged = haul_read_only(&env, &store, &["verify"]);
+    assert_eq!(
+        damaged.code, 1,
+        "verify: {}{}",
+        damaged.stdout, damaged.stderr
+    );
+    assert!(
+        damaged.stdout.contains("corrupt: "),
+        "verify: {}",
+        damaged.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,11 +323,12 @@ async fn writes_to_a_read_only_store_fail_saying_it_is_read_only() {
     let requests = registry.requests().len();
 
     let other = format!("{}/team/app:2", registry.host());
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         &["pull", "-q", &name],
         &["tag", &name, &other],
         &["rmi", &name],
         &["image", "prune", "-f"],
+        &["verify", "--repair"],
     ];
     for args in cases {
         let out = haul_read_only(&env, &store, args);

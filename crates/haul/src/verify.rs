@@ -198,6 +198,9 @@ pub struct VerifyReport {
     pub blobs_checked: usize,
     /// Layer-cache entries compared with their blobs.
     pub layers_checked: usize,
+    /// Layer-cache entries not compared because the store is read-only: the comparison extracts
+    /// the layer again beside its entry. Their blobs were still hashed.
+    pub layers_not_compared: usize,
     /// Every missing or damaged blob and altered cache entry, in the order found.
     pub problems: Vec<Problem>,
 }
@@ -224,9 +227,10 @@ pub struct RepairReport {
 }
 
 /// Verifies `images` (names or image IDs; every ref when empty): every blob they reach is hashed
-/// and every cached layer whose blob verified is compared with a fresh extraction. Changes
-/// nothing. Blocks the calling thread (it reads every blob); holds the store's writer lock, so a
-/// prune waits.
+/// and every cached layer whose blob verified is compared with a fresh extraction (not in a
+/// read-only store: see [`VerifyReport::layers_not_compared`]). Changes nothing. Blocks the
+/// calling thread (it reads every blob); holds the store's writer lock (shared), so a prune waits;
+/// in a read-only store, which nothing here can change, the lock file as it is or none.
 ///
 /// # Errors
 ///
@@ -234,7 +238,7 @@ pub struct RepairReport {
 /// a blob cannot be read or a cache entry cannot be compared. Missing and damaged content is
 /// reported in [`VerifyReport::problems`], not as an error.
 pub fn verify(store: &Store, images: &[String]) -> Result<VerifyReport, VerifyError> {
-    let _lock = store.writer_lock()?;
+    let _lock = store.reader_lock()?;
     verify_locked(store, images)
 }
 
@@ -378,6 +382,10 @@ impl Checker<'_> {
             }
             if cached.meta.privileged && !self.root {
                 tracing::debug!(%key, "a cache entry built as root: not compared without root");
+                continue;
+            }
+            if self.store.is_read_only() {
+                self.report.layers_not_compared += 1;
                 continue;
             }
             self.report.layers_checked += 1;

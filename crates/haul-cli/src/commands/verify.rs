@@ -50,6 +50,17 @@ fn summarise(
 ) -> anyhow::Result<ExitCode> {
     let images = report.images.len();
     let plural = if images == 1 { "" } else { "s" };
+    match report.layers_not_compared {
+        0 => {}
+        1 => eprintln!(
+            "note: 1 cached layer not compared with its blob: the store is read-only (the blob \
+             itself was verified)"
+        ),
+        n => eprintln!(
+            "note: {n} cached layers not compared with their blobs: the store is read-only (the \
+             blobs themselves were verified)"
+        ),
+    }
     let checked = match report.layers_checked {
         0 => format!("{} blobs", report.blobs_checked),
         1 => format!("{} blobs and 1 cached layer", report.blobs_checked),
