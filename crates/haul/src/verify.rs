@@ -6,7 +6,8 @@
 //! damaged on disk (or by hand). For each image: its manifest, the registry's own manifest when the
 //! ref points at an OCI rewrite, what the name resolved to (an index), the config and every layer.
 //! Each blob is hashed once however many images share it. Verification holds the store's writer
-//! lock (shared), so a prune does not sweep blobs from under it; a repair holds it for its whole
+//! lock (shared; in a read-only store the lock file as it is, or none, and cached layers are not
+//! compared), so a prune does not sweep blobs from under it; a repair holds it for its whole
 //! run, removes the damaged file, downloads the blob from the image's repository through a normal
 //! ingest (verified before it becomes visible) and verifies again. An OCI rewrite of a Docker
 //! manifest, which no registry has, is made again from the registry's manifest.

@@ -253,7 +253,6 @@ fn spawn_decompression(
             pos: 0,
             _threads: [inflating, hashing],
         }),
-        hasher: None,
         end: None,
         too_large: None,
     })
@@ -316,11 +315,10 @@ fn decompress_inline(
     limit: u64,
 ) -> Uncompressed {
     Uncompressed {
-        source: Source::Inline(BufReader::with_capacity(
-            CHUNK,
-            Limited::new(decompressed, limit),
-        )),
-        hasher: Some(Hasher::new(algorithm)),
+        source: Source::Inline(Inline {
+            reader: BufReader::with_capacity(CHUNK, Limited::new(decompressed, limit)),
+            hasher: Some(Hasher::new(algorithm)),
+        }),
         end: None,
         too_large: None,
     }
@@ -342,9 +340,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// A layer's uncompressed stream, from [`decompress`].
 pub struct Uncompressed {
     source: Source,
-    /// The diff_id's hash of every byte read, until the stream ends, for a stream inflated by its
-    /// reader; a threaded stream is hashed on a thread of its own and its end brings the digest.
-    hasher: Option<Hasher>,
     /// The digest and length, once the stream has ended.
     end: Option<(Digest, u64)>,
     /// Set when the stream stopped at its size limit.
@@ -356,7 +351,14 @@ enum Source {
     /// The inflating and hashing threads.
     Thread(Pipe),
     /// The decoder itself, run by whoever reads.
-    Inline(BufReader<Limited<Box<dyn Read + Send>>>),
+    Inline(Inline),
+}
+
+/// A stream inflated and hashed by its reader.
+struct Inline {
+    reader: BufReader<Limited<Box<dyn Read + Send>>>,
+    /// The diff_id's hash of every byte read, until the stream ends.
+    hasher: Option<Hasher>,
 }
 
 /// The reading end of the inflating and hashing threads.
@@ -372,8 +374,8 @@ struct Pipe {
 enum Step {
     /// Bytes, copied into the caller's buffer.
     Data(usize),
-    /// The end of the stream: how many bytes it had and, from the hashing thread, its digest.
-    End(u64, Option<Digest>),
+    /// The end of the stream: how many bytes it had and its digest.
+    End(u64, Digest),
 }
 
 impl Pipe {
@@ -389,7 +391,10 @@ impl Pipe {
                     self.pos = 0;
                 }
                 Ok(Message::Failed(e)) => return Err(e),
-                Ok(Message::Done(count, digest)) => return Ok(Step::End(count, digest)),
+                Ok(Message::Done(count, Some(digest))) => return Ok(Step::End(count, digest)),
+                Ok(Message::Done(_, None)) => {
+                    return Err(io::Error::other("the stream ended without its digest"));
+                }
                 // The threads ended without a word: one panicked.
                 Err(_) => return Err(io::Error::other("the decompression thread failed")),
             }
@@ -398,6 +403,26 @@ impl Pipe {
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(Step::Data(n))
+    }
+}
+
+impl Inline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Step> {
+        if buf.is_empty() {
+            return Ok(Step::Data(0));
+        }
+        let n = self.reader.read(buf)?;
+        if n > 0 {
+            if let Some(hasher) = self.hasher.as_mut() {
+                hasher.update(&buf[..n]);
+            }
+            return Ok(Step::Data(n));
+        }
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| io::Error::other("the stream ended twice"))?;
+        Ok(Step::End(self.reader.get_ref().count, hasher.finish()))
     }
 }
 
@@ -446,24 +471,11 @@ impl Read for Uncompressed {
         }
         let step = match &mut self.source {
             Source::Thread(pipe) => pipe.read(buf),
-            Source::Inline(_) if buf.is_empty() => return Ok(0),
-            Source::Inline(reader) => match reader.read(buf) {
-                Ok(0) => Ok(Step::End(reader.get_ref().count, None)),
-                Ok(n) => Ok(Step::Data(n)),
-                Err(e) => Err(e),
-            },
+            Source::Inline(inline) => inline.read(buf),
         };
         match step {
-            Ok(Step::Data(n)) => {
-                if let Some(h) = self.hasher.as_mut() {
-                    h.update(&buf[..n]);
-                }
-                Ok(n)
-            }
+            Ok(Step::Data(n)) => Ok(n),
             Ok(Step::End(count, digest)) => {
-                let Some(digest) = digest.or_else(|| self.hasher.take().map(Hasher::finish)) else {
-                    return Err(io::Error::other("the stream ended without its digest"));
-                };
                 self.end = Some((digest, count));
                 Ok(0)
             }
@@ -629,11 +641,15 @@ mod tests {
         let Source::Thread(pipe) = stream.source else {
             panic!("the big layer's stream is not threaded");
         };
-        let Pipe { rx, _threads, .. } = pipe;
+        let Pipe {
+            rx,
+            _threads: threads,
+            ..
+        } = pipe;
         drop(rx);
         let (done_tx, done_rx) = mpsc::channel();
         thread::spawn(move || {
-            for t in _threads {
+            for t in threads {
                 t.join().unwrap();
             }
             let _ = done_tx.send(());
